@@ -1,0 +1,111 @@
+"""The small async interface every monitor backend implements.
+
+A backend executes QMP commands and delivers QMP events. Everything above it
+(runner, capability probe, status) speaks only this interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hotluks.errors import BackendError
+
+QMPArgs = Mapping[str, Any]
+Event = dict[str, Any]
+
+
+class QMPCommandError(BackendError):
+    """QEMU answered a command with an error; carries QEMU's class and message."""
+
+    def __init__(self, command: str, error_class: str, desc: str):
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+        super().__init__(f"{command}: {desc}")
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """A 32-byte AES key the VM was started with as a ``secret`` object ``keyid``."""
+
+    keyid: str
+    key: bytes
+
+    def __repr__(self) -> str:  # never show key bytes
+        return f"MasterKey(keyid={self.keyid!r}, key=<{len(self.key)} bytes>)"
+
+
+class EventQueue:
+    """FIFO of QMP events whose name is in ``names`` (all events when empty)."""
+
+    def __init__(self, names: Iterable[str] = ()):
+        self.names = frozenset(names)
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def accepts(self, event: Event) -> bool:
+        return not self.names or event.get("event") in self.names
+
+    def put(self, event: Event) -> None:
+        if self.accepts(event):
+            self._queue.put_nowait(event)
+
+    async def get(self, timeout: float) -> Event:
+        """Next matching event; ``TimeoutError`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            return await self._queue.get()
+
+
+class MonitorBackend(ABC):
+    """One connection to one VM's QEMU monitor."""
+
+    #: short backend name: "qmp", "libvirt" or "virsh"
+    name: str = "?"
+    #: how the user named the VM (domain name or socket path)
+    vm: str = "?"
+    #: the master key QEMU already holds for encrypting secrets, if known
+    master_key: MasterKey | None = None
+
+    def __init__(self) -> None:
+        self._queues: list[EventQueue] = []
+
+    @abstractmethod
+    async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
+        """Run one QMP command; raise :class:`QMPCommandError` on a QEMU error."""
+
+    async def close(self) -> None:
+        """Release the connection."""
+
+    async def secret_value(self, ref: str) -> bytes | None:
+        """The value of a secret stored by the management layer (libvirt), if any."""
+        return None
+
+    @property
+    def vm_key(self) -> str:
+        """A stable identifier for the VM, used for locks and journals."""
+        return f"{self.name}-{self.vm}"
+
+    @contextlib.contextmanager
+    def events(self, names: Iterable[str] = ()) -> Iterator[EventQueue]:
+        """Collect events named ``names`` while the block runs (register before acting)."""
+        queue = EventQueue(names)
+        self._queues.append(queue)
+        try:
+            yield queue
+        finally:
+            self._queues.remove(queue)
+
+    def _dispatch_event(self, event: Event) -> None:
+        """Called by subclasses (on the event loop thread) for every event received."""
+        for queue in list(self._queues):
+            queue.put(event)
+
+    async def __aenter__(self) -> MonitorBackend:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

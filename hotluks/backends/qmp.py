@@ -1,0 +1,100 @@
+"""QMP over a UNIX socket, with qemu.qmp."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, QMPCommandError
+from hotluks.errors import BackendError
+
+
+def socket_path(vm: str) -> Path | None:
+    """The socket path when ``vm`` names a QMP socket (``unix:/path`` or a socket file)."""
+    if vm.startswith("unix:"):
+        return Path(vm[5:])
+    path = Path(vm)
+    if path.is_socket():
+        return path
+    return None
+
+
+class QMPBackend(MonitorBackend):
+    """Talks QMP directly to ``-qmp unix:PATH,server=on``.
+
+    QEMU serves one client per QMP socket: if another client holds it, QEMU
+    accepts the connection but never greets us, which we turn into a clear error.
+    """
+
+    name = "qmp"
+
+    def __init__(self, path: Path, *, master_key: MasterKey | None = None, timeout: float = 10.0):
+        super().__init__()
+        self.path = path
+        self.vm = str(path)
+        self.master_key = master_key
+        self.timeout = timeout
+        self._client: Any = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def connect(self) -> QMPBackend:
+        from qemu.qmp import QMPClient
+        from qemu.qmp.protocol import ConnectError
+
+        client = QMPClient(f"hotluks:{self.path.name}")
+        client.logger.disabled = True  # qemu.qmp logs traffic at debug level; it may carry secrets
+        try:
+            async with asyncio.timeout(self.timeout):
+                await client.connect(str(self.path))
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            raise BackendError(
+                f"QMP socket {self.path} accepted the connection but QEMU did not greet us within "
+                f"{self.timeout:.0f}s: another client probably holds it (QEMU serves one client per "
+                "-qmp socket). Start QEMU with a second -qmp socket for hotluks, or use the libvirt backend."
+            ) from None
+        except (ConnectError, OSError) as exc:
+            raise BackendError(f"cannot connect to QMP socket {self.path}: {exc}") from None
+        self._client = client
+        self._pump = asyncio.get_running_loop().create_task(self._pump_events())
+        return self
+
+    async def _pump_events(self) -> None:
+        with self._client.listener() as listener:
+            async for event in listener:
+                self._dispatch_event(dict(event))
+
+    async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
+        from qemu.qmp import ExecuteError
+        from qemu.qmp.protocol import StateError
+
+        if self._client is None:
+            raise BackendError("QMP backend is not connected")
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._client.execute(command, dict(arguments) if arguments else None)
+        except ExecuteError as exc:
+            err = exc.error.error
+            raise QMPCommandError(command, err.class_, err.desc) from None
+        except TimeoutError:
+            raise BackendError(f"{command}: no answer from QEMU within {self.timeout:.0f}s") from None
+        except (StateError, EOFError, ConnectionError, OSError) as exc:
+            raise BackendError(f"{command}: connection to QEMU lost ({type(exc).__name__})") from None
+        except Exception as exc:  # qemu.qmp raises its own protocol errors on disconnect
+            if exc.__class__.__module__.startswith("qemu.qmp"):
+                raise BackendError(f"{command}: QMP connection failed ({type(exc).__name__})") from None
+            raise
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pump
+            self._pump = None
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.disconnect()
+            self._client = None

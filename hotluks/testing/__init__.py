@@ -1,0 +1,1 @@
+"""Test-support code (fixtures for QEMU, libvirtd, Ceph) shared by tests and the demo."""
