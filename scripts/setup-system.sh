@@ -53,7 +53,7 @@ printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/poli
 
 BACKPORTS_PKGS=(
     qemu-system-x86 qemu-utils qemu-block-extra
-    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-secret libvirt-clients libvirt-dev
 )
 BASE_PKGS=(
     cryptsetup-bin busybox-static cpio xz-utils kmod openssl
