@@ -1,0 +1,58 @@
+"""``hotluks plan`` and ``hotluks cold-cmdline``: pure rendering of a disk's plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from hotluks.cli.common import add_secret_option, load_disk, print_json, read_secrets, secret_files
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("plan", help="show the QMP steps that would attach DISK.xml",
+                       description="Show the ordered QMP steps (with their undo) that attach DISK.xml. "
+                                   "Pure: no VM is touched. Secret values are never shown.")
+    p.add_argument("disk", metavar="DISK.xml", help="libvirt-style <disk> XML file ('-' for stdin)")
+    p.add_argument("--json", action="store_true", help='print {"steps": [{"execute", "arguments", "undo"}, ...]}')
+    p.set_defaults(func=cmd_plan)
+
+    c = sub.add_parser("cold-cmdline", help="print -object/-blockdev/-device arguments for a cold boot",
+                       description="Print the QEMU command-line arguments that give a freshly started VM the "
+                                   "same disk as `hotluks attach`. Secrets are referenced as files.")
+    c.add_argument("disk", metavar="DISK.xml", help="libvirt-style <disk> XML file ('-' for stdin)")
+    c.add_argument("--format", choices=("shell", "argv", "json"), default="shell",
+                   help="shell: quoted for a POSIX shell (default); argv: one argument per line; "
+                        "json: one JSON list of strings")
+    add_secret_option(c)
+    c.add_argument("--inline-secrets", action="store_true",
+                   help="embed the secret values (from the --secret files) instead of referencing the files")
+    c.set_defaults(func=cmd_cold_cmdline)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from hotluks.plan.planner import build_plan
+    from hotluks.render.listing import render_listing
+    from hotluks.render.qmp import plan_json
+
+    plan = build_plan(load_disk(args.disk))
+    if args.json:
+        print_json(plan_json(plan))
+    else:
+        print(render_listing(plan))
+    return 0
+
+
+def cmd_cold_cmdline(args: argparse.Namespace) -> int:
+    from hotluks.plan.planner import build_plan
+    from hotluks.render.cmdline import as_shell, cold_boot_args
+
+    plan = build_plan(load_disk(args.disk))
+    inline = read_secrets(args.secret) if args.inline_secrets else None
+    argv = cold_boot_args(plan, secret_files(args.secret), inline)
+    if args.format == "json":
+        print(json.dumps(argv))
+    elif args.format == "argv":
+        print("\n".join(argv))
+    else:
+        print(as_shell(argv))
+    return 0

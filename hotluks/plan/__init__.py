@@ -1,0 +1,1 @@
+"""Pure planning: a :class:`~hotluks.model.Disk` becomes an ordered list of QMP steps."""
