@@ -67,7 +67,8 @@ def read_disk_file(path: Path) -> Disk:
         size = path.stat().st_size
         if size > MAX_XML_BYTES:
             raise XMLError(f"input is {size} bytes; a <disk> must be under {MAX_XML_BYTES} bytes", source=str(path))
-        data = path.read_bytes()
+        with path.open("rb") as fh:  # bounded: /dev/zero or a FIFO reports size 0
+            data = fh.read(MAX_XML_BYTES + 1)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -122,8 +123,20 @@ def _explain_common_mistakes(root: etree._Element, source: str | None) -> None:
                        line=root.sourceline, source=source)
 
 
-def _int(value: str | None) -> int:
-    return int(value, 0) if value else 0
+def _number(el: etree._Element, attr: str, source: str | None) -> int:
+    """An address number as libvirt reads it (C ``strtoul`` base 0): ``0x`` hex, leading ``0`` octal."""
+    value = el.get(attr)
+    if not value:
+        return 0
+    try:
+        if value.startswith(("0x", "0X")):
+            return int(value[2:], 16)
+        if len(value) > 1 and value.startswith("0"):
+            return int(value[1:], 8)
+        return int(value, 10)
+    except ValueError:
+        raise XMLError(f"<{el.tag} {attr}='{value}'> is not a number (0x… is hex and, as in libvirt, "
+                       "a leading 0 means octal)", line=el.sourceline, source=source) from None
 
 
 class _DiskBuilder:
@@ -285,16 +298,18 @@ class _DiskBuilder:
         kind = el.get("type")
         if kind != ADDRESS_TYPE_BY_BUS[bus]:
             raise self.fail(f"bus '{bus}' needs <address type='{ADDRESS_TYPE_BY_BUS[bus]}'>, not type='{kind}'", el)
+        def num(attr: str) -> int:
+            return _number(el, attr, self.where)
+
         if kind == "pci":
-            addr = PCIAddress(domain=_int(el.get("domain")), bus=_int(el.get("bus")), slot=_int(el.get("slot")),
-                              function=_int(el.get("function")), multifunction=el.get("multifunction") == "on")
+            addr = PCIAddress(domain=num("domain"), bus=num("bus"), slot=num("slot"), function=num("function"),
+                              multifunction=el.get("multifunction") == "on")
             if addr.domain != 0 or addr.slot > 31 or addr.function > 7 or addr.bus > 255:
                 raise self.fail("PCI address out of range (domain 0, bus ≤ 255, slot ≤ 31, function ≤ 7)", el)
             return addr
         if kind == "drive":
-            return DriveAddress(controller=_int(el.get("controller")), bus=_int(el.get("bus")),
-                                target=_int(el.get("target")), unit=_int(el.get("unit")))
-        return USBAddress(bus=_int(el.get("bus")), port=el.get("port"))
+            return DriveAddress(controller=num("controller"), bus=num("bus"), target=num("target"), unit=num("unit"))
+        return USBAddress(bus=num("bus"), port=el.get("port"))
 
 
 def _child(el: etree._Element, tag: str) -> etree._Element:

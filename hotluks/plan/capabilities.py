@@ -49,6 +49,9 @@ class Capabilities:
             if encrypt is not None:
                 fmt_type = _member_type(encrypt, "format", index)
                 rbd_formats = frozenset(str(v) for v in (fmt_type or {}).get("values", []))
+                # 'parent' is a base member of RbdEncryptionOptions (QEMU ≥ 8.0); look in the
+                # variants too in case a QEMU ever moves it there
+                rbd_parent = "parent" in _member_names(encrypt)
                 for variant in encrypt.get("variants", []):
                     if "parent" in _member_names(index.get(str(variant["type"]), {})):
                         rbd_parent = True

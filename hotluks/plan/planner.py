@@ -189,7 +189,9 @@ class _GraphBuilder:
         if drv.discard is not None:
             out["discard"] = drv.discard
         if drv.detect_zeroes is not None:
-            out["detect-zeroes"] = drv.detect_zeroes
+            # as libvirt: 'unmap' without discard='unmap' means 'on' (QEMU refuses the combination)
+            unmap_ok = drv.detect_zeroes != "unmap" or drv.discard == "unmap"
+            out["detect-zeroes"] = drv.detect_zeroes if unmap_ok else "on"
         return out
 
     def protocol_args(self, src: Source, auth_id: str | None) -> dict[str, Any]:
