@@ -1,0 +1,317 @@
+"""``hotluks luks …``: the bundled LUKS engine on the command line (cryptsetup conventions).
+
+Passphrases come only from ``--key-file FILE`` (used byte for byte, ``-`` is
+stdin), a terminal prompt, or the first line of a non-terminal stdin — never argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import IO, Any
+
+from hotluks.errors import InputError
+
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+def _key_file_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--key-file", "-d", metavar="FILE", required=required,
+                   help="read the passphrase from FILE, byte for byte ('-' = stdin); "
+                        "default: prompt on a terminal, else the first line of stdin")
+
+
+def _header_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--header", metavar="H", help="detached LUKS header file or device")
+
+
+def _kdf_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pbkdf", choices=("pbkdf2", "argon2i", "argon2id"), help="keyslot KDF")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--iter-time", type=int, metavar="MS", help="PBKDF2 benchmark target in milliseconds")
+    g.add_argument("--pbkdf-force-iterations", type=int, metavar="N",
+                   help="PBKDF2 iterations / Argon2 time cost, no benchmark")
+    p.add_argument("--pbkdf-memory", type=int, metavar="KIB", help="Argon2 memory cost in KiB")
+    p.add_argument("--pbkdf-parallel", type=int, metavar="N", help="Argon2 lanes")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = sub.add_parser("luks", help="inspect, verify, create and convert LUKS volumes (bundled engine)",
+                         description="The bundled LUKS1/LUKS2 engine. Exit codes: 0 ok, 1 wrong passphrase, "
+                                     "2 invalid or unsupported header / bad input.")
+    cmds = top.add_subparsers(dest="luks_command", metavar="ACTION")
+    cmds.required = True
+
+    p = cmds.add_parser("dump", help="show the header; exit 2 when it is not valid")
+    p.add_argument("device", metavar="DEVICE")
+    _header_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_dump)
+
+    p = cmds.add_parser("verify", help="check a passphrase: 0 opens, 1 wrong, 2 invalid/unsupported")
+    p.add_argument("device", metavar="DEVICE")
+    _header_arg(p)
+    _key_file_arg(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = cmds.add_parser("format", help="write a new LUKS1/LUKS2 header (--header: detached)")
+    p.add_argument("device", metavar="DEVICE")
+    _header_arg(p)
+    _key_file_arg(p)
+    p.add_argument("--type", choices=("luks1", "luks2"), default="luks2")
+    p.add_argument("--cipher", default="aes-xts-plain64")
+    p.add_argument("--key-size", type=int, choices=(128, 256, 512), default=None,
+                   help="volume key bits (default 512 for xts, 256 otherwise)")
+    p.add_argument("--hash", default="sha256")
+    _kdf_args(p)
+    p.add_argument("--sector-size", type=int, default=512, choices=(512, 1024, 2048, 4096))
+    p.set_defaults(func=cmd_format)
+
+    p = cmds.add_parser("decrypt", help="write the decrypted data segment to OUT ('-' = stdout)")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("out", metavar="OUT")
+    _header_arg(p)
+    _key_file_arg(p)
+    p.set_defaults(func=cmd_decrypt)
+
+    p = cmds.add_parser("encrypt", help="encrypt IN ('-' = stdin) into DEVICE's data segment")
+    p.add_argument("input", metavar="IN")
+    p.add_argument("device", metavar="DEVICE")
+    _header_arg(p)
+    _key_file_arg(p)
+    p.set_defaults(func=cmd_encrypt)
+
+    p = cmds.add_parser("add-key", help="add a keyslot (new passphrase from NEW_KEY_FILE or prompt)")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("new_key_file", metavar="NEW_KEY_FILE", nargs="?")
+    _header_arg(p)
+    _key_file_arg(p)
+    _kdf_args(p)
+    p.set_defaults(func=cmd_add_key)
+
+    p = cmds.add_parser("remove-key", help="remove the keyslot the passphrase opens")
+    p.add_argument("device", metavar="DEVICE")
+    _header_arg(p)
+    _key_file_arg(p)
+    p.set_defaults(func=cmd_remove_key)
+
+
+def read_passphrase(key_file: str | None, prompt: str = "Enter passphrase: ") -> bytes:
+    """A passphrase from a key file (byte for byte), a prompt, or the first stdin line."""
+    if key_file == "-":
+        return sys.stdin.buffer.read()
+    if key_file is not None:
+        try:
+            with open(key_file, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise InputError(f"cannot read key file {key_file}: {exc.strerror}") from None
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(prompt).encode()
+    line = sys.stdin.buffer.readline()
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def _kdf(args: argparse.Namespace, default: str, hash_name: str, key_bytes: int) -> Any:
+    from hotluks.luks import make_kdf
+
+    return make_kdf(args.pbkdf or default, hash_name=hash_name, iterations=args.pbkdf_force_iterations,
+                    iter_time_ms=args.iter_time, memory_kib=args.pbkdf_memory, parallel=args.pbkdf_parallel,
+                    key_bytes=key_bytes)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, only on a terminal and for long runs."""
+
+    def __init__(self, total: int, stream: IO[str] | None = None) -> None:
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() and total >= PROGRESS_MIN_BYTES
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        total = total or self.total
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.2 and done < total):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-6) / (1 << 20)
+        if total:
+            frac = min(done / total, 1.0)
+            bar = "#" * int(frac * 30)
+            self.stream.write(f"\r[{bar:<30}] {frac * 100:5.1f}% {done >> 20}/{total >> 20} MiB {rate:6.0f} MiB/s")
+        else:
+            self.stream.write(f"\r{done >> 20} MiB {rate:6.0f} MiB/s")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def header_summary(hdr: Any) -> dict[str, Any]:
+    """A JSON-friendly description of a header (no secrets, no salts)."""
+    return {
+        "version": hdr.version, "uuid": hdr.uuid, "label": hdr.label, "cipher": hdr.cipher,
+        "key_bits": hdr.key_bytes * 8, "hash": hdr.hash, "payload_offset": hdr.payload_offset,
+        "detached": hdr.detached, "sector_size": hdr.sector_size, "seqid": hdr.seqid,
+        "metadata_size": hdr.metadata_size, "requirements": list(hdr.requirements),
+        "read_only": hdr.read_only, "warnings": list(hdr.warnings),
+        "keyslots": [{"slot": k.index, "type": k.type, "kdf": k.kdf.type, "priority": k.priority,
+                      **({"hash": k.kdf.hash, "iterations": k.kdf.iterations} if k.kdf.type == "pbkdf2" else {}),
+                      **({"time": k.kdf.time, "memory": k.kdf.memory, "cpus": k.kdf.cpus}
+                         if k.kdf.type.startswith("argon2") else {}),
+                      "cipher": k.area_cipher, "key_bits": k.key_bytes * 8, "stripes": k.stripes,
+                      "af_hash": k.af_hash, "area_offset": k.area_offset, "area_size": k.area_size}
+                     for k in hdr.keyslots],
+        "segments": [{"segment": s.index, "type": s.type, "offset": s.offset,
+                      "size": "dynamic" if s.size is None else s.size, "iv_tweak": s.iv_tweak,
+                      "encryption": s.encryption, "sector_size": s.sector_size} for s in hdr.segments],
+        "digests": [{"digest": d.index, "type": d.type, "hash": d.hash, "iterations": d.iterations,
+                     "keyslots": list(d.keyslots), "segments": list(d.segments)} for d in hdr.digests],
+    }
+
+
+def _print_summary(info: dict[str, Any]) -> None:
+    print(f"LUKS header information (version {info['version']})")
+    for key in ("uuid", "label", "cipher", "key_bits", "hash", "payload_offset", "detached", "sector_size",
+                "seqid", "metadata_size"):
+        print(f"{key + ':':16}{info[key]}")
+    if info["requirements"]:
+        print(f"{'requirements:':16}{', '.join(info['requirements'])} (read-only)")
+    print("Keyslots:")
+    for k in info["keyslots"]:
+        kdf = ", ".join(f"{n}={k[n]}" for n in ("hash", "iterations", "time", "memory", "cpus") if n in k)
+        print(f"  {k['slot']}: {k['type']} {k['kdf']} ({kdf}) {k['cipher']} {k['key_bits']} bits, "
+              f"area {k['area_offset']}+{k['area_size']}")
+    print("Segments:")
+    for s in info["segments"]:
+        print(f"  {s['segment']}: {s['type']} offset {s['offset']} size {s['size']} {s['encryption']} "
+              f"sector {s['sector_size']}")
+    for w in info["warnings"]:
+        print(f"warning: {w}")
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from hotluks.cli.common import print_json
+    from hotluks.luks import open_header
+
+    info = header_summary(open_header(args.device, header=args.header))
+    if args.json:
+        print_json(info)
+    else:
+        _print_summary(info)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from hotluks.luks import unlock
+
+    vk = unlock(args.device, read_passphrase(args.key_file), header=args.header)
+    print(f"passphrase opens keyslot {vk.keyslot}")
+    return 0
+
+
+def cmd_format(args: argparse.Namespace) -> int:
+    from hotluks.luks import format_volume
+
+    passphrase = read_passphrase(args.key_file)
+    if not passphrase:
+        raise InputError("empty passphrase")
+    bits = args.key_size or (512 if "-xts-" in args.cipher else 256)
+    default = "pbkdf2" if args.type == "luks1" else "argon2id"
+    kdf = _kdf(args, default, args.hash, bits // 8)
+    vk = format_volume(args.device, passphrase, type=args.type, header=args.header, cipher=args.cipher,
+                       key_size=bits, hash=args.hash, kdf=kdf, sector_size=args.sector_size)
+    where = f"detached header {args.header}" if args.header else args.device
+    print(f"{args.type} header written to {where} ({args.cipher}, {bits} bits, keyslot {vk.keyslot})")
+    return 0
+
+
+def _open_out(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdout.buffer
+    try:
+        return open(path, "wb")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    import os
+
+    from hotluks.luks import decrypt_payload, open_header, unlock
+
+    hdr = open_header(args.device, header=args.header)
+    vk = unlock(hdr, read_passphrase(args.key_file))
+    size = os.stat(args.device).st_size if os.path.isfile(args.device) else 0
+    bar = ProgressBar(max(0, size - hdr.payload_offset))
+    out = _open_out(args.out)
+    try:
+        decrypt_payload(args.device, out, vk, header=args.header, progress=bar)
+    finally:
+        bar.finish()
+        if out is not sys.stdout.buffer:
+            out.close()
+        else:
+            out.flush()
+    return 0
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    import os
+
+    from hotluks.luks import encrypt_payload, open_header, unlock
+
+    if args.input == "-" and args.key_file == "-":
+        raise InputError("IN and --key-file cannot both be stdin")
+    hdr = open_header(args.device, header=args.header)
+    vk = unlock(hdr, read_passphrase(args.key_file))
+    if args.input == "-":
+        src: IO[bytes] = sys.stdin.buffer
+        total = 0
+    else:
+        try:
+            src = open(args.input, "rb")
+        except OSError as exc:
+            raise InputError(f"cannot read {args.input}: {exc.strerror}") from None
+        total = os.fstat(src.fileno()).st_size
+    bar = ProgressBar(total)
+    try:
+        encrypt_payload(src, args.device, vk, header=args.header, progress=bar, total=total)
+    finally:
+        bar.finish()
+        if src is not sys.stdin.buffer:
+            src.close()
+    return 0
+
+
+def cmd_add_key(args: argparse.Namespace) -> int:
+    from hotluks.luks import add_key, open_header, unlock
+
+    hdr = open_header(args.device, header=args.header)
+    passphrase = read_passphrase(args.key_file)
+    vk = unlock(hdr, passphrase)
+    if args.new_key_file is None and args.key_file in (None, "-") and not sys.stdin.isatty():
+        raise InputError("give the new passphrase as NEW_KEY_FILE when stdin is not a terminal")
+    new = read_passphrase(args.new_key_file, "Enter new passphrase: ")
+    if not new:
+        raise InputError("empty new passphrase")
+    default = "pbkdf2" if hdr.version == 1 else "argon2id"
+    kdf = _kdf(args, default, hdr.hash or "sha256", len(vk.key))
+    slot = add_key(args.device, passphrase, new, header=args.header, kdf=kdf)
+    print(f"added keyslot {slot}")
+    return 0
+
+
+def cmd_remove_key(args: argparse.Namespace) -> int:
+    from hotluks.luks import remove_key
+
+    slot = remove_key(args.device, read_passphrase(args.key_file), header=args.header)
+    print(f"removed keyslot {slot}")
+    return 0
