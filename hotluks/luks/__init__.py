@@ -18,8 +18,8 @@ appear in messages):
   memory_kib=…, parallel=…)`` builds the ``kdf`` argument.
 - ``add_key(device, passphrase, new_passphrase, *, header=None, kdf=None, keyslot=None) -> int``
   and ``remove_key(device, passphrase, *, header=None) -> int``.
-- ``decrypt_payload(device, out: BinaryIO, secret, *, header=None, progress=None) -> int``
-  and ``encrypt_payload(src: BinaryIO, device, secret, *, header=None, progress=None) -> int``
+- ``decrypt_payload(device, out: IO[bytes], secret, *, header=None, progress=None) -> int``
+  and ``encrypt_payload(src: IO[bytes], device, secret, *, header=None, progress=None) -> int``
   — streaming, sector-exact; ``secret`` is a passphrase or a ``VolumeKey``.
 
 The pure core (``luks1``, ``luks2``, ``keyslots``, ``create``, ``sectors``,

@@ -8,7 +8,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from hotluks.errors import InputError, LuksFormatError, ReadOnlyHeaderError
 from hotluks.luks import create, luks1, luks2
@@ -24,16 +24,16 @@ CHUNK = 4 << 20
 _FIRST_READ = 2 * luks2.HDR_SIZES[-1] + 4096
 
 
-def _size_of(f: BinaryIO) -> int:
+def _size_of(f: IO[bytes]) -> int:
     return f.seek(0, os.SEEK_END)
 
 
-def _read_at(f: BinaryIO, offset: int, length: int) -> bytes:
+def _read_at(f: IO[bytes], offset: int, length: int) -> bytes:
     f.seek(offset)
     return f.read(length)
 
 
-def _open_read(path: PathLike) -> BinaryIO:
+def _open_read(path: PathLike) -> IO[bytes]:
     try:
         return open(path, "rb")
     except OSError as exc:
@@ -216,7 +216,7 @@ def _key_for(hdr: Header, secret: bytes | VolumeKey) -> bytes:
     return unlock_header(hdr, secret).key
 
 
-def decrypt_payload(device: PathLike, out: BinaryIO, secret: bytes | VolumeKey, *, header: PathLike | None = None,
+def decrypt_payload(device: PathLike, out: IO[bytes], secret: bytes | VolumeKey, *, header: PathLike | None = None,
                     progress: Progress | None = None, chunk: int = CHUNK) -> int:
     """Stream the decrypted data segment of ``device`` into ``out``; return bytes written.
 
@@ -245,7 +245,7 @@ def decrypt_payload(device: PathLike, out: BinaryIO, secret: bytes | VolumeKey, 
     return done
 
 
-def encrypt_payload(src: BinaryIO, device: PathLike, secret: bytes | VolumeKey, *, header: PathLike | None = None,
+def encrypt_payload(src: IO[bytes], device: PathLike, secret: bytes | VolumeKey, *, header: PathLike | None = None,
                     progress: Progress | None = None, total: int = 0, chunk: int = CHUNK) -> int:
     """Encrypt ``src`` into the data segment of ``device`` from its start; return bytes written.
 
