@@ -1,0 +1,160 @@
+"""``hotluks attach|detach|status|repair VM …``: run plans against a live VM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from hotluks.cli.common import add_secret_option, load_disk, print_json, read_secrets
+from hotluks.errors import HotluksError
+
+if TYPE_CHECKING:
+    from hotluks.api import AsyncSession
+
+T = TypeVar("T")
+
+VM_HELP = "libvirt domain name, or a QMP socket (unix:/path or an existing socket path)"
+EXIT_CODES = ("exit codes: 0 success; 1 failed and fully rolled back (VM unchanged); 2 refused before "
+              "touching the VM; 3 failed and not fully rolled back (run `hotluks repair VM`)")
+
+
+def _common(p: argparse.ArgumentParser, *, json_help: str = "machine-readable output") -> None:
+    p.add_argument("vm", metavar="VM", help=VM_HELP)
+    p.add_argument("--connect", "-c", dest="uri", metavar="URI", default=None,
+                   help="libvirt URI (default qemu:///system)")
+    p.add_argument("--backend", choices=("qmp", "libvirt", "virsh"), default=None,
+                   help="force a backend (default: qmp for sockets, libvirt for domains, virsh if "
+                        "libvirt-python is missing)")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="journal directory (env HOTLUKS_STATE_DIR; default /var/lib/hotluks for root)")
+    p.add_argument("--master-key", metavar="FILE", default=None,
+                   help="32-byte AES key the VM holds as a secret object, to encrypt secrets on the monitor")
+    p.add_argument("--master-key-id", metavar="ID", default="masterKey0",
+                   help="id of that secret object in the VM (default masterKey0)")
+    p.add_argument("--json", action="store_true", help=json_help)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    a = sub.add_parser("attach", help="hot-plug DISK.xml into a running VM, all or nothing",
+                       description="Plan DISK.xml, check the LUKS header and passphrase, and run the steps "
+                                   "against the VM; on any failure every step already done is undone.",
+                       epilog=EXIT_CODES)
+    _common(a)
+    a.add_argument("disk", metavar="DISK.xml", help="libvirt-style <disk> XML ('-' for stdin)")
+    add_secret_option(a)
+    a.add_argument("--no-preflight", action="store_true", help="skip the LUKS header/passphrase check")
+    a.add_argument("--dry-run", action="store_true", help="probe and plan against the VM, send nothing")
+    a.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for QEMU (and for unplug during rollback); default 30")
+    a.set_defaults(func=cmd_attach)
+
+    d = sub.add_parser("detach", help="unplug a disk hotluks attached and delete its nodes and secrets",
+                       epilog=EXIT_CODES)
+    _common(d)
+    what = d.add_mutually_exclusive_group(required=True)
+    what.add_argument("disk", metavar="DISK.xml", nargs="?", help="the <disk> that was attached")
+    what.add_argument("--target", metavar="DEV", help="the target dev (e.g. vdb) instead of the XML")
+    d.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for the guest to release the device (default 30)")
+    d.set_defaults(func=cmd_detach)
+
+    s = sub.add_parser("status", help="list hotluks-managed disks of a VM and their live nodes")
+    _common(s)
+    s.set_defaults(func=cmd_status, timeout=10.0)
+
+    r = sub.add_parser("repair", help="finish or undo operations interrupted by a crash", epilog=EXIT_CODES)
+    _common(r)
+    r.add_argument("--timeout", type=float, default=30.0, metavar="S", help="unplug wait (default 30)")
+    r.set_defaults(func=cmd_repair)
+
+
+async def _with_session(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    from hotluks.api import aconnect
+    from hotluks.secrets import read_secret_file
+
+    master = None
+    if args.master_key:
+        master = read_secret_file(args.master_key).value
+    async with aconnect(args.vm, uri=args.uri, state_dir=args.state_dir, master_key=master,
+                        master_key_id=args.master_key_id, backend=args.backend,
+                        timeout=max(args.timeout, 1.0)) as session:
+        return await work(session)
+
+
+def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(_with_session(args, work))
+    except HotluksError as exc:
+        if getattr(args, "json", False):
+            print_json({"ok": False, "exit": exc.exit_code, "error": str(exc), "type": type(exc).__name__})
+            raise SystemExit(exc.exit_code) from None
+        raise
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    disk = load_disk(args.disk)
+    secrets = read_secrets(args.secret)
+    result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run))
+    if args.json:
+        print_json(result.to_json())
+    elif result.dry_run:
+        print(f"dry run: would attach {result.target} as {result.device} ({result.shape}); "
+              f"preflight: {result.preflight}")
+        for cmd in result.commands:
+            print("  " + json.dumps(cmd))
+    else:
+        total = sum(s.seconds for s in result.steps)
+        print(f"attached {result.target} to {result.vm} as device {result.device} "
+              f"({len(result.steps)} steps, {total * 1000:.1f} ms); preflight: {result.preflight}")
+    return 0
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    target = args.target or load_disk(args.disk).target_dev
+    result = _run(args, lambda s: s.detach(target, timeout=args.timeout))
+    if args.json:
+        print_json(result.to_json())
+    else:
+        print(f"detached {result.target} (device {result.device}) from {result.vm} in "
+              f"{result.seconds * 1000:.1f} ms: {', '.join(result.removed) or 'nothing left to remove'}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    disks = _run(args, lambda s: s.status())
+    if args.json:
+        print_json({"vm": args.vm, "disks": disks})
+        return 0
+    if not disks:
+        print(f"{args.vm}: no hotluks-managed disks")
+    for d in disks:
+        missing = [i["name"] for i in d["items"] if not i["present"]]
+        health = "ok" if d["consistent"] else ("missing " + ", ".join(missing) if missing else d["status"])
+        print(f"{d['target']:<6} {d['device']:<16} {d['shape']:<22} {d['status']:<13} {health}")
+        if d.get("error"):
+            print(f"       last error: {d['error']}")
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    actions = _run(args, lambda s: s.repair(timeout=args.timeout))
+    if args.json:
+        print_json({"vm": args.vm, "actions": actions})
+    elif not actions:
+        print(f"{args.vm}: nothing to repair")
+    for a in actions:
+        print(f"{a['target']}: {a['action']}: {', '.join(a['undone']) or 'nothing was left in the VM'}"
+              + (f" ({a['error']})" if a.get("error") else ""))
+    incomplete = [a for a in actions if a["action"] == "incomplete"]
+    if incomplete:
+        print("hotluks: error: repair incomplete; run it again once the guest released its devices",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
+__all__ = ["register"]

@@ -1,0 +1,1 @@
+"""The imperative shell: run plans against live VMs (journal, lock, rollback, repair)."""

@@ -1,0 +1,77 @@
+"""Preflight: open each readable LUKS header and check the passphrase before touching the VM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from hotluks.errors import LuksError, PreflightError, WrongPassphraseError
+from hotluks.model import Disk, Engine, Source
+from hotluks.secrets import SecretValue
+
+log = logging.getLogger(__name__)
+HEADER_PROBE_BYTES = 16 * 1024 * 1024  # enough for any LUKS1 header and LUKS2 metadata + keyslots
+
+
+def header_source(disk: Disk) -> Source | None:
+    """The source that holds the disk's LUKS header, if QEMU's luks driver reads one."""
+    enc = disk.encryption
+    if enc is None or enc.engine is Engine.LIBRBD:
+        return None
+    if enc.header is not None:
+        return enc.header.source
+    if disk.format == "raw":
+        return disk.source
+    return None  # qcow2-native: the LUKS header lives inside the qcow2 metadata
+
+
+def checkable(source: Source) -> bool:
+    return source.is_local or source.is_rbd
+
+
+async def run_preflight(disk: Disk, passphrase: SecretValue) -> str:
+    """Raise :class:`PreflightError` unless the header opens with ``passphrase``.
+
+    Returns a short note of what was checked (for listings), never secret.
+    """
+    source = header_source(disk)
+    if source is None:
+        return "no LUKS header that hotluks can read (checked by QEMU at attach time)"
+    if not checkable(source):
+        log.info("preflight skipped: %s is not locally readable", source.describe())
+        return f"not checked: {source.describe()} is not locally readable"
+    try:
+        await asyncio.to_thread(_check, source, passphrase.value)
+    except WrongPassphraseError:
+        raise PreflightError(f"preflight: the passphrase does not open the LUKS header on {source.describe()}; "
+                             "nothing was sent to the VM") from None
+    except LuksError as exc:
+        raise PreflightError(f"preflight: {source.describe()}: {exc}; nothing was sent to the VM") from None
+    return f"header on {source.describe()} opens with the passphrase"
+
+
+def _check(source: Source, passphrase: bytes) -> None:
+    from hotluks import luks
+
+    if source.is_local:
+        try:
+            header = luks.open_header(str(source.path))
+        except OSError as exc:
+            raise PreflightError(f"preflight: cannot read {source.describe()}: {exc.strerror}") from None
+    else:
+        from hotluks.rbd_read import read_rbd_head
+
+        header = luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES))
+    luks.unlock(header, passphrase)
+
+
+def pick_passphrase(disk: Disk, values: Mapping[str, SecretValue]) -> SecretValue | None:
+    """The value of the disk's (first) passphrase secret, if known."""
+    if disk.encryption is None:
+        return None
+    ref = disk.encryption.secrets[0]
+    for key in (ref.uuid, ref.usage):
+        if key is not None and key in values:
+            return values[key]
+    return None

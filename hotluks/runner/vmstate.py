@@ -1,0 +1,107 @@
+"""What is in a live VM: capabilities, block nodes/objects/devices, free hot-plug slots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hotluks.backends.base import MonitorBackend
+from hotluks.errors import RefusedError
+from hotluks.model import Disk
+from hotluks.plan.capabilities import Capabilities
+from hotluks.plan.planner import PlanContext
+
+HOTPLUG_BRIDGES = ("pcie-root-port", "pci-bridge", "pcie-pci-bridge", "ioh3420", "xio3130-downstream")
+SCSI_CONTROLLERS = ("virtio-scsi-pci", "virtio-scsi-pci-non-transitional", "virtio-scsi-pci-transitional",
+                    "lsi53c895a", "megasas", "megasas-gen2", "mptsas1068", "pvscsi", "am53c974", "dc390")
+
+
+@dataclass(frozen=True)
+class VMSnapshot:
+    """Names of everything block-related in a VM at one moment."""
+
+    nodes: frozenset[str]
+    objects: frozenset[str]
+    devices: frozenset[str]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return self.nodes | self.objects | self.devices
+
+    def difference(self, before: VMSnapshot) -> str:
+        """Human summary of what changed since ``before`` ('' when identical)."""
+        parts = []
+        for label, now, then in (("nodes", self.nodes, before.nodes), ("objects", self.objects, before.objects),
+                                 ("devices", self.devices, before.devices)):
+            if now - then:
+                parts.append(f"extra {label}: {', '.join(sorted(now - then))}")
+            if then - now:
+                parts.append(f"missing {label}: {', '.join(sorted(then - now))}")
+        return "; ".join(parts)
+
+
+def _children(listing: list[dict[str, Any]]) -> dict[str, str]:
+    """``qom-list`` entries that are children: name → type."""
+    return {str(e["name"]): str(e["type"])[6:-1] for e in listing if str(e.get("type", "")).startswith("child<")}
+
+
+async def snapshot(backend: MonitorBackend) -> VMSnapshot:
+    nodes = await backend.execute("query-named-block-nodes", {"flat": True})
+    objects = await backend.execute("qom-list", {"path": "/objects"})
+    devices = await backend.execute("qom-list", {"path": "/machine/peripheral"})
+    return VMSnapshot(
+        nodes=frozenset(str(n["node-name"]) for n in nodes),
+        objects=frozenset(_children(objects)),
+        devices=frozenset(_children(devices)),
+    )
+
+
+async def probe_capabilities(backend: MonitorBackend) -> Capabilities:
+    version = await backend.execute("query-version")
+    schema = await backend.execute("query-qmp-schema")
+    return Capabilities.from_qmp(schema, version)
+
+
+async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot) -> PlanContext:
+    """Conflict names plus where to plug ``disk`` when its XML has no ``<address>``."""
+    machine = str(await backend.execute("qom-get", {"path": "/machine", "property": "type"}))
+    q35 = "q35" in machine
+    root = "pcie.0" if q35 else "pci.0"
+    pci_bus = scsi_bus = None
+    if disk.address is None and disk.bus == "virtio" and q35:
+        pci_bus = await _free_pcie_port(backend)
+    if disk.address is None and disk.bus == "scsi":
+        peripherals = _children(await backend.execute("qom-list", {"path": "/machine/peripheral"}))
+        controllers = sorted(n for n, t in peripherals.items() if t in SCSI_CONTROLLERS)
+        if not controllers:
+            raise RefusedError(f"target {disk.target_dev} is on the scsi bus but the VM has no SCSI controller "
+                               "(add e.g. <controller type='scsi' model='virtio-scsi'/> or "
+                               "-device virtio-scsi-pci,id=scsi0)")
+        scsi_bus = f"{controllers[0]}.0"
+    return PlanContext(existing_names=snap.names, pci_bus=pci_bus, pci_root_bus=root, scsi_bus=scsi_bus)
+
+
+async def _free_pcie_port(backend: MonitorBackend) -> str:
+    """The id of an empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0)."""
+    peripherals = _children(await backend.execute("qom-list", {"path": "/machine/peripheral"}))
+    for bus in await backend.execute("query-pci"):
+        for dev in _walk_pci(bus.get("devices", [])):
+            bridge = dev.get("pci_bridge")
+            qdev_id = dev.get("qdev_id")
+            if not bridge or not qdev_id or peripherals.get(qdev_id) not in HOTPLUG_BRIDGES:
+                continue
+            if not bridge.get("devices"):
+                return str(qdev_id)
+    raise RefusedError("no free hot-pluggable PCIe root port in this q35 VM: add spare ports "
+                       "(libvirt: <controller type='pci' model='pcie-root-port'/>; QEMU: "
+                       "-device pcie-root-port,id=rpN,chassis=N) or give the disk an <address>")
+
+
+def _walk_pci(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for dev in devices:
+        out.append(dev)
+        bridge = dev.get("pci_bridge")
+        if bridge:
+            out += _walk_pci(bridge.get("devices", []))
+    return out
