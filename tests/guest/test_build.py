@@ -1,0 +1,50 @@
+"""Pure helpers of the guest builder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from hotluks.guest.build import cache_root, elf_is_static, initramfs_entries, versioned_kernel_package
+from hotluks.guest.cpio import Entry
+
+APT_DEPENDS = """linux-image-amd64
+  Depends: linux-image-6.1.0-56-amd64
+"""
+
+
+def test_versioned_kernel_package() -> None:
+    assert versioned_kernel_package(APT_DEPENDS) == "linux-image-6.1.0-56-amd64"
+    assert versioned_kernel_package(" |Depends: linux-image-6.12.9-amd64\n") == "linux-image-6.12.9-amd64"
+    assert versioned_kernel_package("linux-image-amd64\n  Depends: kmod\n") is None
+    assert versioned_kernel_package("") is None
+
+
+def test_cache_root_follows_hotluks_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOTLUKS_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path / "guest"
+    monkeypatch.delenv("HOTLUKS_CACHE")
+    assert cache_root() == Path.home() / ".cache" / "hotluks" / "guest"
+
+
+def test_elf_is_static() -> None:
+    busybox = Path("/bin/busybox")
+    if busybox.exists():
+        assert elf_is_static(busybox.read_bytes()[:4096])
+    assert not elf_is_static(Path(sys.executable).resolve().read_bytes()[:4096])  # dynamically linked
+    assert not elf_is_static(b"#!/bin/sh\n")
+
+
+def test_initramfs_entries_layout() -> None:
+    entries = initramfs_entries(b"BB", [("virtio.ko", b"MOD")], "#!/bin/busybox sh\n")
+    by_path = {e.path: e for e in entries}
+    assert by_path["init"].data.startswith(b"#!")
+    assert by_path["init"].mode & 0o111
+    assert by_path["bin/busybox"].data == b"BB"
+    assert by_path["bin/sh"] == Entry.symlink("bin/sh", "busybox")
+    assert by_path["lib/modules/hotluks/virtio.ko"].data == b"MOD"
+    assert by_path["dev/console"].rdev == (5, 1)
+    paths = [e.path for e in entries]
+    assert paths.index("lib/modules/hotluks") < paths.index("lib/modules/hotluks/virtio.ko")
