@@ -9,6 +9,7 @@ grammar cannot express are checked afterwards. Every error is an
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -41,7 +42,7 @@ MAX_XML_BYTES = 256 * 1024
 SUPPORTED_BUSES = ("virtio", "scsi", "usb")
 BUS_BY_PREFIX = {"vd": "virtio", "sd": "scsi", "hd": "ide", "xvd": "xen", "ub": "usb"}
 ADDRESS_TYPE_BY_BUS = {"virtio": "pci", "scsi": "drive", "usb": "usb"}
-AUTH_SECRET_BY_PROTOCOL = {"rbd": "ceph", "iscsi": "iscsi"}
+AUTH_SECRET_BY_PROTOCOL: dict[str, Literal["ceph", "iscsi"]] = {"rbd": "ceph", "iscsi": "iscsi"}
 
 
 @functools.cache
@@ -92,17 +93,43 @@ def parse_disk(data: str | bytes, *, source: str | None = None) -> Disk:
     except etree.XMLSyntaxError as exc:
         line = exc.lineno if exc.lineno else None
         raise XMLError(f"not well-formed XML: {exc.msg}", line=line, source=source) from None
-    tree = root.getroottree()
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+    docinfo: Any = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
         raise XMLError("DOCTYPE declarations (and so entities) are not allowed", line=1, source=source)
     if not isinstance(root.tag, str) or root.tag != "disk":
-        raise XMLError(f"root element must be <disk>, not <{root.tag}>", line=root.sourceline, source=source)
+        raise XMLError(f"root element must be <disk>, not <{root.tag}>", line=_line(root), source=source)
     _explain_common_mistakes(root, source)
     schema = _schema()
     if not schema.validate(root):
-        err = schema.error_log[0]
-        raise XMLError(f"does not match the <disk> schema: {err.message}", line=err.line or None, source=source)
+        line, message = _locate_schema_error(root, schema.error_log)
+        raise XMLError(f"does not match the <disk> schema: {message}", line=line, source=source)
     return _DiskBuilder(source).disk(root)
+
+
+def _locate_schema_error(root: etree._Element, log: etree._ListErrorLog) -> tuple[int | None, str]:
+    """The line and message of the first schema error.
+
+    libxml2 reports a bad element inside an ``<interleave>`` as "Extra element X in
+    interleave" without a line; find that element (under the context the next error
+    names) and say what is wrong with it.
+    """
+    errors = list(log)
+    first = errors[0]
+    if first.line:
+        return first.line, first.message
+    match = re.match(r"Extra element (\S+) in interleave", first.message)
+    if match is None:
+        return next((e.line for e in errors if e.line), _line(root)), first.message
+    tag = match.group(1)
+    context = next((e.path for e in errors if e.path), None)
+    found: Any = root.xpath(context) if context else []
+    parent = found[0] if found and isinstance(found[0], type(root)) else root
+    candidates = [child for child in parent if child.tag == tag] or list(root.iter(tag))
+    if len(candidates) > 1:
+        return _line(candidates[1]), f"<{tag}> may appear only once here"
+    line = _line(candidates[0]) if candidates else _line(root)
+    return line, (f"<{tag}> is not valid here: one of its attributes or children does not match the grammar "
+                  "(see xml/disk.rng)")
 
 
 def _explain_common_mistakes(root: etree._Element, source: str | None) -> None:
@@ -110,17 +137,22 @@ def _explain_common_mistakes(root: etree._Element, source: str | None) -> None:
     for enc in root.iter("encryption"):
         if not any(child.tag == "secret" for child in enc):
             raise XMLError("<encryption> needs at least one <secret type='passphrase' uuid=…|usage=…/>",
-                           line=enc.sourceline, source=source)
+                           line=_line(enc), source=source)
     target = root.find("target")
     if target is not None:
         bus = target.get("bus")
         if bus is not None and bus not in SUPPORTED_BUSES:
             raise XMLError(f"unsupported bus '{bus}' (hotluks plugs disks on {', '.join(SUPPORTED_BUSES)})",
-                           line=target.sourceline, source=source)
+                           line=_line(target), source=source)
     device = root.get("device", "disk")
     if device != "disk":
         raise XMLError(f"device='{device}' is not supported: hotluks attaches device='disk' only",
-                       line=root.sourceline, source=source)
+                       line=_line(root), source=source)
+
+
+def _line(el: etree._Element) -> int | None:
+    """The element's line (lxml-stubs leave ``sourceline`` untyped)."""
+    return cast("int | None", el.sourceline)
 
 
 def _number(el: etree._Element, attr: str, source: str | None) -> int:
@@ -136,7 +168,7 @@ def _number(el: etree._Element, attr: str, source: str | None) -> int:
         return int(value, 10)
     except ValueError:
         raise XMLError(f"<{el.tag} {attr}='{value}'> is not a number (0x… is hex and, as in libvirt, "
-                       "a leading 0 means octal)", line=el.sourceline, source=source) from None
+                       "a leading 0 means octal)", line=_line(el), source=source) from None
 
 
 class _DiskBuilder:
@@ -146,7 +178,7 @@ class _DiskBuilder:
         self.where = source
 
     def fail(self, message: str, element: etree._Element) -> XMLError:
-        return XMLError(message, line=element.sourceline, source=self.where)
+        return XMLError(message, line=_line(element), source=self.where)
 
     def disk(self, root: etree._Element) -> Disk:
         kind = cast(SourceKind, root.get("type"))
@@ -155,7 +187,8 @@ class _DiskBuilder:
 
         enc_els = [e for e in (root.find("encryption"), source_el.find("encryption")) if e is not None]
         if len(enc_els) > 1:
-            raise self.fail("<encryption> given both under <disk> and under <source>; keep one", enc_els[1])
+            later = max(enc_els, key=lambda e: _line(e) or 0)
+            raise self.fail("<encryption> given both under <disk> and under <source>; keep one", later)
         driver_el = root.find("driver")
         fmt = cast(ImageFormat, driver_el.get("type", "raw") if driver_el is not None else "raw")
         encryption = self.encryption(enc_els[0], source, fmt) if enc_els else None
@@ -217,7 +250,7 @@ class _DiskBuilder:
             for extra in (auth_el, config_el, *el.findall("host")):
                 if extra is not None:
                     raise self.fail(f"<{extra.tag}> only makes sense for a network source", extra)
-            return Source(kind=kind, path=el.get(wanted), line=el.sourceline)
+            return Source(kind=kind, path=el.get(wanted), line=_line(el))
 
         protocol = el.get("protocol")
         name = el.get("name")
@@ -252,7 +285,7 @@ class _DiskBuilder:
             hosts=hosts,
             auth=auth,
             config_file=config_el.get("file") if config_el is not None else None,
-            line=el.sourceline,
+            line=_line(el),
         )
 
     def host(self, el: etree._Element) -> Host:
@@ -315,7 +348,7 @@ class _DiskBuilder:
 def _child(el: etree._Element, tag: str) -> etree._Element:
     found = el.find(tag)
     if found is None:  # the schema guarantees it; keep mypy and hostile trees honest
-        raise XMLError(f"<{el.tag}> needs a <{tag}>", line=el.sourceline)
+        raise XMLError(f"<{el.tag}> needs a <{tag}>", line=_line(el))
     return found
 
 
