@@ -64,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except Exception as exc:  # a bug, not bad input: say so without a traceback unless -vv
+        if args.verbose >= 2:
+            raise
+        print(f"hotluks: internal error: {type(exc).__name__}: {exc} (run with -vv for a traceback)",
+              file=sys.stderr)
+        return 70
     return code
 
 
