@@ -445,3 +445,42 @@ def cluster_env(cluster: CephCluster) -> Mapping[str, str]:
     if cluster.client_name:
         env["HOTLUKS_CEPH_USER"] = cluster.client_name
     return env
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hotluks.testing.ceph start [--cephx] | stop DIR | env DIR`` (for humans)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m hotluks.testing.ceph")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    start = sub.add_parser("start", help="start a cluster in the background and print its environment")
+    start.add_argument("--cephx", action="store_true")
+    start.add_argument("--base-port", type=int)
+    for name in ("stop", "env"):
+        sub.add_parser(name).add_argument("dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.cmd == "start":
+        cluster = CephCluster(cephx=args.cephx, base_port=args.base_port)
+        try:
+            cluster.start()
+        except HotluksError as exc:
+            print(f"error: {exc}", flush=True)
+            return exc.exit_code
+        for key, value in cluster_env(cluster).items():
+            print(f"export {key}={value}")
+        print(f"# started in {cluster.start_seconds:.1f}s; daemons {cluster.pids}")
+        cluster._children.clear()  # leave the daemons running; `stop DIR` ends them by PID
+        return 0
+    if args.cmd == "stop":
+        CephCluster.stop_dir(args.dir)
+        return 0
+    state = json.loads((args.dir / "state.json").read_text())
+    print(f"export HOTLUKS_CEPH_DIR={args.dir}\nexport HOTLUKS_CEPH_CONF={args.dir / 'ceph.conf'}\n"
+          f"export HOTLUKS_CEPH_POOL={POOL}")
+    if state.get("cephx"):
+        print(f"export HOTLUKS_CEPH_USER={CLIENT_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
