@@ -92,7 +92,8 @@ def parse_disk(data: str | bytes, *, source: str | None = None) -> Disk:
         root = etree.fromstring(raw, _parser())
     except etree.XMLSyntaxError as exc:
         line = exc.lineno if exc.lineno else None
-        raise XMLError(f"not well-formed XML: {exc.msg}", line=line, source=source) from None
+        message = " ".join(str(exc.msg).split())  # libxml2 messages may carry newlines
+        raise XMLError(f"not well-formed XML: {message}", line=line, source=source) from None
     docinfo: Any = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None:
         raise XMLError("DOCTYPE declarations (and so entities) are not allowed", line=1, source=source)
