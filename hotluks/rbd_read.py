@@ -8,6 +8,7 @@ stored: for a librbd-encrypted image that is librbd's own LUKS header.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import tempfile
@@ -111,12 +112,13 @@ def _stream_head(args: Sequence[str], length: int, errfile: str, loc: RbdLocatio
         except FileNotFoundError:
             raise RbdReadError(f"cannot read {loc.describe()}: the '{RBD_BINARY}' tool is not installed "
                                "(Debian package ceph-common)") from None
-    assert proc.stdout is not None
+    stdout = proc.stdout
+    assert isinstance(stdout, io.BufferedReader)
     try:
         while got < length:
             if time.monotonic() > deadline:
                 raise RbdReadError(f"reading {loc.describe()} timed out after {timeout:.0f}s")
-            chunk = proc.stdout.read1(min(1 << 20, length - got))
+            chunk = stdout.read1(min(1 << 20, length - got))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -124,7 +126,7 @@ def _stream_head(args: Sequence[str], length: int, errfile: str, loc: RbdLocatio
     finally:
         if proc.poll() is None:
             proc.kill()  # by PID: we have what we need (or gave up)
-        proc.stdout.close()
+        stdout.close()
         status = proc.wait()
     if got < length and status != 0:
         with open(errfile, "rb") as err_in:
