@@ -1,0 +1,433 @@
+"""A real libvirt daemon for tests, plus transient domains and secrets on it.
+
+``start_libvirtd()`` reuses a daemon that already answers on ``qemu:///system``
+(and then never stops it); otherwise it starts ``virtlogd`` and the monolithic
+``libvirtd`` (libvirt 11 on Debian; the secret driver is the separate package
+``libvirt-daemon-driver-secret``) in the foreground of a child process, with a
+private ``libvirtd.conf`` that logs into a temporary directory. The daemons
+are ended by PID on ``stop()`` and get SIGTERM from the kernel if the test
+process dies first (``PR_SET_PDEATHSIG``).
+
+Host facts the fixture takes care of:
+
+* ``/dev/kvm`` must be usable by the QEMU user (``libvirt-qemu``, group ``kvm``)
+  or libvirt re-probes QEMU's capabilities on every call (a minute per domain
+  start) and refuses ``type='kvm'``. Without udev nobody applies Debian's rule
+  (``GROUP="kvm", MODE="0660"``), so the fixture applies it.
+* QEMU runs as ``libvirt-qemu`` in a private ``/dev`` mount namespace: files
+  added through the monitor (not through libvirt) must be readable by that user
+  along their whole path; see :func:`qemu_accessible_dir`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import grp
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid as uuidlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hotluks.errors import BackendError
+
+SYSTEM_URI = "qemu:///system"
+QEMU_USER = "libvirt-qemu"
+RUN_DIR = Path("/run/libvirt")
+QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")
+_PR_SET_PDEATHSIG = 1
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _open(uri: str) -> Any:
+    import libvirt
+
+    return libvirt.open(uri)
+
+
+def daemon_answers(uri: str = SYSTEM_URI) -> bool:
+    """True when a libvirt daemon serves ``uri`` right now."""
+    import libvirt
+
+    try:
+        conn = _open(uri)
+    except libvirt.libvirtError:
+        return False
+    try:
+        conn.getLibVersion()
+        return True
+    except libvirt.libvirtError:
+        return False
+    finally:
+        conn.close()
+
+
+def fix_kvm_permissions(path: str = "/dev/kvm") -> None:
+    """Apply Debian's udev rule for /dev/kvm (group kvm, mode 0660) when udev did not."""
+    try:
+        st = os.stat(path)
+        gid = grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return
+    if st.st_gid != gid:
+        os.chown(path, -1, gid)
+    if st.st_mode & 0o660 != 0o660:
+        os.chmod(path, (st.st_mode & 0o7777) | 0o660)
+
+
+def _stop_pid(popen: subprocess.Popen[bytes], timeout: float) -> None:
+    if popen.poll() is not None:
+        return
+    try:
+        os.kill(popen.pid, signal.SIGTERM)
+        popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(popen.pid, signal.SIGKILL)
+        popen.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass
+class LibvirtDaemon:
+    """A libvirt daemon serving ``uri``; ``started`` says whether we own (and stop) it."""
+
+    uri: str = SYSTEM_URI
+    started: bool = False
+    workdir: Path | None = None
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    created_run_dir: bool = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def alive(self) -> bool:
+        if not self.started:
+            return daemon_answers(self.uri)
+        return all(p.poll() is None for p in self.processes)
+
+    def log(self) -> str:
+        """The daemon's log so far (only for a daemon we started)."""
+        if self.workdir is None:
+            return ""
+        path = self.workdir / "libvirtd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop what we started, libvirtd first (it holds virtlogd), by PID; remove our files."""
+        if not self.started:
+            return
+        for popen in reversed(self.processes):
+            _stop_pid(popen, timeout)
+        self.processes.clear()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.created_run_dir:
+            shutil.rmtree(RUN_DIR, ignore_errors=True)
+        self.started = False
+
+    def __enter__(self) -> LibvirtDaemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _spawn(args: Sequence[str], out: Path) -> subprocess.Popen[bytes]:
+    with open(out, "ab") as sink:
+        return subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent, start_new_session=True)
+
+
+def _wait_socket(path: Path, popen: subprocess.Popen[bytes], what: str, deadline: float) -> None:
+    while not path.exists():
+        if popen.poll() is not None:
+            raise BackendError(f"{what} exited with status {popen.returncode} during start-up")
+        if time.monotonic() > deadline:
+            raise BackendError(f"{what} did not create {path} in time")
+        time.sleep(0.05)
+
+
+def start_libvirtd(uri: str = SYSTEM_URI, *, timeout: float = 90.0, idle_exit: int = 1800) -> LibvirtDaemon:
+    """Reuse a daemon answering on ``uri``, or start virtlogd + libvirtd and wait until it answers.
+
+    ``idle_exit`` is libvirtd's ``--timeout``: a safety net that ends a daemon
+    left without clients and domains. The first start probes QEMU (~10 s);
+    later starts reuse libvirt's capability cache.
+    """
+    if daemon_answers(uri):
+        return LibvirtDaemon(uri=uri, started=False)
+    for binary in ("libvirtd", "virtlogd"):
+        if shutil.which(binary) is None:
+            raise BackendError(f"{binary} not found; run scripts/setup-system.sh")
+    fix_kvm_permissions()
+    workdir = Path(tempfile.mkdtemp(prefix="hotluks-libvirtd-"))
+    daemon = LibvirtDaemon(uri=uri, started=True, workdir=workdir, created_run_dir=not RUN_DIR.exists())
+    conf = workdir / "libvirtd.conf"
+    conf.write_text(f'log_outputs = "3:file:{workdir}/libvirtd.log"\n')
+    deadline = time.monotonic() + timeout
+    try:
+        if not (RUN_DIR / "virtlogd-sock").exists():
+            virtlogd = _spawn(["virtlogd", "-p", str(workdir / "virtlogd.pid")], workdir / "virtlogd.out")
+            daemon.processes.append(virtlogd)
+            _wait_socket(RUN_DIR / "virtlogd-sock", virtlogd, "virtlogd", deadline)
+        libvirtd = _spawn(["libvirtd", "-f", str(conf), "-p", str(workdir / "libvirtd.pid"),
+                           "--timeout", str(idle_exit)], workdir / "libvirtd.out")
+        daemon.processes.append(libvirtd)
+        while not daemon_answers(uri):
+            if libvirtd.poll() is not None:
+                out = (workdir / "libvirtd.out").read_text(errors="replace").strip()
+                raise BackendError(f"libvirtd exited with status {libvirtd.returncode}: {out[-1000:]}")
+            if time.monotonic() > deadline:
+                raise BackendError(f"libvirtd did not answer on {uri} within {timeout:.0f}s")
+            time.sleep(0.1)
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
+# --- transient domains ----------------------------------------------------------------------
+
+
+def kvm_domains_work(conn: Any) -> bool:
+    """True when libvirt accepts ``type='kvm'`` domains on this host."""
+    import libvirt
+
+    try:
+        conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def domain_xml(
+    name: str,
+    *,
+    virt_type: str = "qemu",
+    machine: str = "q35",
+    memory_mb: int = 128,
+    root_ports: int = 4,
+    scsi: bool = True,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    cmdline: str | None = None,
+    serial_socket: Path | None = None,
+    qemu_args: Sequence[str] = (),
+) -> str:
+    """Domain XML for a small disk-less VM with ACPI (PCI hotplug needs it).
+
+    On q35, ``root_ports`` pcie-root-ports use native PCIe hotplug
+    (``ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off``), so ``device_del``
+    completes without a guest OS; ``scsi`` adds a virtio-scsi controller ``scsi0``.
+    """
+    from lxml import etree
+
+    dom = etree.Element("domain", type=virt_type, nsmap={"qemu": QEMU_NS})
+    etree.SubElement(dom, "name").text = name
+    etree.SubElement(dom, "memory", unit="MiB").text = str(memory_mb)
+    etree.SubElement(dom, "vcpu").text = "1"
+    os_el = etree.SubElement(dom, "os")
+    etree.SubElement(os_el, "type", arch="x86_64", machine=machine).text = "hvm"
+    for tag, value in (("kernel", kernel), ("initrd", initrd), ("cmdline", cmdline)):
+        if value is not None:
+            etree.SubElement(os_el, tag).text = str(value)
+    features = etree.SubElement(dom, "features")
+    etree.SubElement(features, "acpi")
+    etree.SubElement(dom, "on_poweroff").text = "destroy"
+    etree.SubElement(dom, "on_reboot").text = "destroy"
+    etree.SubElement(dom, "on_crash").text = "destroy"
+    devices = etree.SubElement(dom, "devices")
+    args = list(qemu_args)
+    if machine.startswith(("q35", "pc-q35")):
+        etree.SubElement(devices, "controller", type="pci", index="0", model="pcie-root")
+        for index in range(1, root_ports + 1):
+            etree.SubElement(devices, "controller", type="pci", index=str(index), model="pcie-root-port")
+        args = ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off", *args]
+    if scsi:
+        etree.SubElement(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+    etree.SubElement(devices, "controller", type="usb", model="none")
+    etree.SubElement(devices, "memballoon", model="none")
+    if serial_socket is not None:
+        serial = etree.SubElement(devices, "serial", type="unix")
+        etree.SubElement(serial, "source", mode="bind", path=str(serial_socket))
+        etree.SubElement(serial, "target", port="0")
+    if args:
+        cmd = etree.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+        for arg in args:
+            etree.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
+    return str(etree.tostring(dom, pretty_print=True, encoding="unicode"))
+
+
+@dataclass
+class TransientDomain:
+    """A running (possibly paused) transient domain; ``destroy()`` ends it and removes its log."""
+
+    name: str
+    uri: str
+    uuid: str
+    xml: str
+    _conn: Any = None
+
+    def destroy(self) -> None:
+        import libvirt
+
+        if self._conn is None:
+            return
+        try:
+            dom = self._conn.lookupByUUIDString(self.uuid)
+            dom.destroy()
+        except libvirt.libvirtError:
+            pass  # already gone
+        finally:
+            self._conn.close()
+            self._conn = None
+        with contextlib.suppress(OSError):
+            (QEMU_LOG_DIR / f"{self.name}.log").unlink()
+
+    def qemu_pid(self) -> int | None:
+        """PID of the domain's QEMU process, from libvirt's pid file."""
+        try:
+            return int((RUN_DIR / "qemu" / f"{self.name}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def __enter__(self) -> TransientDomain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+def start_domain(
+    uri: str = SYSTEM_URI,
+    name: str | None = None,
+    *,
+    paused: bool = True,
+    virt_type: str | None = None,
+    **xml_options: Any,
+) -> TransientDomain:
+    """Create a transient domain (paused by default); ``kvm`` when usable for guest-less VMs.
+
+    A real guest (``kernel=...``) defaults to TCG, like :func:`hotluks.qemu.launcher.choose_accel`.
+    """
+    import libvirt
+
+    name = name or f"hotluks-test-{uuidlib.uuid4().hex[:8]}"
+    conn = _open(uri)
+    try:
+        if virt_type is None:
+            forced = os.environ.get("HOTLUKS_ACCEL", "")
+            guest = xml_options.get("kernel") is not None
+            if forced.startswith("kvm") or (not forced and not guest and kvm_domains_work(conn)):
+                virt_type = "kvm"
+            else:
+                virt_type = "qemu"
+        xml = domain_xml(name, virt_type=virt_type, **xml_options)
+        flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+        dom = conn.createXML(xml, flags)
+    except libvirt.libvirtError as exc:
+        conn.close()
+        raise BackendError(f"cannot start domain {name}: {exc.get_error_message()}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return TransientDomain(name=name, uri=uri, uuid=dom.UUIDString(), xml=xml, _conn=conn)
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+@dataclass
+class LibvirtSecret:
+    """An ephemeral (never written to disk) libvirt secret; ``undefine()`` removes it."""
+
+    uuid: str
+    usage_type: str
+    usage: str
+    _conn: Any = None
+
+    def undefine(self) -> None:
+        import libvirt
+
+        if self._conn is None:
+            return
+        try:
+            self._conn.secretLookupByUUIDString(self.uuid).undefine()
+        except libvirt.libvirtError:
+            pass
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> LibvirtSecret:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.undefine()
+
+
+def secret_xml(usage_type: str, usage: str, uuid: str) -> str:
+    """Secret XML: ``volume`` usage is a path, ``ceph`` a name."""
+    from lxml import etree
+
+    if usage_type not in ("volume", "ceph"):
+        raise ValueError(f"unsupported secret usage type {usage_type!r}")
+    sec = etree.Element("secret", ephemeral="yes", private="no")
+    etree.SubElement(sec, "uuid").text = uuid
+    use = etree.SubElement(sec, "usage", type=usage_type)
+    etree.SubElement(use, "volume" if usage_type == "volume" else "name").text = usage
+    return str(etree.tostring(sec, encoding="unicode"))
+
+
+def define_secret(uri: str, usage_type: str, usage: str, value: bytes, *, uuid: str | None = None) -> LibvirtSecret:
+    """Define a secret (``volume`` for passphrases, ``ceph`` for cephx keys) holding ``value``."""
+    import libvirt
+
+    uuid = uuid or str(uuidlib.uuid4())
+    conn = _open(uri)
+    try:
+        secret = conn.secretDefineXML(secret_xml(usage_type, usage, uuid), 0)
+        secret.setValue(value, 0)
+    except libvirt.libvirtError as exc:
+        conn.close()
+        raise BackendError(f"cannot define secret {usage_type}:{usage}: {exc.get_error_message()}") from None
+    return LibvirtSecret(uuid=uuid, usage_type=usage_type, usage=usage, _conn=conn)
+
+
+# --- files QEMU opens through the monitor ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def qemu_accessible_dir(parent: str = "/var/tmp") -> Iterator[Path]:
+    """A temporary directory whose files the domain's QEMU user can reach (removed afterwards).
+
+    Files libvirt does not know about keep their owner: chown them with
+    :func:`give_to_qemu` before a ``blockdev-add`` through the monitor.
+    """
+    path = Path(tempfile.mkdtemp(prefix="hotluks-vmfiles-", dir=parent))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def give_to_qemu(path: Path) -> None:
+    """Make ``path`` owned by the QEMU user (libvirt runs QEMU as ``libvirt-qemu``)."""
+    user = pwd.getpwnam(QEMU_USER)
+    os.chown(path, user.pw_uid, user.pw_gid)
