@@ -209,3 +209,24 @@ def boot_guest(artifacts: GuestArtifacts | None = None, *, layout: VMLayout = DE
         raise
     return guest
 
+
+
+def libvirt_boot_options(artifacts: GuestArtifacts, serial_socket: Path, *,
+                         layout: VMLayout = DEFAULT_LAYOUT) -> dict[str, object]:
+    """How a libvirt domain boots this guest, as ``<os>``/``<serial>`` data.
+
+    The keys match ``hotluks.testing.libvirtd.domain_xml``/``start_domain``: ``kernel``,
+    ``initrd``, ``cmdline`` (``<os>``), ``serial_socket`` (one ``<serial type='unix'>``
+    bound on port 0) and ``machine``. With a single serial port the agent shares
+    ttyS0 with the (quiet) kernel console; the reply framing tolerates that.
+    libvirt runs QEMU as another user: ``kernel``/``initrd`` must be readable by it
+    (copy them out of ``~/.cache`` first). On q35 keep ACPI hotplug for a live guest:
+    native PCIe hotplug makes the guest wait ~5 s before it releases a device.
+    """
+    return {
+        "kernel": artifacts.kernel,
+        "initrd": artifacts.initrd,
+        "cmdline": kernel_cmdline(agent_port=CONSOLE_PORT),
+        "serial_socket": serial_socket,
+        "machine": layout.machine,
+    }
