@@ -233,7 +233,8 @@ def domain_xml(
 
     On q35, ``root_ports`` pcie-root-ports use native PCIe hotplug
     (``ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off``), so ``device_del``
-    completes without a guest OS; ``scsi`` adds a virtio-scsi controller ``scsi0``.
+    completes without a guest OS; ``scsi`` adds a virtio-scsi controller ``scsi0``,
+    which libvirt plugs into ``pci.1``, leaving ``pci.2`` ... ``pci.<root_ports>`` free.
     """
     from lxml import etree
 

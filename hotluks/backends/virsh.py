@@ -1,0 +1,303 @@
+"""QMP through the ``virsh`` binary, for hosts without libvirt-python.
+
+Commands never travel in argv: each one is fed on stdin to virsh's shell mode
+(``virsh -q -c URI`` reading ``qemu-monitor-command DOM 'JSON'``), so secrets in
+an ``object-add`` do not show in ``ps``. ``argv_visible`` is therefore False.
+
+Events: ``events()`` starts a ``virsh`` shell running ``qemu-monitor-event
+--loop`` when the block is entered, i.e. before the command that triggers the
+event. virsh block-buffers a pipe, so its stdout is a pseudo-terminal. The
+watcher first prints a marker (it is connected once the marker appears);
+the next ``execute()`` waits for every open watcher's marker before sending.
+
+Like every monitor command, these taint the domain (``custom-monitor``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pty
+import re
+import shutil
+import signal
+import subprocess
+import termios
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from hotluks.backends.base import Event, EventQueue, MasterKey, MonitorBackend, QMPArgs
+from hotluks.backends.libvirt import DEFAULT_URI, command_json, parse_reply, probe_master_key
+from hotluks.errors import BackendError, InputError
+
+VIRSH = "virsh"
+READY_MARK = "hotluks-watch-ready"
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+
+def shell_quote(text: str) -> str:
+    """Quote one argument for virsh's shell parser (single quotes; ' becomes '\\'')."""
+    if "\n" in text or "\0" in text:
+        raise InputError("a virsh argument cannot contain a newline or NUL")
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def monitor_line(domain: str, command: str) -> str:
+    """The shell-mode line that runs one QMP command."""
+    return f"qemu-monitor-command --domain {shell_quote(domain)} --cmd {shell_quote(command)}\n"
+
+
+def reply_from_output(command: str, stdout: str) -> str:
+    """The JSON reply among virsh's shell-mode output (prompts and echoed input are skipped)."""
+    for line in stdout.splitlines():
+        text = line.strip()
+        if text.startswith("{"):
+            try:
+                data = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and ("return" in data or "error" in data):
+                return text
+    raise BackendError(f"{command}: virsh printed no monitor reply")
+
+
+def virsh_error(stderr: str) -> str:
+    """virsh's error lines, joined (they never contain our command text)."""
+    lines = [ln.removeprefix("error: ").strip() for ln in stderr.splitlines() if ln.startswith("error:")]
+    return "; ".join(lines) or stderr.strip()[-500:] or "unknown error"
+
+
+def parse_event_line(line: str, domain: str) -> Event | None:
+    """``event NAME at S.US for domain 'DOM': DATA`` → a QMP-shaped event (None if not one)."""
+    match = re.match(r"^event (\S+) at (\d+)\.(\d+) for domain '", line)
+    if match is None:
+        return None
+    rest = line[match.end():]
+    prefix = f"{domain}': "
+    if not rest.startswith(prefix):
+        return None
+    details = rest[len(prefix):].strip()
+    data: Any = {}
+    if details and details != "<null>":
+        try:
+            data = json.loads(details)
+        except ValueError:
+            data = {}
+    return {"event": match.group(1), "data": data if isinstance(data, dict) else {},
+            "timestamp": {"seconds": int(match.group(2)), "microseconds": int(match.group(3))}}
+
+
+class _Watcher:
+    """One ``virsh qemu-monitor-event --loop`` shell whose stdout is a pty, read by the asyncio loop."""
+
+    def __init__(self, backend: VirshBackend, names: frozenset[str]):
+        self.backend = backend
+        loop = asyncio.get_running_loop()
+        master, slave = pty.openpty()
+        attrs = termios.tcgetattr(slave)
+        attrs[1] &= ~termios.ONLCR  # plain "\n" line ends
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        event_opts = ""
+        if names:
+            pattern = "^(" + "|".join(re.escape(n) for n in sorted(names)) + ")$"
+            event_opts = f" --event {shell_quote(pattern)} --regex"
+        script = (f"echo {READY_MARK[:-5]}{shell_quote(READY_MARK[-5:])}\n"
+                  f"qemu-monitor-event --domain {shell_quote(backend.vm)} --loop{event_opts}\n")
+        try:
+            self.proc = subprocess.Popen(
+                [backend.virsh, "-q", "-c", backend.uri], stdin=subprocess.PIPE, stdout=slave,
+                stderr=subprocess.PIPE, start_new_session=True)
+        finally:
+            os.close(slave)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(script.encode())
+        self.proc.stdin.flush()  # stdin stays open: virsh's shell ends when it sees EOF
+        self.fd = master
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self._buffer = ""
+        self._loop = loop
+        loop.add_reader(master, self._read)
+
+    def _read(self) -> None:
+        try:
+            chunk = os.read(self.fd, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:  # virsh exited
+            self._loop.remove_reader(self.fd)
+            if not self.ready.done():
+                self.ready.set_exception(BackendError("virsh event watcher exited before it was ready"))
+            return
+        self._buffer += chunk.decode(errors="replace")
+        if not self.ready.done() and READY_MARK in self._buffer:
+            self.ready.set_result(None)
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            event = parse_event_line(line.replace("\r", ""), self.backend.vm)
+            if event is not None:
+                self.backend._dispatch_event(event)
+
+    def stop(self) -> None:
+        """End virsh by its PID and release the pty."""
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self.fd)
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        os.close(self.fd)
+        if not self.ready.done():
+            self.ready.cancel()
+
+
+class VirshBackend(MonitorBackend):
+    """Runs ``virsh`` per command (input on stdin, never in argv)."""
+
+    name = "virsh"
+    #: commands (and any secret inside them) are not visible in the process list
+    argv_visible = False
+
+    def __init__(self, domain: str, uri: str = DEFAULT_URI, *, master_key: MasterKey | None = None,
+                 timeout: float = 10.0, probe_master_key: bool = True, virsh: str | None = None):
+        super().__init__()
+        self.vm = domain
+        self.uri = uri
+        self.master_key = master_key
+        self.timeout = timeout
+        self._probe_key = probe_master_key and master_key is None
+        self.virsh = virsh or shutil.which(VIRSH) or VIRSH
+        self._watchers: list[_Watcher] = []
+
+    @property
+    def vm_key(self) -> str:
+        return f"libvirt-{self.uri}-{self.vm}"
+
+    async def _run(self, stdin_text: str) -> tuple[int, str, str]:
+        """Run ``virsh -q -c URI`` in shell mode with ``stdin_text``; (status, stdout, stderr)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.virsh, "-q", "-c", self.uri, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            raise BackendError(f"cannot run {self.virsh}: {exc.strerror}; install libvirt-clients") from None
+        try:
+            async with asyncio.timeout(self.timeout):
+                out, err = await proc.communicate(stdin_text.encode())
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise BackendError(f"virsh did not finish within {self.timeout:.0f}s") from None
+        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def connect(self) -> VirshBackend:
+        """Check the domain exists and runs; probe libvirt's masterKey0."""
+        _, out, err = await self._run(f"domstate --domain {shell_quote(self.vm)}\n")
+        state = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("virsh #")]
+        if err.strip():
+            message = virsh_error(err)
+            if "failed to get domain" in message or "Domain not found" in message:
+                raise InputError(f"no libvirt domain named {self.vm!r} on {self.uri}")
+            raise BackendError(f"virsh cannot reach domain {self.vm!r} on {self.uri}: {message}")
+        if state and state[0] in ("shut off", "crashed"):
+            raise InputError(f"libvirt domain {self.vm!r} on {self.uri} is not running")
+        if self._probe_key:
+            self.master_key = await probe_master_key(self)
+        return self
+
+    async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
+        for watcher in list(self._watchers):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await asyncio.shield(watcher.ready)
+            except TimeoutError:
+                raise BackendError(f"virsh event watcher for {self.vm!r} did not start in time") from None
+        text = command_json(command, arguments)
+        _, out, err = await self._run(monitor_line(self.vm, text))
+        try:
+            return parse_reply(command, reply_from_output(command, out))
+        except BackendError:
+            if err.strip():
+                message = virsh_error(err).replace(text, "<command>")
+                raise BackendError(f"{command}: virsh failed on domain {self.vm!r}: {message}") from None
+            raise
+
+    @contextlib.contextmanager
+    def events(self, names: Iterable[str] = ()) -> Iterator[EventQueue]:
+        """Collect events while the block runs; the virsh watcher starts on entry."""
+        queue = EventQueue(names)
+        watcher = _Watcher(self, queue.names)
+        self._watchers.append(watcher)
+        self._queues.append(queue)
+        try:
+            yield queue
+        finally:
+            self._queues.remove(queue)
+            self._watchers.remove(watcher)
+            watcher.stop()
+
+    def _dispatch_event(self, event: Event) -> None:
+        # every watcher feeds every queue; the same event can arrive from two watchers
+        for queue in list(self._queues):
+            queue.put(event)
+
+    async def secret_value(self, ref: str) -> bytes | None:
+        """Value of a libvirt secret by UUID or usage (``secret-get-value`` prints it on stdout)."""
+        import base64
+
+        uuid = ref if _UUID_RE.match(ref) else await self._secret_uuid_by_usage(ref)
+        if uuid is None:
+            return None
+        _, out, err = await self._run(f"secret-get-value --secret {shell_quote(uuid)}\n")
+        values = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("virsh #")]
+        if not values:
+            message = virsh_error(err)
+            if "not found" in message or "no value" in message or "Secret not found" in message:
+                return None
+            raise BackendError(f"cannot read libvirt secret {ref!r}: {message}")
+        try:
+            return base64.b64decode(values[-1], validate=True)
+        except ValueError:
+            raise BackendError(f"virsh printed an unreadable value for secret {ref!r}") from None
+
+    async def _secret_uuid_by_usage(self, usage: str) -> str | None:
+        """Search ``secret-list`` for a secret whose usage id is ``usage`` (volume first)."""
+        from lxml import etree
+
+        _, out, err = await self._run("secret-list --uuid\n")
+        uuids = [ln.strip() for ln in out.splitlines() if _UUID_RE.match(ln.strip())]
+        if not uuids:
+            return None
+        _, out, _ = await self._run("".join(f"secret-dumpxml --secret {shell_quote(u)}\n" for u in uuids))
+        found: dict[str, str] = {}
+        for block in re.findall(r"(?s)<secret\b.*?</secret>", out):
+            try:
+                root = etree.fromstring(block.encode())
+            except etree.XMLSyntaxError:
+                continue
+            use = root.find("usage")
+            uuid_text = root.findtext("uuid")
+            if use is None or uuid_text is None:
+                continue
+            ident = use.findtext("volume") or use.findtext("name") or use.findtext("target") or ""
+            if ident == usage:
+                found.setdefault(use.get("type", ""), uuid_text.strip())
+        for kind in ("volume", "ceph", "iscsi", "tls", "vtpm"):
+            if kind in found:
+                return found[kind]
+        return None
+
+    async def close(self) -> None:
+        for watcher in list(self._watchers):
+            watcher.stop()
+        self._watchers.clear()
