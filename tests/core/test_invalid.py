@@ -164,7 +164,7 @@ def test_invalid_through_cli(case: str, cli: Any, write_xml: Any) -> None:
         assert fragment in result.err and "Traceback" not in result.err
 
 
-@pytest.mark.parametrize("case", ["librbd-with-header", "qemu-engine-luks2", "encryption-twice", "bad-alias"])
+@pytest.mark.parametrize("case", ["librbd-with-header", "bad-alias"])
 def test_invalid_through_real_process(case: str, cli_process: Any, write_xml: Any) -> None:
     text, fragment = CASES[case]
     path: Path = write_xml(text)
