@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hotluks.backends.base import MonitorBackend
+from hotluks.backends.base import MonitorBackend, QMPCommandError
 from hotluks.errors import RefusedError
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
@@ -82,19 +82,41 @@ async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot) ->
 
 
 async def _free_pcie_port(backend: MonitorBackend) -> str:
-    """The id of an empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0)."""
+    """The id of an empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0).
+
+    ``query-pci`` only lists devices behind a bridge once firmware has numbered
+    its secondary bus; a paused or still-booting VM shows every bridge empty. So
+    a port counts as free only if ``query-pci`` shows nothing behind it *and*
+    its QOM bus (``/machine/peripheral/ID/ID``) has no ``child[N]`` device links.
+    """
     peripherals = _children(await backend.execute("qom-list", {"path": "/machine/peripheral"}))
+    ports = {name for name, typ in peripherals.items() if typ in HOTPLUG_BRIDGES}
+    order: list[str] = []
+    busy: set[str] = set()
     for bus in await backend.execute("query-pci"):
         for dev in _walk_pci(bus.get("devices", [])):
             bridge = dev.get("pci_bridge")
-            qdev_id = dev.get("qdev_id")
-            if not bridge or not qdev_id or peripherals.get(qdev_id) not in HOTPLUG_BRIDGES:
+            qdev_id = str(dev.get("qdev_id") or "")
+            if not bridge or qdev_id not in ports:
                 continue
-            if not bridge.get("devices"):
-                return str(qdev_id)
+            order.append(qdev_id)
+            if bridge.get("devices"):
+                busy.add(qdev_id)
+    for port in order:
+        if port not in busy and await _bus_is_empty(backend, port):
+            return port
     raise RefusedError("no free hot-pluggable PCIe root port in this q35 VM: add spare ports "
                        "(libvirt: <controller type='pci' model='pcie-root-port'/>; QEMU: "
                        "-device pcie-root-port,id=rpN,chassis=N) or give the disk an <address>")
+
+
+async def _bus_is_empty(backend: MonitorBackend, bridge: str) -> bool:
+    """True when the secondary bus of ``bridge`` has no devices plugged (per QOM)."""
+    try:
+        listing = await backend.execute("qom-list", {"path": f"/machine/peripheral/{bridge}/{bridge}"})
+    except QMPCommandError:
+        return True  # bus not found under its usual name: trust query-pci
+    return not any(str(e.get("name", "")).startswith("child[") for e in listing)
 
 
 def _walk_pci(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
