@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_secret_option(c)
     c.add_argument("--inline-secrets", action="store_true",
                    help="embed the secret values (from the --secret files) instead of referencing the files")
+    c.add_argument("--pci-root-bus", metavar="NAME", default="pci.0",
+                   help="QEMU name of the PCI root bus, used for <address type='pci' bus='0'>: "
+                        "pci.0 on -M pc (default), pcie.0 on -M q35")
     c.set_defaults(func=cmd_cold_cmdline)
 
 
@@ -43,10 +46,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_cold_cmdline(args: argparse.Namespace) -> int:
-    from hotluks.plan.planner import build_plan
+    from hotluks.plan.planner import PlanContext, build_plan
     from hotluks.render.cmdline import as_shell, cold_boot_args
 
-    plan = build_plan(load_disk(args.disk))
+    plan = build_plan(load_disk(args.disk), context=PlanContext(pci_root_bus=args.pci_root_bus))
     inline = read_secrets(args.secret) if args.inline_secrets else None
     argv = cold_boot_args(plan, secret_files(args.secret), inline)
     if args.format == "json":

@@ -276,3 +276,13 @@ def test_plan_json_shape(golden_dir: Path) -> None:
         "vdi", "virtio", "librbd-layered", "hl-vdi", "hl-vdi-fmt")
     assert [s["kind"] for s in doc["secrets"]] == ["passphrase"] * 3 + ["ceph"]
     assert all(set(s) == {"execute", "arguments", "role", "undo"} for s in doc["steps"])
+
+
+def test_pci_root_bus_option(cli: Any, golden_dir: Path) -> None:
+    example = str(golden_dir.parents[2] / "xml" / "examples" / "readonly-detached.xml")
+    secret = ["--secret", "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f=/run/k", "--format", "json"]
+    default = json.loads(json.loads(cli("cold-cmdline", example, *secret).out)[-1])
+    q35 = json.loads(json.loads(cli("cold-cmdline", example, "--pci-root-bus", "pcie.0", *secret).out)[-1])
+    assert (default["bus"], default["addr"]) == ("pci.0", "0xa")
+    assert (q35["bus"], q35["addr"]) == ("pcie.0", "0xa")
+    assert "pcie.0" in cli("cold-cmdline", example, "--pci-root-bus", "pcie.0", *secret[:2]).out
