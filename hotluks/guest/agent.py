@@ -24,6 +24,7 @@ from hotluks.guest.protocol import (
     Reply,
     ReplyParser,
     encode_command,
+    encode_write,
     parse_block_devices,
     parse_hex,
     parse_sha256,
@@ -31,8 +32,8 @@ from hotluks.guest.protocol import (
 
 T = TypeVar("T")
 DeviceMatch = str | Callable[[BlockDevice], bool]
-#: bytes of data per ``write`` command (the line carries twice as many hex digits)
-WRITE_CHUNK = 16 * 1024
+#: bytes of data per ``write`` command (its payload line carries twice as many hex digits)
+WRITE_CHUNK = 64 * 1024
 _LINE_LIMIT = 1 << 20
 
 
@@ -65,6 +66,7 @@ class GuestAgent:
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(str(path), limit=_LINE_LIMIT)
+                writer.write(b"\n")  # ends any partial line a previous client left in the guest's tty
                 return cls(path, reader, writer)
             except OSError as exc:
                 if time.monotonic() >= deadline:
@@ -120,19 +122,24 @@ class GuestAgent:
 
     # -- commands -------------------------------------------------------------
 
+    def _next_id(self) -> str:
+        self._counter += 1
+        return f"h{self._session}n{self._counter}"
+
     async def command(self, command: str, *args: str | int, timeout: float = 30.0, check: bool = True) -> Reply:
         """Run one agent command; ``check`` turns a non-zero status into :class:`GuestAgentError`."""
+        cmd_id = self._next_id()
+        return await self._request(cmd_id, command, encode_command(cmd_id, command, *args), timeout, check)
+
+    async def _request(self, cmd_id: str, command: str, request: bytes, timeout: float, check: bool) -> Reply:
         if self._closed:
             raise GuestAgentError("the guest agent connection is closed", command=command)
-        self._counter += 1
-        cmd_id = f"h{self._session}n{self._counter}"
-        line = encode_command(cmd_id, command, *args)
         waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiters[cmd_id] = waiter
-        shown = line.decode().strip()
+        shown = request.decode().strip()
         self._note(">", shown if len(shown) < 200 else shown[:200] + "...")
         try:
-            self._writer.write(line)
+            self._writer.write(request)
             await self._writer.drain()
             async with asyncio.timeout(timeout):
                 reply = await waiter
@@ -192,8 +199,9 @@ class GuestAgent:
     async def write(self, dev: str, offset: int, data: bytes, timeout: float = 60.0) -> None:
         """Write ``data`` at ``offset`` of the device and fsync it."""
         for start in range(0, len(data), WRITE_CHUNK):
-            chunk = data[start:start + WRITE_CHUNK]
-            await self.command("write", dev, offset + start, chunk.hex(), timeout=timeout)
+            cmd_id = self._next_id()
+            request = encode_write(cmd_id, dev, offset + start, data[start:start + WRITE_CHUNK])
+            await self._request(cmd_id, "write", request, timeout, True)
 
     async def sync(self, timeout: float = 30.0) -> None:
         """Flush the guest's dirty buffers."""

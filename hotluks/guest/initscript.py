@@ -31,7 +31,7 @@ for w in $(cat /proc/cmdline); do
     case $w in hotluks.agent=*) port=${w#hotluks.agent=} ;; esac
 done
 tty=/dev/$port
-stty -F $tty raw -echo clocal >/dev/console 2>&1
+stty -F $tty 115200 raw -echo clocal >/dev/console 2>&1
 P=@PREFIX@
 
 dev_ok() {
@@ -75,11 +75,15 @@ c_read() {
     dd if=/dev/$1 bs=65536 iflag=skip_bytes,count_bytes,fullblock skip=$2 count=$3 status=none | xxd -p
 }
 c_write() {
+    # the hex payload follows on its own line: read it first, whatever else is wrong
+    num_ok "$3" || return
+    head -c $(($3 * 2 + 1)) >/tmp/hex
     dev_ok "$1" || return
     num_ok "$2" || return
-    case $3 in ''|*[!0-9a-f]*) echo "bad hex data"; return 2 ;; esac
-    echo "$3" | xxd -r -p | dd of=/dev/$1 bs=65536 oflag=seek_bytes seek=$2 conv=notrunc,fsync status=none || return
-    echo "wrote $((${#3} / 2))"
+    [ "$(tr -d '0-9a-f' </tmp/hex | wc -c)" = 1 ] && [ "$(wc -c </tmp/hex)" = $(($3 * 2 + 1)) ] \
+        || { echo "bad hex payload"; return 2; }
+    xxd -r -p /tmp/hex | dd of=/dev/$1 bs=65536 oflag=seek_bytes seek=$2 conv=notrunc,fsync status=none || return
+    echo "wrote $3"
 }
 c_sync() { sync; }
 c_drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }

@@ -1,7 +1,9 @@
 """The line protocol between the host and the ``/init`` agent (pure).
 
 Host → guest, one line per command: ``<id> <command> [arg ...]``. Ids are
-alphanumeric and unique per client session. Guest → host, per command::
+alphanumeric and unique per client session. ``write DEV OFFSET NBYTES`` is
+followed by one line of ``2*NBYTES`` lowercase hex digits, which the agent
+reads in bulk (busybox ``read`` takes a byte per system call, slow under TCG). Guest → host, per command::
 
     @@HL:<id>:B            begin
     @@HL:<id>:| <text>     one line of output (stdout and stderr)
@@ -53,6 +55,11 @@ class BlockDevice:
     @property
     def path(self) -> str:
         return f"/dev/{self.name}"
+
+
+def encode_write(cmd_id: str, dev: str, offset: int, data: bytes) -> bytes:
+    """A ``write`` request: the command line, then the payload line."""
+    return encode_command(cmd_id, "write", dev, offset, len(data)) + data.hex().encode() + b"\n"
 
 
 def encode_command(cmd_id: str, command: str, *args: str | int) -> bytes:

@@ -60,6 +60,9 @@ def test_agent_round_trip(guest: BootedGuest) -> None:
     with pytest.raises(GuestAgentError) as info:
         agent.sha256("vdz")
     assert info.value.status == 2 and "no such block device" in str(info.value)
+    with pytest.raises(GuestAgentError, match="no such block device"):
+        agent.write("vdz", 0, b"payload line must be consumed, not run")
+    assert agent.command("ping").lines == ("pong",)  # still in step after the rejected payload
     assert "Kernel panic" not in guest.console_text()
 
 

@@ -25,11 +25,15 @@ async def serve(handler: Handler, path: Path) -> asyncio.Server:
         writer.write(b"[ 0.1] kernel noise\n@@HL:READY:1\n")
         while line := await reader.readline():
             words = line.decode().split()
+            if not words:
+                continue  # the client's leading newline
+            if words[1] == "write":  # its hex payload follows on the next line
+                words.append((await reader.readline()).decode().strip())
             await handler(words[0], words[1], words[2:], writer)
             await writer.drain()
         writer.close()
 
-    return await asyncio.start_unix_server(client, path=str(path))
+    return await asyncio.start_unix_server(client, path=str(path), limit=1 << 20)
 
 
 async def answer(writer: asyncio.StreamWriter, cmd_id: str, lines: list[str], status: int = 0) -> None:
@@ -155,11 +159,13 @@ def test_sync_wrapper_round_trip_and_write_chunks() -> None:
             assert agent.wait_ready(5) < 5
             assert agent.read("vda", 8, 4) == b"\x00\x11\x22\x33"
             assert agent.sha256("vda", 4096) == "ab" * 32
-            agent.write("vda", 100, bytes(range(256)) * 130)  # 33280 bytes: three chunks
+            data = bytes(range(256)) * 520  # 133120 bytes: three chunks
+            agent.write("vda", 100, data)
             writes = [args for cmd, args in seen if cmd == "write"]
-            assert [(a[0], int(a[1]), len(a[2]) // 2) for a in writes] == [
-                ("vda", 100, 16384), ("vda", 16484, 16384), ("vda", 32868, 512)]
-            assert all(re.fullmatch(r"[0-9a-f]+", a[2]) for a in writes)
+            assert [(a[0], int(a[1]), int(a[2])) for a in writes] == [
+                ("vda", 100, 65536), ("vda", 65636, 65536), ("vda", 131172, 2048)]
+            assert all(re.fullmatch(r"[0-9a-f]+", a[3]) for a in writes)
+            assert b"".join(bytes.fromhex(a[3]) for a in writes) == data
             with pytest.raises(GuestAgentError, match="asked 5 bytes, got 4"):
                 agent.read("vda", 0, 5)
     finally:

@@ -9,6 +9,7 @@ from hotluks.guest.protocol import (
     Reply,
     ReplyParser,
     encode_command,
+    encode_write,
     parse_block_devices,
     parse_hex,
     parse_sha256,
@@ -21,7 +22,7 @@ def feed_all(parser: ReplyParser, text: str) -> list[Reply]:
 
 def test_encode_command() -> None:
     assert encode_command("a1", "read", "vda", 0, 16) == b"a1 read vda 0 16\n"
-    assert encode_command("a2", "write", "sdb", 512, "00ff") == b"a2 write sdb 512 00ff\n"
+    assert encode_write("a2", "sdb", 512, b"\x00\xff") == b"a2 write sdb 512 2\n00ff\n"
 
 
 @pytest.mark.parametrize("bad", ["vda b", "x;rm", "$(id)", "a\nb", "", "*"])
