@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hotluks.backends.base import MonitorBackend, QMPArgs, QMPCommandError
 from hotluks.qemu.launcher import QemuProcess, start_qemu
+from hotluks.testing.qmpproxy import MUTATING
 
 PASSPHRASE = b"hl-Runner-pass-7c1e"
 PATTERN = 0xAB
@@ -166,6 +168,8 @@ def qemu_io_read(monitor: Monitor, vm: QemuProcess, node: str, pattern: int = PA
 @dataclass
 class TestDisk:
     """One encrypted disk image set and the ``<disk>`` XML that attaches it."""
+
+    __test__ = False  # not a pytest test class
 
     shape: str
     target: str
@@ -358,3 +362,50 @@ def run_cli(*args: str | Path, timeout: float = 60.0, env: dict[str, str] | None
     """Run ``hotluks ARGS`` and capture its output."""
     return subprocess.run(hotluks_cmd(*args), capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+# -- fault injection ------------------------------------------------------------------------------
+class FaultyBackend(MonitorBackend):
+    """Wraps a real backend and fails chosen mutating commands with a :class:`QMPCommandError`.
+
+    ``fail_at`` counts mutating commands (object-add/-del, blockdev-add/-del,
+    device_add/-del) from 1; ``after=True`` sends the command to QEMU first and
+    then reports the failure (a lost reply). ``fail_undo`` names undo commands
+    (e.g. ``{"blockdev-del"}``) that fail whenever they are sent after a failure.
+    """
+
+    def __init__(self, inner: MonitorBackend, *, fail_at: int | None = None, after: bool = False,
+                 fail_undo: Iterable[str] = ()):
+        super().__init__()
+        self.inner = inner
+        self.name = inner.name
+        self.vm = inner.vm
+        self.master_key = inner.master_key
+        self.fail_at = fail_at
+        self.after = after
+        self.fail_undo = frozenset(fail_undo)
+        self.mutations: list[str] = []
+        self.failed = False
+
+    @property
+    def vm_key(self) -> str:
+        return self.inner.vm_key
+
+    def events(self, names: Iterable[str] = ()) -> Any:
+        return self.inner.events(names)
+
+    async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
+        if command not in MUTATING:
+            return await self.inner.execute(command, arguments)
+        self.mutations.append(command)
+        if self.failed and command in self.fail_undo:
+            raise QMPCommandError(command, "GenericError", f"injected undo failure of {command}")
+        if len(self.mutations) == self.fail_at:
+            self.failed = True
+            if self.after:
+                await self.inner.execute(command, arguments)
+            raise QMPCommandError(command, "GenericError", f"injected failure of {command}")
+        return await self.inner.execute(command, arguments)
+
+    async def secret_value(self, ref: str) -> bytes | None:
+        return await self.inner.secret_value(ref)

@@ -1,0 +1,65 @@
+"""Fixtures for the runner's integration tests: guest-less QEMU VMs, test disks, the test's own monitor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotluks.qemu.launcher import QemuProcess
+from hotluks.testing.vms import Monitor, Snapshot, clear_templates, start_vm
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _need_qemu() -> Iterator[None]:
+    for tool in ("qemu-system-x86_64", "qemu-img", "qemu-io"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (scripts/setup-system.sh)")
+    yield
+    clear_templates()
+
+
+@pytest.fixture
+def vm() -> Iterator[QemuProcess]:
+    """A paused q35 VM with 4 free root ports and scsi0; socket 0 for hotluks, socket 1 for the test."""
+    proc = start_vm()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def monitor(vm: QemuProcess) -> Iterator[Monitor]:
+    mon = Monitor(vm.extra_sockets[0])
+    try:
+        yield mon
+    finally:
+        mon.close()
+
+
+@pytest.fixture
+def initial(monitor: Monitor) -> Snapshot:
+    """The VM's nodes/objects/devices before the test touches it."""
+    return monitor.snapshot()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def journal_records(state_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(state_dir.glob("*/*.json"))]
+
+
+@pytest.fixture
+def records() -> Any:
+    """``records(state_dir)``: every journal record under a state dir."""
+    return journal_records
