@@ -49,11 +49,33 @@ def monitor_line(domain: str, command: str) -> str:
     return f"qemu-monitor-command --domain {shell_quote(domain)} --cmd {shell_quote(command)}\n"
 
 
+PROMPT = "virsh # "
+
+
+def command_outputs(stdout: str) -> list[str]:
+    """What each shell-mode command printed, in order.
+
+    With stdin not a terminal, virsh still prints its prompt and echoes each input
+    line (``virsh # CMD\n``) before the command's output, and the next prompt may
+    follow the output on the same line.
+    """
+    if PROMPT not in stdout:
+        return [stdout]
+    outputs = []
+    for segment in stdout.split(PROMPT)[1:]:
+        _echo, newline, output = segment.partition("\n")
+        if newline:
+            outputs.append(output)
+    return outputs
+
+
 def reply_from_output(command: str, stdout: str) -> str:
-    """The JSON reply among virsh's shell-mode output (prompts and echoed input are skipped)."""
-    for line in stdout.splitlines():
-        text = line.strip()
-        if text.startswith("{"):
+    """The JSON reply among virsh's shell-mode output."""
+    for output in command_outputs(stdout):
+        for line in output.splitlines():
+            text = line.strip()
+            if not text.startswith("{"):
+                continue
             try:
                 data = json.loads(text)
             except ValueError:
@@ -203,7 +225,7 @@ class VirshBackend(MonitorBackend):
     async def connect(self) -> VirshBackend:
         """Check the domain exists and runs; probe libvirt's masterKey0."""
         _, out, err = await self._run(f"domstate --domain {shell_quote(self.vm)}\n")
-        state = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("virsh #")]
+        state = [text.strip() for text in command_outputs(out) if text.strip()]
         if err.strip():
             message = virsh_error(err)
             if "failed to get domain" in message or "Domain not found" in message:
@@ -259,14 +281,14 @@ class VirshBackend(MonitorBackend):
         if uuid is None:
             return None
         _, out, err = await self._run(f"secret-get-value --secret {shell_quote(uuid)}\n")
-        values = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("virsh #")]
+        values = [text.strip() for text in command_outputs(out) if text.strip()]
         if not values:
             message = virsh_error(err)
             if "not found" in message or "no value" in message or "Secret not found" in message:
                 return None
             raise BackendError(f"cannot read libvirt secret {ref!r}: {message}")
         try:
-            return base64.b64decode(values[-1], validate=True)
+            return base64.b64decode(values[0], validate=True)
         except ValueError:
             raise BackendError(f"virsh printed an unreadable value for secret {ref!r}") from None
 
@@ -274,8 +296,8 @@ class VirshBackend(MonitorBackend):
         """Search ``secret-list`` for a secret whose usage id is ``usage`` (volume first)."""
         from lxml import etree
 
-        _, out, err = await self._run("secret-list --uuid\n")
-        uuids = [ln.strip() for ln in out.splitlines() if _UUID_RE.match(ln.strip())]
+        _, out, _ = await self._run("secret-list\n")
+        uuids = re.findall(r"(?m)^\s*([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\s", out)
         if not uuids:
             return None
         _, out, _ = await self._run("".join(f"secret-dumpxml --secret {shell_quote(u)}\n" for u in uuids))

@@ -55,6 +55,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def _open(uri: str) -> Any:
     import libvirt
 
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions; no stderr noise
     return libvirt.open(uri)
 
 
