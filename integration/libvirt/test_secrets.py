@@ -129,3 +129,46 @@ def test_master_key_decrypts_secrets_in_qemu(domain: TransientDomain, backend_na
     assert results["wrong-pass"][0] == "blockdev-add" and "password" in results["wrong-pass"][1].lower()
     out, err = capfd.readouterr()
     assert "Secret-" not in out + err
+
+
+def test_commands_never_put_secrets_in_argv(domain: TransientDomain, backend_name: str, arun: Run,
+                                            capfd: pytest.CaptureFixture[str]) -> None:
+    """While plain-text secrets go through the backend, no process's argv carries them."""
+    import threading
+
+    marker = b"hotluks-argv-canary-\xe2\x98\x83"
+    data = base64.b64encode(marker).decode()
+    stop = threading.Event()
+    seen: list[str] = []
+    scans = [0]
+
+    def scan() -> None:
+        while not stop.is_set():
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                try:
+                    argv = (proc / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if marker in argv or data.encode() in argv:
+                    seen.append(proc.name)
+            scans[0] += 1
+
+    async def main() -> None:
+        async with await open_backend(domain.name, uri=domain.uri, backend=backend_name) as backend:
+            for i in range(8):
+                await backend.execute("object-add", {"qom-type": "secret", "id": f"hl-argv{i}", "data": data,
+                                                     "format": "base64"})
+                await backend.execute("object-del", {"id": f"hl-argv{i}"})
+
+    watcher = threading.Thread(target=scan, daemon=True)
+    watcher.start()
+    try:
+        arun(main())
+    finally:
+        stop.set()
+        watcher.join()
+    assert scans[0] > 0 and not seen
+    out, err = capfd.readouterr()
+    assert data not in out + err
