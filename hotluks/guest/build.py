@@ -6,6 +6,7 @@ Layout of the cache (``$HOTLUKS_CACHE/guest`` or ``~/.cache/hotluks/guest``)::
     <kernel-version>/vmlinux                its uncompressed ELF (PVH boot: ~2.5 s faster under TCG)
     <kernel-version>/modules/<file>.ko      the module closure, decompressed
     <kernel-version>/modules.load           their load order, one per line
+    <kernel-version>/modules.wanted         the modules asked for (a different list rebuilds)
     <kernel-version>/initramfs.cpio.gz      busybox + modules + /init
     <kernel-version>/initramfs.key          hash of what the initramfs was built from
 
@@ -142,7 +143,7 @@ def find_busybox(workdir: Path) -> Path:
     raise GuestUnavailableError("no static busybox found in busybox-static")
 
 
-def _decompressed_module(path: Path) -> tuple[str, bytes]:
+def decompressed_module(path: Path) -> tuple[str, bytes]:
     """Basename ending in ``.ko`` and the module's bytes (Debian may ship .ko.xz)."""
     name = path.name
     if name.endswith(".ko.xz"):
@@ -174,7 +175,7 @@ def _extract_kernel(deb: Path, package: str, target: Path, wanted: Sequence[str]
         (target / "modules").mkdir(parents=True)
         names = []
         for rel in order:
-            name, data = _decompressed_module(moddir / rel)
+            name, data = decompressed_module(moddir / rel)
             (target / "modules" / name).write_bytes(data)
             names.append(name)
         (target / "modules.load").write_text("".join(f"{n}\n" for n in names))
@@ -184,6 +185,13 @@ def _extract_kernel(deb: Path, package: str, target: Path, wanted: Sequence[str]
         shutil.copyfile(vmlinuz, target / "vmlinuz")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
@@ -199,7 +207,8 @@ def _locked(root: Path) -> Iterator[None]:
 
 def _ensure_kernel(root: Path, package: str, wanted: Sequence[str], kernel_deb: Path | None) -> Path:
     kdir = root / package.removeprefix("linux-image-")
-    if (kdir / "modules.load").exists() and (kdir / "vmlinuz").exists():
+    stamp = "".join(f"{name}\n" for name in wanted)
+    if (kdir / "modules.load").exists() and (kdir / "vmlinuz").exists() and _read(kdir / "modules.wanted") == stamp:
         return kdir
     building = Path(tempfile.mkdtemp(prefix=f".{kdir.name}.", dir=root))
     try:
@@ -207,6 +216,7 @@ def _ensure_kernel(root: Path, package: str, wanted: Sequence[str], kernel_deb: 
             os.chmod(tmp, 0o755)
             deb = kernel_deb or _apt_download(package, Path(tmp))
             _extract_kernel(deb, package, building, wanted)
+        (building / "modules.wanted").write_text(stamp)
         os.chmod(building, 0o755)  # readable by a QEMU that libvirt runs as another user
         shutil.rmtree(kdir, ignore_errors=True)  # a half-made directory from an older layout
         os.rename(building, kdir)
@@ -277,11 +287,13 @@ def _ensure_initramfs(kdir: Path, busybox: Path) -> Path:
     return target
 
 
-def build_guest(*, cache: Path | None = None, kernel_deb: Path | None = None,
+def build_guest(*, cache: Path | None = None, kernel_deb: Path | None = None, kernel_package: str | None = None,
                 wanted_modules: Sequence[str] = WANTED_MODULES) -> GuestArtifacts:
     """Return the guest's kernel and initramfs, building and caching them on first use.
 
-    ``kernel_deb`` uses a local ``linux-image-<version>`` .deb instead of downloading.
+    By default the kernel is the one ``linux-image-amd64`` names; ``kernel_package``
+    picks another ``linux-image-<version>`` package (e.g. from backports), and
+    ``kernel_deb`` uses a local .deb instead of downloading.
     Raises :class:`GuestUnavailableError` when no kernel (or busybox) can be obtained.
     """
     root = cache or cache_root()
@@ -289,6 +301,10 @@ def build_guest(*, cache: Path | None = None, kernel_deb: Path | None = None,
         package = kernel_deb.name.split("_", 1)[0]
         if not package.startswith("linux-image-"):
             raise GuestUnavailableError(f"{kernel_deb.name} is not a linux-image package")
+    elif kernel_package is not None:
+        if not re.fullmatch(r"linux-image-\d[\w.+~-]*", kernel_package):
+            raise GuestUnavailableError(f"{kernel_package!r} is not a versioned linux-image package name")
+        package = kernel_package
     else:
         try:
             package = resolve_kernel_package()

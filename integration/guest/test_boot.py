@@ -100,3 +100,33 @@ def test_a_guest_that_cannot_boot_is_a_typed_error(guest_artifacts: GuestArtifac
         boot_guest(broken, ready_timeout=40)
     assert time.monotonic() - start < 45
     assert "panic" in str(info.value).lower()
+
+
+def _backports_kernel_package() -> str | None:
+    policy = subprocess.run(["apt-cache", "policy", "linux-image-amd64"], capture_output=True, text=True).stdout
+    versions = []
+    for line in policy.splitlines():
+        words = [w for w in line.split() if w != "***"]
+        if words and words[0][:1].isdigit() and "bpo" in words[0]:
+            versions.append(words[0])
+    if not versions:
+        return None
+    depends = subprocess.run(["apt-cache", "depends", f"linux-image-amd64={versions[0]}"],
+                             capture_output=True, text=True).stdout
+    from hotluks.guest.build import versioned_kernel_package
+
+    return versioned_kernel_package(depends)
+
+
+@pytest.mark.slow
+def test_backports_kernel_with_compressed_modules_boots(tmp_path: Path) -> None:
+    """bookworm-backports ships a newer kernel whose modules are .ko.xz: build and boot it too."""
+    package = _backports_kernel_package()
+    if package is None:
+        pytest.skip("apt lists no bookworm-backports kernel (scripts/setup-system.sh enables backports)")
+    built = build_guest(cache=tmp_path, kernel_package=package)
+    assert built.kernel_version == package.removeprefix("linux-image-")
+    with boot_guest(built) as booted:
+        print(f"{built.kernel_version}: boot to agent-ready {booted.boot_seconds:.2f}s")
+        assert booted.agent.command("ping").ok
+        assert any("Virtio SCSI HBA" in line for line in booted.agent.dmesg(400))

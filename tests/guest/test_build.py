@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.guest.build import cache_root, elf_is_static, initramfs_entries, versioned_kernel_package
+from hotluks.guest.build import (
+    build_guest,
+    cache_root,
+    decompressed_module,
+    elf_is_static,
+    initramfs_entries,
+    versioned_kernel_package,
+)
 from hotluks.guest.cpio import Entry
+from hotluks.guest.errors import GuestUnavailableError
 
 APT_DEPENDS = """linux-image-amd64
   Depends: linux-image-6.1.0-56-amd64
@@ -48,3 +56,21 @@ def test_initramfs_entries_layout() -> None:
     assert by_path["dev/console"].rdev == (5, 1)
     paths = [e.path for e in entries]
     assert paths.index("lib/modules/hotluks") < paths.index("lib/modules/hotluks/virtio.ko")
+
+
+@pytest.mark.parametrize("suffix", [".ko", ".ko.xz", ".ko.gz"])
+def test_modules_are_stored_decompressed(tmp_path: Path, suffix: str) -> None:
+    import gzip
+    import lzma
+
+    raw = b"\x7fELF module bytes" * 50
+    packed = {".ko": raw, ".ko.xz": lzma.compress(raw, format=lzma.FORMAT_XZ), ".ko.gz": gzip.compress(raw)}[suffix]
+    path = tmp_path / f"crc-t10dif{suffix}"
+    path.write_bytes(packed)
+    assert decompressed_module(path) == ("crc-t10dif.ko", raw)
+
+
+def test_bad_kernel_package_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(GuestUnavailableError, match="not a versioned"):
+        build_guest(cache=tmp_path, kernel_package="linux-image-amd64; rm -rf /")
+    assert not any(tmp_path.iterdir())
