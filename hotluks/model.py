@@ -177,7 +177,7 @@ class Disk:
 
         if isinstance(text_or_path, Path):
             return read_disk_file(text_or_path)
-        if isinstance(text_or_path, str) and not text_or_path.lstrip().startswith("<"):
+        if isinstance(text_or_path, str) and text_or_path.strip() and not text_or_path.lstrip().startswith("<"):
             return read_disk_file(Path(text_or_path))
         return parse_disk(text_or_path)
 

@@ -57,7 +57,10 @@ def parse_secret_spec(spec: str) -> tuple[str, str]:
     key, sep, path = spec.partition("=")
     if not sep or not key or not path:
         raise SecretError(f"--secret expects KEY=FILE (KEY is the secret's uuid or usage), got {spec!r}")
-    return key.lower() if _looks_like_uuid(key) else key, path
+    if _looks_like_uuid(key):
+        key = key.lower().replace("-", "")
+        key = f"{key[:8]}-{key[8:12]}-{key[12:16]}-{key[16:20]}-{key[20:]}"
+    return key, path
 
 
 def _looks_like_uuid(key: str) -> bool:

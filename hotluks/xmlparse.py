@@ -265,6 +265,10 @@ class _DiskBuilder:
                 raise self.fail("iscsi source name must end with /LUN (a number)", el)
         if protocol in ("nbd", "iscsi") and not hosts:
             raise self.fail(f"{protocol} source needs a <host>", el)
+        if protocol in ("nbd", "iscsi") and len(hosts) > 1:
+            raise self.fail(f"{protocol} source takes exactly one <host> (libvirt's rule)", el.findall("host")[1])
+        if el.get("tls") == "yes":
+            raise self.fail("tls='yes' is not supported yet: hotluks would connect without TLS, so it refuses", el)
         if protocol != "rbd" and config_el is not None:
             raise self.fail("<config file=…> is only for rbd sources", config_el)
         auth = None
@@ -309,7 +313,11 @@ class _DiskBuilder:
         header = None
         if header_el is not None:
             hkind = cast(SourceKind, header_el.get("type"))
-            header = Header(source=self.source(_child(header_el, "source"), hkind, "header"))
+            hsource_el = _child(header_el, "source")
+            header = Header(source=self.source(hsource_el, hkind, "header"))
+            if header.source.describe() == source.describe():
+                raise self.fail(f"the detached header and the payload are the same volume ({source.describe()})",
+                                hsource_el)
 
         if engine is Engine.LIBRBD:
             if not source.is_rbd:

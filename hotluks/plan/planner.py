@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from hotluks.errors import CapabilityError, ConflictError
 from hotluks.model import Disk, DriveAddress, Engine, LuksFormat, PCIAddress, Source, USBAddress
@@ -130,7 +130,10 @@ class _GraphBuilder:
         auth_ids: dict[Source, str] = {}
         for src in disk.sources():
             if src.auth is not None and src.auth.secret not in [b.ref for b in self._bindings()]:
-                auth_ids[src] = self.secret("auth", SecretBinding(src.auth.secret, "base64"))
+                # a Ceph key is held as base64 text and QEMU needs the key bytes; an iSCSI
+                # CHAP password is used as is (libvirt stores both decoded)
+                encoding: Literal["raw", "base64"] = "base64" if src.auth.secret.kind == "ceph" else "raw"
+                auth_ids[src] = self.secret("auth", SecretBinding(src.auth.secret, encoding))
             elif src.auth is not None:
                 auth_ids[src] = next(s.name for s in self.steps if s.secret and s.secret.ref == src.auth.secret)
 

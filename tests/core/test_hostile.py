@@ -135,3 +135,11 @@ def test_mutated_examples_never_crash(data: st.DataObject) -> None:
     except HotluksError as exc:
         assert exc.exit_code == 2
         assert str(exc)
+
+
+def test_from_xml_text_path_and_empty(golden_dir: Path) -> None:
+    example = golden_dir.parents[2] / "xml" / "examples" / "usb-attached.xml"
+    assert Disk.from_xml(str(example)) == Disk.from_xml(example) == Disk.from_xml(example.read_text())
+    for empty in ("", "  \n", b""):
+        with pytest.raises(XMLError, match="empty"):
+            Disk.from_xml(empty)

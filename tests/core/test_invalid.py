@@ -127,6 +127,15 @@ CASES: dict[str, tuple[str, str]] = {
     "io-native-without-direct": (xml(
         "file", "<driver name='qemu' type='raw' io='native'/><!--HERE-->", "<source file='/p'/>", TARGET),
         "io='native' needs cache='none'"),
+    "nbd-two-hosts": (xml(
+        "network", "<source protocol='nbd' name='e'>", "<host name='a'/>", "<host name='b'/><!--HERE-->", "</source>",
+        TARGET), "exactly one <host>"),
+    "nbd-tls": (xml("network", "<source protocol='nbd' name='e' tls='yes'><!--HERE-->", "<host name='a'/>",
+                    "</source>", TARGET), "tls='yes' is not supported"),
+    "header-is-the-payload": (xml(
+        "file", "<source file='/same'/>", "<encryption format='luks'>", SECRET, "<header type='file'>",
+        "<source file='/same'/><!--HERE-->", "</header>", "</encryption>", TARGET),
+        "the detached header and the payload are the same volume"),
     "missing-target": (xml("file", "<source file='/p'/>").replace("device='disk'>", "device='disk'><!--HERE-->"),
                        "Expecting an element target"),
     "bad-alias": (xml("file", "<source file='/p'/>", TARGET, "<alias name='virtio-disk0'/><!--HERE-->"),

@@ -244,6 +244,19 @@ def test_cold_boot_args_api(golden_dir: Path) -> None:
     assert as_shell(["-a", "b c"]) == "-a 'b c'"
 
 
+def test_iscsi_password_file_is_used_as_is(cli: Any, tmp_path: Path) -> None:
+    xml = tmp_path / "iscsi.xml"
+    xml.write_text("""<disk type='network'><source protocol='iscsi' name='iqn.2013-07.com.example:t/0'>
+      <host name='portal'/><auth username='u'><secret type='iscsi' usage='chap'/></auth></source>
+      <target dev='sdb' bus='scsi'/></disk>""")
+    (tmp_path / "pw").write_bytes(b"not base64 !")
+    argv = json.loads(cli("cold-cmdline", str(xml), "--format", "json", "--inline-secrets",
+                          "--secret", f"chap={tmp_path / 'pw'}").out)
+    assert json.loads(argv[1])["data"] == base64.b64encode(b"not base64 !").decode()
+    by_file = json.loads(cli("cold-cmdline", str(xml), "--format", "json", "--secret", f"chap={tmp_path / 'pw'}").out)
+    assert json.loads(by_file[1]) == {"qom-type": "secret", "id": "hl-sdb-auth", "file": str(tmp_path / "pw")}
+
+
 def test_secret_values_never_print_themselves(tmp_path: Path) -> None:
     path = tmp_path / "p"
     path.write_bytes(PASSPHRASE)
@@ -258,6 +271,7 @@ def test_secret_values_never_print_themselves(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("spec,expected", [
     ("0A81F5B2-8403-7B23-C8D6-21CCC2F80D6F=/k", ("0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f", "/k")),
+    ("0A81F5B284037B23C8D621CCC2F80D6F=/k", ("0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f", "/k")),
     ("My-Usage=/a=b", ("My-Usage", "/a=b")),
 ])
 def test_parse_secret_spec(spec: str, expected: tuple[str, str]) -> None:

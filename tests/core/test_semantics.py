@@ -141,6 +141,31 @@ def test_plain_disk_is_protocol_then_format() -> None:
     assert plan.secrets == ()
 
 
+def test_iscsi_password_is_raw_and_ceph_key_is_base64() -> None:
+    """libvirt stores both decoded: a Ceph key file holds base64 text, a CHAP password file the password."""
+    d = Disk.from_xml("""<disk type='network'><source protocol='iscsi' name='iqn.2013-07.com.example:t/2'>
+      <host name='portal' port='3261'/><auth username='chap'><secret type='iscsi' usage='chap-pw'/></auth>
+      </source><encryption format='luks'><secret type='passphrase' usage='k'/></encryption>
+      <target dev='sdb' bus='scsi'/></disk>""")
+    plan = build_plan(d)
+    assert [(b.ref.kind, b.encoding) for b in plan.secrets] == [("passphrase", "raw"), ("iscsi", "raw")]
+    assert plan.steps[2].arguments == {
+        "node-name": "hl-sdb-proto", "driver": "iscsi", "transport": "tcp", "portal": "portal:3261",
+        "target": "iqn.2013-07.com.example:t", "lun": 2, "user": "chap", "password-secret": "hl-sdb-auth"}
+    rbd = build_plan(disk(RBD_SOURCE + enc(), kind="network"))
+    assert [(b.ref.kind, b.encoding) for b in rbd.secrets] == [("passphrase", "raw"), ("ceph", "base64")]
+
+
+def test_nbd_sources() -> None:
+    tcp = build_plan(Disk.from_xml("""<disk type='network'><source protocol='nbd' name='exp'>
+      <host name='10.0.0.1'/></source><target dev='vdb'/></disk>"""))
+    assert tcp.steps[0].arguments == {"node-name": "hl-vdb-proto", "driver": "nbd", "export": "exp",
+                                      "server": {"type": "inet", "host": "10.0.0.1", "port": "10809"}}
+    unix = build_plan(Disk.from_xml("""<disk type='network'><source protocol='nbd'>
+      <host transport='unix' socket='/run/nbd.sock'/></source><target dev='vdb'/></disk>"""))
+    assert unix.steps[0].arguments["server"] == {"type": "unix", "path": "/run/nbd.sock"}
+
+
 def test_shared_auth_secret_is_one_object() -> None:
     """Header and payload on the same Ceph cluster with the same key: one secret object."""
     hdr = RBD_SOURCE.replace("pool/img", "pool/hdr")
