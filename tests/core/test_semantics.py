@@ -335,7 +335,7 @@ def _schema() -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 def _drop_member(schema: list[dict[str, Any]], owner_case: str, member: str) -> list[dict[str, Any]]:
     """A copy of ``schema`` where the blockdev-add branch ``owner_case`` (or rbd's encrypt) lacks ``member``."""
-    out = json.loads(json.dumps(schema))
+    out: list[dict[str, Any]] = json.loads(json.dumps(schema))
     index = {e["name"]: e for e in out}
     options = index[index["blockdev-add"]["arg-type"]]
     branch = index[next(v["type"] for v in options["variants"] if v["case"] == owner_case)]
