@@ -1,8 +1,9 @@
 """The guest's ``/init``: a busybox sh script that sets up the guest and serves the agent (pure).
 
-The agent port comes from the kernel command line (``hotluks.agent=ttyS1``);
-kernel messages go to the console port, so the two never mix unless a caller
-puts both on one port, which the framing tolerates.
+The kernel command line sets the agent port (``hotluks.agent=ttyS1``) and the
+console log level once /init runs (``hotluks.printk=1``). Kernel messages go to
+the console port, so the two never mix unless a caller puts both on one port,
+which the framing tolerates.
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-echo 1 >/proc/sys/kernel/printk
+port=@PORT@
+level=1
+for w in $(cat /proc/cmdline); do
+    case $w in
+        hotluks.agent=*) port=${w#hotluks.agent=} ;;
+        hotluks.printk=*) level=${w#hotluks.printk=} ;;
+    esac
+done
+echo "$level" >/proc/sys/kernel/printk
 for m in @MODULES@; do
     insmod @MODDIR@/$m >/dev/console 2>&1 || echo "hotluks-init: insmod $m failed" >/dev/console
-done
-port=@PORT@
-for w in $(cat /proc/cmdline); do
-    case $w in hotluks.agent=*) port=${w#hotluks.agent=} ;; esac
 done
 tty=/dev/$port
 stty -F $tty 115200 raw -echo clocal >/dev/console 2>&1

@@ -73,7 +73,10 @@ DEFAULT_LAYOUT = PC_LAYOUT
 
 
 def kernel_cmdline(agent_port: str = AGENT_PORT, extra: str = "") -> str:
-    """The guest's kernel command line: quiet console on ttyS0, agent port, reboot→exit on panic."""
+    """The guest's kernel command line: quiet console on ttyS0, agent port, reboot→exit on panic.
+
+    Later words win, so ``extra`` may override (e.g. ``loglevel=8 hotluks.printk=8``).
+    """
     line = f"console={CONSOLE_PORT} quiet loglevel=1 panic=-1 hotluks.agent={agent_port}"
     return f"{line} {extra}".strip()
 
@@ -87,18 +90,22 @@ class GuestBootSpec:
     cmdline: str
     machine: str
     memory_mb: int
-    console_log: Path
+    #: ttyS0's log file; ``None`` when the agent shares ttyS0 with the console
+    console_log: Path | None
     agent_socket: Path
     layout: VMLayout
 
     def qemu_args(self) -> list[str]:
         """Kernel, serial ports and layout arguments (machine/memory/QMP come from the launcher)."""
+        serials = []
+        if self.console_log is not None:
+            serials += ["-chardev", f"file,id=console0,path={self.console_log}", "-serial", "chardev:console0"]
+        serials += ["-chardev", f"socket,id=agent0,path={self.agent_socket},server=on,wait=off",
+                    "-serial", "chardev:agent0"]
         return [
             "-no-reboot",
             "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", self.cmdline,
-            "-chardev", f"file,id=console0,path={self.console_log}", "-serial", "chardev:console0",
-            "-chardev", f"socket,id=agent0,path={self.agent_socket},server=on,wait=off",
-            "-serial", "chardev:agent0",
+            *serials,
             *self.layout.qemu_args(),
         ]
 
@@ -150,7 +157,9 @@ class BootedGuest:
             await agent.close()
 
     def console_text(self) -> str:
-        """The kernel console (ttyS0) so far."""
+        """The kernel console (ttyS0) so far ("" when the agent shares ttyS0)."""
+        if self.spec.console_log is None:
+            return ""
         try:
             return self.spec.console_log.read_text(errors="replace")
         except OSError:
@@ -171,9 +180,13 @@ class BootedGuest:
 
 def boot_guest(artifacts: GuestArtifacts | None = None, *, layout: VMLayout = DEFAULT_LAYOUT,
                memory_mb: int = 256, qmp_sockets: int = 1, accel: str | None = None,
-               extra_args: Sequence[str] = (), cmdline_extra: str = "",
+               extra_args: Sequence[str] = (), cmdline_extra: str = "", shared_console: bool = False,
                ready_timeout: float = 90.0) -> BootedGuest:
     """Start QEMU with the guest and return once its agent answers.
+
+    ``shared_console`` puts the agent on ttyS0 together with the kernel console
+    (one serial port, as a libvirt domain with one ``<serial>`` has); with
+    ``cmdline_extra="hotluks.printk=8"`` the kernel stays chatty after boot.
 
     ``artifacts`` defaults to :func:`build_guest` (cached). ``accel`` defaults to the
     launcher's choice for real guests (TCG unless ``HOTLUKS_ACCEL`` says otherwise).
@@ -181,9 +194,11 @@ def boot_guest(artifacts: GuestArtifacts | None = None, *, layout: VMLayout = DE
     """
     artifacts = artifacts or build_guest()
     workdir = Path(tempfile.mkdtemp(prefix="hotluks-guest-"))
+    agent_port = CONSOLE_PORT if shared_console else AGENT_PORT
     spec = GuestBootSpec(
-        kernel=artifacts.kernel, initrd=artifacts.initrd, cmdline=kernel_cmdline(extra=cmdline_extra),
-        machine=layout.machine, memory_mb=memory_mb, console_log=workdir / CONSOLE_LOG,
+        kernel=artifacts.kernel, initrd=artifacts.initrd,
+        cmdline=kernel_cmdline(agent_port=agent_port, extra=cmdline_extra),
+        machine=layout.machine, memory_mb=memory_mb, console_log=None if shared_console else workdir / CONSOLE_LOG,
         agent_socket=workdir / AGENT_SOCKET, layout=layout,
     )
     start = time.monotonic()

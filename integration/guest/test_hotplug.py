@@ -95,3 +95,33 @@ def test_hotplug_read_write_unplug(layout_guest: BootedGuest, bus: Bus, tmp_path
     print(f"{layout_guest.layout.machine}/{bus}: " + ", ".join(f"{k} {v:.3f}s" for k, v in timings.items()))
     assert timings["plug->visible"] < BOUND
     assert timings["device_del->DEVICE_DELETED"] < BOUND
+
+
+def test_agent_shares_a_chatty_console(guest_artifacts: GuestArtifacts, tmp_path: Path) -> None:
+    """One serial port for kernel console and agent, kernel at loglevel 8: replies still parse."""
+    image = tmp_path / "disk.raw"
+    content = os.urandom(1 << 20)
+    image.write_bytes(content)
+
+    async def main(booted: BootedGuest) -> list[str]:
+        qmp = await QMPBackend(booted.qmp_paths[0]).connect()
+        try:
+            async with booted.async_agent() as agent:
+                await qmp.execute("blockdev-add", raw_file_node("noisy", image))
+                await qmp.execute("device_add", disk_device(booted.layout, "virtio", "dnoisy", "noisy", serial="hlnoisy"))
+                dev = await agent.wait_for_device("hlnoisy", timeout=BOUND)
+                assert await agent.sha256(dev.name) == hashlib.sha256(content).hexdigest()
+                with qmp.events(["DEVICE_DELETED"]) as events:
+                    await qmp.execute("device_del", {"id": "dnoisy"})
+                    while (await events.get(BOUND))["data"].get("device") != "dnoisy":
+                        pass
+                await agent.wait_device_gone("hlnoisy", timeout=BOUND)
+                return list(agent.transcript)
+        finally:
+            await qmp.close()
+
+    with boot_guest(guest_artifacts, shared_console=True, cmdline_extra="loglevel=8 hotluks.printk=8") as booted:
+        assert booted.console_text() == ""
+        transcript = asyncio.run(main(booted))
+    noise = [line for line in transcript if " < " in line and "@@HL" not in line and line.split(" < ", 1)[1].strip()]
+    assert any("virtio_blk" in line or "vda" in line for line in noise), "expected kernel messages on the shared port"
