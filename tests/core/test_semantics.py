@@ -96,6 +96,7 @@ def test_rbd_with_qemu_engine_is_rbd_node_then_luks() -> None:
 
 @pytest.mark.parametrize("fmt", ["luks", "luks2", "luks-any"])
 def test_librbd_is_rbd_node_with_encrypt_then_raw(fmt: str) -> None:
+    """``encrypt`` on the rbd node as in libvirt (which elides the empty raw layer; hotluks keeps it)."""
     plan = build_plan(disk(RBD_SOURCE + enc(fmt, "librbd"), kind="network"))
     assert calls(plan)[2:] == [
         ("blockdev-add", {"node-name": "hl-vdb-proto", **RBD_ARGS,
@@ -107,7 +108,10 @@ def test_librbd_is_rbd_node_with_encrypt_then_raw(fmt: str) -> None:
 
 
 def test_librbd_three_layers_nest_parents_in_order() -> None:
-    """As libvirt: secret 0 (the image) outermost, each next secret its parent."""
+    """As libvirt: secret 0 (the image) outermost, each next secret its parent.
+
+    Same nesting as libvirt's tests/qemuxmlconfdata/disk-network-rbd-encryption-layering.x86_64-latest.args.
+    """
     plan = build_plan(disk(RBD_SOURCE + enc("luks2", "librbd", K0, K1, K2), kind="network"))
     assert plan.object_ids == ("hl-vdb-key0", "hl-vdb-key1", "hl-vdb-key2", "hl-vdb-auth")
     assert [b.ref.uuid for b in plan.secrets[:3]] == [K0, K1, K2]
