@@ -74,3 +74,28 @@ def test_bad_kernel_package_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(GuestUnavailableError, match="not a versioned"):
         build_guest(cache=tmp_path, kernel_package="linux-image-amd64; rm -rf /")
     assert not any(tmp_path.iterdir())
+
+
+def test_no_apt_and_no_cache_is_a_typed_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no apt-cache, no apt-get
+    with pytest.raises(GuestUnavailableError, match="apt-cache") as info:
+        build_guest(cache=tmp_path / "cache")
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="busybox-static not installed")
+def test_offline_build_reuses_a_cached_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    kdir = cache / "6.1.0-99-amd64"
+    (kdir / "modules").mkdir(parents=True)
+    (kdir / "modules" / "virtio.ko").write_bytes(b"module")
+    (kdir / "modules.load").write_text("virtio.ko\n")
+    (kdir / "modules.wanted").write_text("virtio\n")
+    (kdir / "vmlinuz").write_bytes(b"MZ not really a kernel")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    built = build_guest(cache=cache, wanted_modules=["virtio"])
+    assert built.kernel_version == "6.1.0-99-amd64"
+    assert built.kernel == kdir / "vmlinuz"  # no PVH ELF inside: the bzImage is used as is
+    assert built.initrd.exists() and built.modules == ("virtio.ko",)
+    first = built.initrd.read_bytes()
+    assert build_guest(cache=cache, wanted_modules=["virtio"]).initrd.read_bytes() == first  # deterministic, cached
