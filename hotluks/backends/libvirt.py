@@ -50,6 +50,13 @@ def ensure_event_loop() -> None:
         _event_loop_started = True
 
 
+def libvirt_message(exc: Exception) -> str:
+    """The text of a libvirtError (its last-error message, else its string form)."""
+    get = getattr(exc, "get_error_message", None)
+    message = get() if get is not None else None
+    return str(message or exc or type(exc).__name__)
+
+
 def parse_reply(command: str, reply: str) -> Any:
     """The ``return`` value of a QMP reply text; :class:`QMPCommandError` for an error reply."""
     try:
@@ -165,7 +172,7 @@ class LibvirtBackend(MonitorBackend):
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise InputError(f"no libvirt domain named {self.vm!r} on {self.uri}") from None
-            raise BackendError(f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}") from None
+            raise BackendError(f"cannot connect to libvirt at {self.uri}: {libvirt_message(exc)}") from None
         try:
             self._callback_id = libvirt_qemu.qemuMonitorEventRegister(
                 self._conn, self._dom, None, self._on_event, None, 0)
@@ -198,7 +205,7 @@ class LibvirtBackend(MonitorBackend):
             raise BackendError(f"{command}: no answer from libvirt within {self.timeout:.0f}s") from None
         except libvirt.libvirtError as exc:
             # libvirt's message names the failure (domain gone, daemon gone); it never echoes our JSON
-            raise BackendError(f"{command}: libvirt failed on domain {self.vm!r}: {exc.get_error_message()}") from None
+            raise BackendError(f"{command}: libvirt failed on domain {self.vm!r}: {libvirt_message(exc)}") from None
         return parse_reply(command, str(reply))
 
     async def secret_value(self, ref: str) -> bytes | None:
@@ -235,7 +242,7 @@ class LibvirtBackend(MonitorBackend):
         try:
             return await asyncio.to_thread(lookup)
         except libvirt.libvirtError as exc:
-            raise BackendError(f"cannot read libvirt secret {ref!r}: {exc.get_error_message()}") from None
+            raise BackendError(f"cannot read libvirt secret {ref!r}: {libvirt_message(exc)}") from None
 
     async def close(self) -> None:
         import libvirt

@@ -38,10 +38,19 @@ _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-f
 
 
 def shell_quote(text: str) -> str:
-    """Quote one argument for virsh's shell parser (single quotes; ' becomes '\\'')."""
-    if "\n" in text or "\0" in text:
-        raise InputError("a virsh argument cannot contain a newline or NUL")
+    """Quote one argument for virsh's shell parser (single quotes; ' becomes '\\'').
+
+    virsh reads its input through readline, which would act on control
+    characters (TAB completes, DEL erases): those are refused.
+    """
+    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+        raise InputError("a virsh argument cannot contain control characters")
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def virsh_json(command: str, arguments: QMPArgs | None) -> str:
+    """The command as ASCII JSON without control characters (DEL escaped too), safe for readline."""
+    return command_json(command, arguments).replace("\x7f", "\\u007f")
 
 
 def monitor_line(domain: str, command: str) -> str:
@@ -63,8 +72,8 @@ def command_outputs(stdout: str) -> list[str]:
         return [stdout]
     outputs = []
     for segment in stdout.split(PROMPT)[1:]:
-        _echo, newline, output = segment.partition("\n")
-        if newline:
+        echo, newline, output = segment.partition("\n")
+        if newline and echo.strip():
             outputs.append(output)
     return outputs
 
@@ -244,7 +253,7 @@ class VirshBackend(MonitorBackend):
                     await asyncio.shield(watcher.ready)
             except TimeoutError:
                 raise BackendError(f"virsh event watcher for {self.vm!r} did not start in time") from None
-        text = command_json(command, arguments)
+        text = virsh_json(command, arguments)
         _, out, err = await self._run(monitor_line(self.vm, text))
         try:
             return parse_reply(command, reply_from_output(command, out))

@@ -344,7 +344,7 @@ def start_domain(
         dom = conn.createXML(xml, flags)
     except libvirt.libvirtError as exc:
         conn.close()
-        raise BackendError(f"cannot start domain {name}: {exc.get_error_message()}") from None
+        raise BackendError(f"cannot start domain {name}: {exc}") from None
     except BaseException:
         conn.close()
         raise
@@ -407,7 +407,7 @@ def define_secret(uri: str, usage_type: str, usage: str, value: bytes, *, uuid: 
         secret.setValue(value, 0)
     except libvirt.libvirtError as exc:
         conn.close()
-        raise BackendError(f"cannot define secret {usage_type}:{usage}: {exc.get_error_message()}") from None
+        raise BackendError(f"cannot define secret {usage_type}:{usage}: {exc}") from None
     return LibvirtSecret(uuid=uuid, usage_type=usage_type, usage=usage, _conn=conn)
 
 
