@@ -200,6 +200,8 @@ class _DiskBuilder:
         if bus not in SUPPORTED_BUSES:
             raise self.fail(f"bus '{bus}' (inferred from dev='{dev}') is not supported; use "
                             f"{', '.join(SUPPORTED_BUSES)}", target)
+        if target.get("removable") == "on" and bus not in ("usb", "scsi"):
+            raise self.fail(f"removable='on' is for usb and scsi disks (as in libvirt), not bus '{bus}'", target)
         address = self.address(root.find("address"), cast(Bus, bus))
         alias_el = root.find("alias")
         serial_el = root.find("serial")

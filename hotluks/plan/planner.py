@@ -255,7 +255,7 @@ class _GraphBuilder:
             dev["bus"] = ctx.pci_bus
         elif disk.bus == "scsi" and ctx.scsi_bus:
             dev["bus"] = ctx.scsi_bus
-        if disk.bus == "usb" and disk.removable:
+        if disk.bus in ("usb", "scsi") and disk.removable:
             dev["removable"] = True
         if disk.serial:
             dev["serial"] = disk.serial

@@ -136,6 +136,8 @@ CASES: dict[str, tuple[str, str]] = {
         "file", "<source file='/same'/>", "<encryption format='luks'>", SECRET, "<header type='file'>",
         "<source file='/same'/><!--HERE-->", "</header>", "</encryption>", TARGET),
         "the detached header and the payload are the same volume"),
+    "removable-virtio": (xml("file", "<source file='/p'/>", "<target dev='vdb' bus='virtio' removable='on'/><!--HERE-->"),
+                         "removable='on' is for usb and scsi disks"),
     "missing-target": (xml("file", "<source file='/p'/>").replace("device='disk'>", "device='disk'><!--HERE-->"),
                        "Expecting an element target"),
     "bad-alias": (xml("file", "<source file='/p'/>", TARGET, "<alias name='virtio-disk0'/><!--HERE-->"),

@@ -284,6 +284,13 @@ def test_libvirt_names_in_the_vm_do_not_conflict() -> None:
     assert build_plan(d, context=PlanContext(existing_names=existing)).device_id == "hl-vdb"
 
 
+def test_removable_scsi_and_usb() -> None:
+    for bus, driver in (("scsi", "scsi-hd"), ("usb", "usb-storage")):
+        d = Disk.from_xml(f"<disk type='file'><source file='/a'/><target dev='sdb' bus='{bus}' removable='on'/></disk>")
+        assert build_plan(d).steps[-1].arguments == {"driver": driver, "id": "hl-sdb", "drive": "hl-sdb-fmt",
+                                                     "removable": True}
+
+
 def test_context_places_devices() -> None:
     virtio = build_plan(disk("<source file='/img/a'/>" + enc()), context=PlanContext(pci_bus="pci.3"))
     assert virtio.steps[-1].arguments["bus"] == "pci.3"
