@@ -97,6 +97,8 @@ def render_conf(fsid: str, ports: CephPorts, root: Path, *, cephx: bool, memstor
         f"auth client required = {auth}",
         "auth allow insecure global id reclaim = false" if cephx else "",
         "mon warn on insecure global id reclaim allowed = false",
+        "client mount timeout = 15",
+        "rados mon op timeout = 30",
         "mon data avail warn = 1",
         "mon data avail crit = 0",
         "osd objectstore = memstore",
@@ -427,16 +429,26 @@ class CephCluster:
                         f"write -q -s {src.name} {offset} {len(data)}"], timeout=120)
 
     def read_plaintext(self, image: str, fmt: str, passphrase_file: Path, length: int, offset: int = 0) -> bytes:
-        """Read ``length`` bytes at ``offset`` (multiples of 512) of the decrypted view (qemu-img dd)."""
-        if offset % 512 or length % 512:
-            raise CephClusterError("read_plaintext works in 512-byte blocks")
-        with tempfile.TemporaryDirectory(prefix="hotluks-plain-") as tmp:
-            out = Path(tmp) / "out.raw"
-            self._tool(["qemu-img", "dd", "--object", f"secret,id=sec0,file={passphrase_file}", "--image-opts",
-                        "-O", "raw", "bs=512", f"skip={offset // 512}", f"count={length // 512}",
-                        f"if={self._image_opts(image, fmt, 'sec0')}", f"of={out}"], timeout=120)
-            return out.read_bytes()
+        """Read ``length`` bytes at ``offset`` of the decrypted view (``qemu-io read -v``)."""
+        dump = self._tool(["qemu-io", "--object", f"secret,id=sec0,file={passphrase_file}", "--image-opts",
+                           self._image_opts(image, fmt, "sec0"), "-c", f"read -v {offset} {length}"], timeout=120)
+        return parse_hexdump(dump, offset, length)
 
+
+def parse_hexdump(dump: str, offset: int, length: int) -> bytes:
+    """The bytes of a ``qemu-io read -v`` dump (``OFFSET:  xx xx … ascii`` lines), checked for gaps."""
+    data = bytearray()
+    for line in dump.splitlines():
+        head, sep, rest = line.partition(":  ")
+        if not sep or len(head) < 8 or any(c not in "0123456789abcdef" for c in head):
+            continue
+        if int(head, 16) != offset + len(data):
+            raise CephClusterError(f"qemu-io dump out of order at {head}")
+        count = (len(rest) - 1) // 4  # "xx xx … xx" + two spaces + one ASCII column per byte
+        data += bytes.fromhex(rest[:3 * count - 1])
+    if len(data) != length:
+        raise CephClusterError(f"qemu-io returned {len(data)} bytes, expected {length}")
+    return bytes(data)
 
 def cluster_env(cluster: CephCluster) -> Mapping[str, str]:
     """Environment lines a human (or another test) uses to reach the cluster."""

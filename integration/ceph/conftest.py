@@ -1,0 +1,121 @@
+"""Fixtures: one auth-none and (lazily) one cephx single-node Ceph cluster per session,
+a guest-less QEMU with a synchronous QMP helper per test, and passphrase files.
+
+The two cluster variants use different fixed ports, so they can run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotluks.backends.base import QMPCommandError
+from hotluks.backends.qmp import QMPBackend
+from hotluks.qemu.launcher import QemuProcess, start_qemu
+from hotluks.testing.ceph import CephCluster
+
+pytestmark = pytest.mark.ceph
+
+
+def _need_tools() -> None:
+    missing = [t for t in ("ceph-mon", "ceph-osd", "ceph", "rbd", "ceph-authtool", "qemu-io", "qemu-img")
+               if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"missing {', '.join(missing)}: run scripts/setup-system.sh")
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster() -> Iterator[CephCluster]:
+    """Auth-none cluster, started once per session and stopped by PID at the end."""
+    _need_tools()
+    with CephCluster(cephx=False) as cluster:
+        print(f"\nceph (auth none) started in {cluster.start_seconds:.1f}s")
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def cephx_cluster() -> Iterator[CephCluster]:
+    """cephx cluster on its own ports, with client.hotluks limited to the rbd pool."""
+    _need_tools()
+    with CephCluster(cephx=True) as cluster:
+        print(f"\nceph (cephx) started in {cluster.start_seconds:.1f}s")
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def passphrase() -> bytes:
+    """A random passphrase per session; tests grep every captured output for it."""
+    return b"hl-" + secrets.token_hex(12).encode()
+
+
+@pytest.fixture
+def passfile(tmp_path: Path, passphrase: bytes) -> Path:
+    path = tmp_path / "pass"
+    path.write_bytes(passphrase)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def wrong_passfile(tmp_path: Path) -> Path:
+    path = tmp_path / "wrong"
+    path.write_bytes(b"not-the-passphrase")
+    return path
+
+
+@pytest.fixture
+def image_name(request: pytest.FixtureRequest) -> str:
+    """An image name unique to the test (images are removed by the tests that create them)."""
+    base = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[-40:]
+    return f"t-{base}-{secrets.token_hex(3)}"
+
+
+class QmpVM:
+    """A guest-less QEMU driven synchronously over QMP (one private event loop)."""
+
+    def __init__(self, proc: QemuProcess):
+        self.proc = proc
+        self.loop = asyncio.new_event_loop()
+        self.backend = QMPBackend(proc.qmp_path, timeout=60.0)
+        self.loop.run_until_complete(self.backend.connect())
+
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        return self.loop.run_until_complete(self.backend.execute(command, arguments))
+
+    def qmp_error(self, command: str, arguments: dict[str, Any]) -> QMPCommandError:
+        """Run a command that must fail; return QEMU's error."""
+        with pytest.raises(QMPCommandError) as info:
+            self.qmp(command, arguments)
+        return info.value
+
+    def qemu_io(self, node: str, command: str) -> str:
+        """HMP ``qemu-io NODE "COMMAND"``; returns what it printed (monitor reply + QEMU stdout)."""
+        before = len(self.proc.output())
+        reply = self.qmp("human-monitor-command", {"command-line": f'qemu-io {node} "{command}"'})
+        return str(reply) + self.proc.output()[before:]
+
+    def node_names(self) -> set[str]:
+        return {n["node-name"] for n in self.qmp("query-named-block-nodes")}
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(self.backend.close())
+        finally:
+            self.loop.close()
+            self.proc.stop()
+
+
+@pytest.fixture
+def vm() -> Iterator[QmpVM]:
+    machine = QmpVM(start_qemu())
+    try:
+        yield machine
+    finally:
+        machine.close()
