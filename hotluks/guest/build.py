@@ -94,6 +94,28 @@ def resolve_kernel_package() -> str:
     return package
 
 
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def _resolve_with_memo(root: Path) -> str:
+    """:func:`resolve_kernel_package`, remembered until apt's lists change (apt-cache takes ~0.5 s)."""
+    memo = root / "kernel-package"
+    try:
+        lists = str(APT_LISTS.stat().st_mtime_ns)
+    except OSError:
+        return resolve_kernel_package()
+    remembered = (_read(memo) or "").split()
+    if len(remembered) == 2 and remembered[0] == lists:
+        return remembered[1]
+    package = resolve_kernel_package()
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".kernel-package.", dir=root)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{lists} {package}\n")
+    os.replace(tmp, memo)
+    return package
+
+
 def _apt_download(package: str, dest: Path) -> Path:
     args = ["apt-get", "download", "-q"]
     if os.geteuid() == 0:  # _apt cannot write into our private temp dir
@@ -307,7 +329,7 @@ def build_guest(*, cache: Path | None = None, kernel_deb: Path | None = None, ke
         package = kernel_package
     else:
         try:
-            package = resolve_kernel_package()
+            package = _resolve_with_memo(root)
         except GuestUnavailableError:
             cached = _cached_kernel_packages(root)
             if not cached:

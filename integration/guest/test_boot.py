@@ -44,7 +44,7 @@ def test_cold_build_into_an_empty_cache(tmp_path: Path) -> None:
     print(f"cold build: {time.monotonic() - start:.2f}s")
     assert built.kernel.parent == tmp_path / built.kernel_version
     assert built.kernel.name == "vmlinux" and built.initrd.stat().st_size > 500_000
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", built.kernel_version]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", built.kernel_version, "kernel-package"]
     assert "virtio_scsi.ko" in built.modules and built.modules.index("virtio.ko") < built.modules.index("virtio_blk.ko")
 
 
