@@ -68,7 +68,7 @@ class QMPBackend(MonitorBackend):
                 self._dispatch_event(dict(event))
 
     async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
-        from qemu.qmp import ExecuteError
+        from qemu.qmp import ExecInterruptedError, ExecuteError
         from qemu.qmp.protocol import StateError
 
         if self._client is None:
@@ -81,8 +81,9 @@ class QMPBackend(MonitorBackend):
             raise QMPCommandError(command, err.class_, err.desc) from None
         except TimeoutError:
             raise BackendError(f"{command}: no answer from QEMU within {self.timeout:.0f}s") from None
-        except (StateError, EOFError, ConnectionError, OSError) as exc:
-            raise BackendError(f"{command}: connection to QEMU lost ({type(exc).__name__})") from None
+        except (StateError, ExecInterruptedError, EOFError, ConnectionError, OSError) as exc:
+            raise BackendError(f"{command}: connection to QEMU lost ({type(exc).__name__}: QEMU exited or "
+                               "closed the monitor)") from None
         except Exception as exc:  # qemu.qmp raises its own protocol errors on disconnect
             if exc.__class__.__module__.startswith("qemu.qmp"):
                 raise BackendError(f"{command}: QMP connection failed ({type(exc).__name__})") from None

@@ -146,9 +146,10 @@ def cmd_repair(args: argparse.Namespace) -> int:
         print_json({"vm": args.vm, "actions": actions})
     elif not actions:
         print(f"{args.vm}: nothing to repair")
-    for a in actions:
-        print(f"{a['target']}: {a['action']}: {', '.join(a['undone']) or 'nothing was left in the VM'}"
-              + (f" ({a['error']})" if a.get("error") else ""))
+    else:
+        for a in actions:
+            print(f"{a['target']}: {a['action']}: {', '.join(a['undone']) or 'nothing was left in the VM'}"
+                  + (f" ({a['error']})" if a.get("error") else ""))
     incomplete = [a for a in actions if a["action"] == "incomplete"]
     if incomplete:
         print("hotluks: error: repair incomplete; run it again once the guest released its devices",

@@ -137,6 +137,15 @@ class Journal:
     def remove(self, target: str) -> None:
         self.path(target).unlink(missing_ok=True)
 
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete half-written ``*.tmpPID`` files a killed process left (call with the VM lock held)."""
+        removed = []
+        if self.dir.is_dir():
+            for path in self.dir.glob("*.tmp*"):
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
     def records(self) -> Iterator[Record]:
         if not self.dir.is_dir():
             return

@@ -177,7 +177,8 @@ class Operator:
             after = await snapshot(self.backend)
             diff = after.difference(before)
         except BackendError as exc:
-            diff = f"cannot verify ({_qemu_text(exc)})"
+            # unreachable VM: _undo_existing already said so; do not repeat it
+            diff = "" if problems else f"cannot verify ({_qemu_text(exc)})"
         rolled = f"rolled back: {', '.join(undone)}" if undone else "nothing to roll back"
         if not problems and not diff:
             self.journal.remove(record.target)
@@ -294,6 +295,7 @@ class Operator:
         """Finish interrupted detaches and undo interrupted attaches; idempotent."""
         actions = []
         async with self._lock():
+            self.journal.remove_stale_temporaries()  # a process killed while saving a record
             for record in list(self.journal.records()):
                 if record.status == "attached":
                     continue
