@@ -88,11 +88,18 @@ class Source:
         return self.protocol == "rbd"
 
     def rbd_location(self) -> tuple[str, str | None, str]:
-        """``(pool, namespace, image)`` from an rbd ``name='pool[/ns]/image'``."""
-        parts = (self.name or "").split("/")
+        """``(pool, namespace, image)`` from an rbd ``name='pool[/ns]/image[@snapshot]'``."""
+        parts = (self.name or "").partition("@")[0].split("/")
         if len(parts) == 2:
             return parts[0], None, parts[1]
         return parts[0], parts[1], parts[2]
+
+    @property
+    def rbd_snapshot(self) -> str | None:
+        """The snapshot of an rbd ``name='pool/image@snapshot'`` (as libvirt), else None."""
+        if not self.is_rbd or "@" not in (self.name or ""):
+            return None
+        return (self.name or "").partition("@")[2]
 
     def describe(self) -> str:
         if self.path is not None:

@@ -200,6 +200,11 @@ class _DiskBuilder:
         if bus not in SUPPORTED_BUSES:
             raise self.fail(f"bus '{bus}' (inferred from dev='{dev}') is not supported; use "
                             f"{', '.join(SUPPORTED_BUSES)}", target)
+        header = encryption.header if encryption is not None else None
+        for src in (source, header.source) if header is not None else (source,):
+            if src.rbd_snapshot is not None and root.find("readonly") is None:
+                raise XMLError(f"rbd snapshot '{src.rbd_snapshot}' is read-only: add <readonly/>",
+                               line=src.line, source=self.where)
         if target.get("removable") == "on" and bus not in ("usb", "scsi"):
             raise self.fail(f"removable='on' is for usb and scsi disks (as in libvirt), not bus '{bus}'", target)
         address = self.address(root.find("address"), cast(Bus, bus))
@@ -258,8 +263,11 @@ class _DiskBuilder:
         protocol = el.get("protocol")
         name = el.get("name")
         if protocol == "rbd":
-            if name is None or not 2 <= len(name.split("/")) <= 3 or "" in name.split("/"):
-                raise self.fail("rbd source needs name='pool/image' or name='pool/namespace/image'", el)
+            path, at, snapshot = (name or "").partition("@")
+            parts = path.split("/")
+            if name is None or not 2 <= len(parts) <= 3 or "" in parts or (at and (not snapshot or "@" in snapshot)):
+                raise self.fail("rbd source needs name='pool/image' or name='pool/namespace/image' "
+                                "(optionally @snapshot)", el)
         elif protocol == "iscsi":
             if name is None or "/" not in name:
                 raise self.fail("iscsi source needs name='IQN/LUN'", el)

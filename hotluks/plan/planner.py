@@ -209,6 +209,8 @@ class _GraphBuilder:
             if namespace:
                 args["namespace"] = namespace
             args["image"] = image
+            if src.rbd_snapshot is not None:
+                args["snapshot"] = src.rbd_snapshot
             if src.config_file:
                 args["conf"] = src.config_file
             if src.hosts:

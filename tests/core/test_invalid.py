@@ -86,6 +86,12 @@ CASES: dict[str, tuple[str, str]] = {
                             "name='pool/image'"),
     "rbd-name-too-deep": (xml("network", "<source protocol='rbd' name='a/b/c/d'><!--HERE-->", "</source>", TARGET),
                           "pool/namespace/image"),
+    "rbd-snapshot-writable": (xml("network", "<source protocol='rbd' name='pool/img@snap1'><!--HERE-->", "</source>",
+                                  TARGET), "rbd snapshot 'snap1' is read-only: add <readonly/>"),
+    "rbd-empty-snapshot": (xml("network", "<source protocol='rbd' name='pool/img@'><!--HERE-->", "</source>",
+                               TARGET, "<readonly/>"), "optionally @snapshot"),
+    "rbd-two-snapshots": (xml("network", "<source protocol='rbd' name='pool/img@a@b'><!--HERE-->", "</source>",
+                              TARGET, "<readonly/>"), "optionally @snapshot"),
     "rbd-no-name": (xml("network", "<source protocol='rbd'><!--HERE-->", "</source>", TARGET), "rbd source needs name"),
     "virtio-with-drive-address": (xml(
         "file", "<source file='/p'/>", TARGET, "<address type='drive' unit='1'/><!--HERE-->"),

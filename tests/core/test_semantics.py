@@ -284,6 +284,16 @@ def test_libvirt_names_in_the_vm_do_not_conflict() -> None:
     assert build_plan(d, context=PlanContext(existing_names=existing)).device_id == "hl-vdb"
 
 
+def test_rbd_snapshot_as_libvirt() -> None:
+    d = Disk.from_xml("""<disk type='network'><source protocol='rbd' name='pool/ns/image@snap1'/>
+      <encryption format='luks' engine='librbd'><secret type='passphrase' usage='k'/></encryption>
+      <target dev='vdb'/><readonly/></disk>""")
+    rbd = build_plan(d).steps[1].arguments
+    assert (rbd["pool"], rbd["namespace"], rbd["image"], rbd["snapshot"], rbd["read-only"]) == (
+        "pool", "ns", "image", "snap1", True)
+    assert "snapshot" not in build_plan(disk(RBD_SOURCE, kind="network")).steps[1].arguments
+
+
 def test_removable_scsi_and_usb() -> None:
     for bus, driver in (("scsi", "scsi-hd"), ("usb", "usb-storage")):
         d = Disk.from_xml(f"<disk type='file'><source file='/a'/><target dev='sdb' bus='{bus}' removable='on'/></disk>")
