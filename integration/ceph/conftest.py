@@ -10,6 +10,7 @@ import asyncio
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,16 +57,23 @@ def passphrase() -> bytes:
 
 
 @pytest.fixture
-def passfile(tmp_path: Path, passphrase: bytes) -> Path:
-    path = tmp_path / "pass"
+def workdir() -> Iterator[Path]:
+    """A private temp dir (not pytest's tmp_path: concurrent pytest runs on this host prune those)."""
+    with tempfile.TemporaryDirectory(prefix="hotluks-cephtest-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture
+def passfile(workdir: Path, passphrase: bytes) -> Path:
+    path = workdir / "pass"
     path.write_bytes(passphrase)
     path.chmod(0o600)
     return path
 
 
 @pytest.fixture
-def wrong_passfile(tmp_path: Path) -> Path:
-    path = tmp_path / "wrong"
+def wrong_passfile(workdir: Path) -> Path:
+    path = workdir / "wrong"
     path.write_bytes(b"not-the-passphrase")
     return path
 

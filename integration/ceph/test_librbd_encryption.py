@@ -40,7 +40,7 @@ def assert_no_secret(passphrase: bytes, *texts: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["luks1", "luks2"])
 def test_librbd_luks_roundtrip(ceph_cluster: CephCluster, vm, image: str, passfile: Path, passphrase: bytes,
-                               fmt: str, tmp_path: Path) -> None:
+                               fmt: str, workdir: Path) -> None:
     ceph_cluster.encryption_format(image, fmt, passfile)
     offline = os.urandom(64 * 1024)
     ceph_cluster.write_plaintext(image, fmt, passfile, offline, offset=1 * MiB)
@@ -67,7 +67,7 @@ def test_librbd_luks_roundtrip(ceph_cluster: CephCluster, vm, image: str, passfi
     assert ceph_cluster.read_plaintext(image, fmt, passfile, len(offline), offset=1 * MiB) == offline
     assert ceph_cluster.read_plaintext(image, fmt, passfile, 65536) == b"\x5a" * 65536
     # ... while the stored bytes are ciphertext behind librbd's LUKS header
-    raw = ceph_cluster.export(image, tmp_path / "raw").read_bytes()
+    raw = ceph_cluster.export(image, workdir / "raw").read_bytes()
     magic = b"LUKS\xba\xbe\x00\x01" if fmt == "luks1" else b"LUKS\xba\xbe\x00\x02"
     assert raw.startswith(magic)
     start = DATA_OFFSET[fmt]
