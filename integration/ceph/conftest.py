@@ -122,6 +122,8 @@ class QmpVM:
 
 @pytest.fixture
 def vm() -> Iterator[QmpVM]:
+    """A fresh VM per test. List it *after* image fixtures in a test's arguments, so the VM
+    (which may hold the image open) is stopped before the image is removed."""
     machine = QmpVM(start_qemu())
     try:
         yield machine

@@ -32,7 +32,7 @@ def keyfile(cephx_cluster: CephCluster, workdir: Path) -> Path:
     return cephx_cluster.write_client_key(workdir / "client.key")
 
 
-def test_user_and_key_secret_open_encrypted_image(cephx_cluster: CephCluster, vm, cx_image: str, passfile: Path,
+def test_user_and_key_secret_open_encrypted_image(cephx_cluster: CephCluster, cx_image: str, vm, passfile: Path,
                                                   keyfile: Path, passphrase: bytes) -> None:
     vm.qmp("object-add", {"qom-type": "secret", "id": "ceph0", "file": str(keyfile), "format": "base64"})
     vm.qmp("object-add", {"qom-type": "secret", "id": "sec0", "file": str(passfile)})
@@ -49,7 +49,7 @@ def test_user_and_key_secret_open_encrypted_image(cephx_cluster: CephCluster, vm
     assert passphrase.decode() not in output and cephx_cluster.client_key not in output
 
 
-def test_mon_host_list_instead_of_conf(cephx_cluster: CephCluster, vm, cx_image: str, passfile: Path,
+def test_mon_host_list_instead_of_conf(cephx_cluster: CephCluster, cx_image: str, vm, passfile: Path,
                                        keyfile: Path) -> None:
     """``server`` (libvirt's <host>) works on either mon port, with no conf file at all."""
     vm.qmp("object-add", {"qom-type": "secret", "id": "ceph0", "file": str(keyfile), "format": "base64"})
@@ -63,7 +63,7 @@ def test_mon_host_list_instead_of_conf(cephx_cluster: CephCluster, vm, cx_image:
         vm.qmp("blockdev-del", {"node-name": f"srv{i}"})
 
 
-def test_missing_or_bad_key_is_a_qmp_error(cephx_cluster: CephCluster, vm, cx_image: str, passfile: Path,
+def test_missing_or_bad_key_is_a_qmp_error(cephx_cluster: CephCluster, cx_image: str, vm, passfile: Path,
                                            workdir: Path) -> None:
     vm.qmp("object-add", {"qom-type": "secret", "id": "sec0", "file": str(passfile)})
     base = cephx_cluster.rbd_node(cx_image, **{"node-name": "crypt0", "user": cephx_cluster.client_name,

@@ -39,7 +39,7 @@ def assert_no_secret(passphrase: bytes, *texts: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["luks1", "luks2"])
-def test_librbd_luks_roundtrip(ceph_cluster: CephCluster, vm, image: str, passfile: Path, passphrase: bytes,
+def test_librbd_luks_roundtrip(ceph_cluster: CephCluster, image: str, vm, passfile: Path, passphrase: bytes,
                                fmt: str, workdir: Path) -> None:
     ceph_cluster.encryption_format(image, fmt, passfile)
     offline = os.urandom(64 * 1024)
@@ -77,7 +77,7 @@ def test_librbd_luks_roundtrip(ceph_cluster: CephCluster, vm, image: str, passfi
 
 
 @pytest.mark.parametrize("fmt", ["luks1", "luks2"])
-def test_wrong_passphrase_is_a_qmp_error(ceph_cluster: CephCluster, vm, image: str, passfile: Path,
+def test_wrong_passphrase_is_a_qmp_error(ceph_cluster: CephCluster, image: str, vm, passfile: Path,
                                          wrong_passfile: Path, passphrase: bytes, fmt: str) -> None:
     ceph_cluster.encryption_format(image, fmt, passfile)
     add_secret(vm, "bad0", wrong_passfile)
@@ -89,7 +89,7 @@ def test_wrong_passphrase_is_a_qmp_error(ceph_cluster: CephCluster, vm, image: s
     assert_no_secret(passphrase, err.desc, vm.proc.output())
 
 
-def test_format_mismatch_is_a_qmp_error(ceph_cluster: CephCluster, vm, image: str, passfile: Path) -> None:
+def test_format_mismatch_is_a_qmp_error(ceph_cluster: CephCluster, image: str, vm, passfile: Path) -> None:
     """A LUKS1 image opened as luks2 fails at once (no passphrase check)."""
     ceph_cluster.encryption_format(image, "luks1", passfile)
     add_secret(vm, "sec0", passfile)
@@ -98,7 +98,7 @@ def test_format_mismatch_is_a_qmp_error(ceph_cluster: CephCluster, vm, image: st
     assert err.desc == "encryption load fail: Invalid argument"
 
 
-def test_luks_any_refused_by_librbd_16(ceph_cluster: CephCluster, vm, image: str, passfile: Path) -> None:
+def test_luks_any_refused_by_librbd_16(ceph_cluster: CephCluster, image: str, vm, passfile: Path) -> None:
     ceph_cluster.encryption_format(image, "luks2", passfile)
     add_secret(vm, "sec0", passfile)
     err = vm.qmp_error("blockdev-add", ceph_cluster.rbd_node(
@@ -107,7 +107,7 @@ def test_luks_any_refused_by_librbd_16(ceph_cluster: CephCluster, vm, image: str
     assert "crypt0" not in vm.node_names()
 
 
-def test_parent_chain_refused_by_qemu_on_librbd_16(ceph_cluster: CephCluster, vm, image: str,
+def test_parent_chain_refused_by_qemu_on_librbd_16(ceph_cluster: CephCluster, image: str, vm,
                                                    passfile: Path, image_name: str) -> None:
     """A clone of an encrypted parent, opened with a ``parent`` layer: QEMU refuses it."""
     ceph_cluster.encryption_format(image, "luks2", passfile)
