@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -40,27 +41,57 @@ class QMPBackend(MonitorBackend):
         self._pump: asyncio.Task[None] | None = None
 
     async def connect(self) -> QMPBackend:
+        """Connect and negotiate, waiting up to ``timeout`` while another client is served.
+
+        QEMU's QMP listener has a backlog of one: while a client is connected, one more
+        connection waits (no greeting yet) and further ones are refused with EAGAIN.
+        Both mean "busy": we wait (retrying EAGAIN) until the timeout.
+        """
         from qemu.qmp import QMPClient
         from qemu.qmp.protocol import ConnectError
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            # connect the socket ourselves: asyncio treats a unix-socket EAGAIN (backlog full)
+            # as "in progress" and hands back an unconnected stream that only yields EOF
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(self.path))
+                break
+            except BlockingIOError:
+                sock.close()
+                if loop.time() + 0.05 >= deadline:
+                    raise self._busy_error() from None
+                await asyncio.sleep(0.05)  # another client is being served and one more is waiting
+            except OSError as exc:
+                sock.close()
+                raise BackendError(f"cannot connect to QMP socket {self.path}: {exc.strerror or exc}") from None
         client = QMPClient(f"hotluks:{self.path.name}")
         client.logger.disabled = True  # qemu.qmp logs traffic at debug level; it may carry secrets
         try:
-            async with asyncio.timeout(self.timeout):
-                await client.connect(str(self.path))
+            async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
+                await client.connect(sock)
         except TimeoutError:
             with contextlib.suppress(Exception):
                 await client.disconnect()
-            raise BackendError(
-                f"QMP socket {self.path} accepted the connection but QEMU did not greet us within "
-                f"{self.timeout:.0f}s: another client probably holds it (QEMU serves one client per "
-                "-qmp socket). Start QEMU with a second -qmp socket for hotluks, or use the libvirt backend."
-            ) from None
+            sock.close()
+            raise self._busy_error() from None
         except (ConnectError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            sock.close()
             raise BackendError(f"cannot connect to QMP socket {self.path}: {exc}") from None
         self._client = client
-        self._pump = asyncio.get_running_loop().create_task(self._pump_events())
+        self._pump = loop.create_task(self._pump_events())
         return self
+
+    def _busy_error(self) -> BackendError:
+        return BackendError(
+            f"QMP socket {self.path} did not let us in within {self.timeout:g}s: another client probably "
+            "holds it (QEMU serves one client per -qmp socket). Start QEMU with a second -qmp socket for "
+            "hotluks, or use the libvirt backend.")
 
     async def _pump_events(self) -> None:
         with self._client.listener() as listener:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import tempfile
 import threading
 import time
@@ -187,10 +188,23 @@ class QMPProxy:
         conn = self._connections
         self._writers.add(c_writer)
         try:
-            try:
-                s_reader, s_writer = await asyncio.open_unix_connection(str(self.upstream))
-            except OSError:
-                return
+            deadline = time.monotonic() + 60
+            while True:  # like a direct client: QEMU's backlog of one refuses with EAGAIN while busy
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                try:
+                    sock.connect(str(self.upstream))
+                except BlockingIOError:
+                    sock.close()
+                    if time.monotonic() > deadline:
+                        return
+                    await asyncio.sleep(0.05)
+                    continue
+                except OSError:
+                    sock.close()
+                    return
+                s_reader, s_writer = await asyncio.open_unix_connection(sock=sock)
+                break
             self._writers.add(s_writer)
             lock = asyncio.Lock()  # whole messages only towards the client
             up = asyncio.create_task(self._client_to_server(conn, c_reader, s_writer, c_writer, lock))
