@@ -54,7 +54,7 @@ class RbdLocation:
 def location_of(source: Source) -> RbdLocation:
     """The :class:`RbdLocation` of a parsed rbd ``<source>`` (pure)."""
     pool, namespace, image = source.rbd_location()
-    image, _, snapshot = image.partition("@")
+    snapshot = source.rbd_snapshot
     hosts = tuple(mon_host(h.name, h.port) for h in source.hosts if h.name)
     return RbdLocation(pool=pool, image=image, namespace=namespace, snapshot=snapshot or None,
                        conf=source.config_file, mon_hosts=hosts,
@@ -114,16 +114,23 @@ def _stream_head(args: Sequence[str], length: int, errfile: str, loc: RbdLocatio
                                "(Debian package ceph-common)") from None
     stdout = proc.stdout
     assert isinstance(stdout, io.BufferedReader)
+    eof = False
     try:
         while got < length:
             if time.monotonic() > deadline:
                 raise RbdReadError(f"reading {loc.describe()} timed out after {timeout:.0f}s")
             chunk = stdout.read1(min(1 << 20, length - got))
             if not chunk:
+                eof = True
                 break
             chunks.append(chunk)
             got += len(chunk)
     finally:
+        if eof:  # the image ended: let rbd finish and report its own status
+            try:
+                proc.wait(max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
         if proc.poll() is None:
             proc.kill()  # by PID: we have what we need (or gave up)
         stdout.close()
