@@ -3,10 +3,10 @@
 ``start_libvirtd()`` reuses a daemon that already answers on ``qemu:///system``
 (and then never stops it); otherwise it starts ``virtlogd`` and the monolithic
 ``libvirtd`` (libvirt 11 on Debian; the secret driver is the separate package
-``libvirt-daemon-driver-secret``) in the foreground of a child process, with a
-private ``libvirtd.conf`` that logs into a temporary directory. The daemons
-are ended by PID on ``stop()`` and get SIGTERM from the kernel if the test
-process dies first (``PR_SET_PDEATHSIG``).
+``libvirt-daemon-driver-secret``) as foreground child processes, with a private
+``libvirtd.conf`` that logs into a temporary directory. Test processes running
+at the same time share that daemon through a small registry; the last one to
+leave ends the daemons by PID (never by name) and removes their files.
 
 Host facts the fixture takes care of:
 
@@ -22,12 +22,14 @@ Host facts the fixture takes care of:
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import fcntl
 import grp
+import json
 import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -43,13 +45,8 @@ SYSTEM_URI = "qemu:///system"
 QEMU_USER = "libvirt-qemu"
 RUN_DIR = Path("/run/libvirt")
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")
-_PR_SET_PDEATHSIG = 1
+STATE_DIR = Path("/run/hotluks-libvirtd")
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _open(uri: str) -> Any:
@@ -89,57 +86,167 @@ def fix_kvm_permissions(path: str = "/dev/kvm") -> None:
         os.chmod(path, (st.st_mode & 0o7777) | 0o660)
 
 
-def _stop_pid(popen: subprocess.Popen[bytes], timeout: float) -> None:
-    if popen.poll() is not None:
-        return
+def _pid_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
     try:
-        os.kill(popen.pid, signal.SIGTERM)
-        popen.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.kill(popen.pid, signal.SIGKILL)
-        popen.wait(timeout=timeout)
-    except ProcessLookupError:
-        pass
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _pid_is(pid: int, binary: str) -> bool:
+    """True when ``pid`` runs ``binary`` (guards against a recycled PID)."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return False
+    return Path(argv0).name == binary
+
+
+def _gone(pid: int, popen: subprocess.Popen[bytes] | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (popen is not None and popen.poll() is not None) or not _pid_running(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _stop_pid(pid: int, binary: str, timeout: float, popen: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``, to ``pid`` if it still runs ``binary``; reap our child."""
+    if _pid_is(pid, binary) and _pid_running(pid):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if _gone(pid, popen, timeout):
+                break
+    if popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=timeout)
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+class _Registry:
+    """Who uses the daemon hotluks started, shared by every test process on the host.
+
+    ``daemon.json`` names the daemons (PIDs, work directory); ``users/`` holds
+    one file per live :class:`LibvirtDaemon` (``<pid>-<n>``). All changes happen
+    under an exclusive ``flock``; the last user out stops the daemons.
+    """
+
+    def __init__(self, root: Path = STATE_DIR):
+        self.root = root
+        self.users = root / "users"
+        self.state = root / "daemon.json"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.users.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.state.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def save(self, data: dict[str, Any]) -> None:
+        tmp = self.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.state)
+
+    def live_users(self) -> list[str]:
+        """User entries whose process still runs (entries of dead processes are removed)."""
+        live = []
+        for entry in self.users.iterdir():
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and _pid_running(int(pid)):
+                live.append(entry.name)
+            else:
+                entry.unlink(missing_ok=True)
+        return live
+
+    def add_user(self) -> str:
+        global _user_counter
+        _user_counter += 1
+        name = f"{os.getpid()}-{_user_counter}"
+        (self.users / name).touch()
+        return name
+
+    def remove_user(self, name: str) -> None:
+        (self.users / name).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        self.state.unlink(missing_ok=True)
+
+
+_user_counter = 0
+_popens: dict[int, subprocess.Popen[bytes]] = {}  # daemons this process spawned, to reap them
 
 
 @dataclass
 class LibvirtDaemon:
-    """A libvirt daemon serving ``uri``; ``started`` says whether we own (and stop) it."""
+    """A libvirt daemon serving ``uri``.
+
+    ``started`` is True when hotluks started it (in this or another test process):
+    then ``stop()`` ends it by PID once no other user is left. A daemon found
+    running without hotluks' record (a human's) is reused and never stopped.
+    """
 
     uri: str = SYSTEM_URI
     started: bool = False
     workdir: Path | None = None
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    daemon_pids: dict[str, int] = field(default_factory=dict)  # binary -> pid
     created_run_dir: bool = False
+    user: str | None = None
+    registry: _Registry = field(default_factory=_Registry)
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.processes]
+        return list(self.daemon_pids.values())
 
     def alive(self) -> bool:
         if not self.started:
             return daemon_answers(self.uri)
-        return all(p.poll() is None for p in self.processes)
+        return all(_pid_running(pid) for pid in self.pids)
 
     def log(self) -> str:
-        """The daemon's log so far (only for a daemon we started)."""
+        """The daemon's log so far (only for a daemon hotluks started)."""
         if self.workdir is None:
             return ""
         path = self.workdir / "libvirtd.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop what we started, libvirtd first (it holds virtlogd), by PID; remove our files."""
-        if not self.started:
+        """Leave the daemon; the last hotluks user stops libvirtd then virtlogd by PID and cleans up."""
+        if not self.started or self.user is None:
             return
-        for popen in reversed(self.processes):
-            _stop_pid(popen, timeout)
-        self.processes.clear()
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        if self.created_run_dir:
-            shutil.rmtree(RUN_DIR, ignore_errors=True)
+        with self.registry.locked():
+            self.registry.remove_user(self.user)
+            self.user = None
+            if not self.registry.live_users():
+                _shutdown(self.registry.load() or self._record(), timeout)
+                self.registry.clear()
         self.started = False
+
+    def _record(self) -> dict[str, Any]:
+        return {"uri": self.uri, "pids": self.daemon_pids, "workdir": str(self.workdir or ""),
+                "created_run_dir": self.created_run_dir}
 
     def __enter__(self) -> LibvirtDaemon:
         return self
@@ -148,30 +255,69 @@ class LibvirtDaemon:
         self.stop()
 
 
+def _shutdown(record: dict[str, Any], timeout: float) -> None:
+    """Stop the daemons of a registry record (libvirtd first) and remove their files."""
+    pids: dict[str, int] = record.get("pids", {})
+    for binary in ("libvirtd", "virtlogd"):
+        pid = pids.get(binary)
+        if pid is not None:
+            _stop_pid(pid, binary, timeout, _popens.pop(pid, None))
+    if record.get("workdir"):
+        shutil.rmtree(record["workdir"], ignore_errors=True)
+    if record.get("created_run_dir") and not any(_pid_is(p, b) for b, p in pids.items()):
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
+
+
 def _spawn(args: Sequence[str], out: Path) -> subprocess.Popen[bytes]:
     with open(out, "ab") as sink:
-        return subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent, start_new_session=True)
+        popen = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    _popens[popen.pid] = popen
+    return popen
 
 
 def _wait_socket(path: Path, popen: subprocess.Popen[bytes], what: str, deadline: float) -> None:
-    while not path.exists():
+    while not _socket_answers(path):
         if popen.poll() is not None:
             raise BackendError(f"{what} exited with status {popen.returncode} during start-up")
         if time.monotonic() > deadline:
-            raise BackendError(f"{what} did not create {path} in time")
+            raise BackendError(f"{what} did not answer on {path} in time")
         time.sleep(0.05)
 
 
 def start_libvirtd(uri: str = SYSTEM_URI, *, timeout: float = 90.0, idle_exit: int = 1800) -> LibvirtDaemon:
-    """Reuse a daemon answering on ``uri``, or start virtlogd + libvirtd and wait until it answers.
+    """Join the daemon hotluks runs, reuse a human's, or start virtlogd + libvirtd.
 
-    ``idle_exit`` is libvirtd's ``--timeout``: a safety net that ends a daemon
-    left without clients and domains. The first start probes QEMU (~10 s);
-    later starts reuse libvirt's capability cache.
+    Several test processes may call this at once; the registry under
+    ``/run/hotluks-libvirtd`` makes them share one daemon, stopped by the last
+    one to leave. ``idle_exit`` is libvirtd's ``--timeout``, a safety net for a
+    killed test run (libvirtd exits once it has no client and no domain); a
+    virtlogd left by such a run is stopped by the next start. The first start
+    probes QEMU (~10 s); later ones reuse libvirt's capability cache.
     """
-    if daemon_answers(uri):
-        return LibvirtDaemon(uri=uri, started=False)
+    registry = _Registry()
+    with registry.locked():
+        record = registry.load()
+        pids: dict[str, int] = (record or {}).get("pids", {})
+        ours = record is not None and all(_pid_is(pid, binary) for binary, pid in pids.items())
+        if ours and daemon_answers(uri):
+            assert record is not None
+            return LibvirtDaemon(uri=uri, started=True, workdir=Path(record["workdir"]), daemon_pids=dict(pids),
+                                 created_run_dir=bool(record.get("created_run_dir")), user=registry.add_user(),
+                                 registry=registry)
+        if record is not None:  # a killed run's leftovers: end them
+            _shutdown(record, 10.0)
+            registry.clear()
+        if daemon_answers(uri):
+            return LibvirtDaemon(uri=uri, started=False)
+        daemon = _start_daemons(uri, timeout, idle_exit)
+        daemon.registry = registry
+        registry.save(daemon._record())
+        daemon.user = registry.add_user()
+        return daemon
+
+
+def _start_daemons(uri: str, timeout: float, idle_exit: int) -> LibvirtDaemon:
     for binary in ("libvirtd", "virtlogd"):
         if shutil.which(binary) is None:
             raise BackendError(f"{binary} not found; run scripts/setup-system.sh")
@@ -182,13 +328,13 @@ def start_libvirtd(uri: str = SYSTEM_URI, *, timeout: float = 90.0, idle_exit: i
     conf.write_text(f'log_outputs = "3:file:{workdir}/libvirtd.log"\n')
     deadline = time.monotonic() + timeout
     try:
-        if not (RUN_DIR / "virtlogd-sock").exists():
+        if not _socket_answers(RUN_DIR / "virtlogd-sock"):
             virtlogd = _spawn(["virtlogd", "-p", str(workdir / "virtlogd.pid")], workdir / "virtlogd.out")
-            daemon.processes.append(virtlogd)
+            daemon.daemon_pids["virtlogd"] = virtlogd.pid
             _wait_socket(RUN_DIR / "virtlogd-sock", virtlogd, "virtlogd", deadline)
         libvirtd = _spawn(["libvirtd", "-f", str(conf), "-p", str(workdir / "libvirtd.pid"),
                            "--timeout", str(idle_exit)], workdir / "libvirtd.out")
-        daemon.processes.append(libvirtd)
+        daemon.daemon_pids["libvirtd"] = libvirtd.pid
         while not daemon_answers(uri):
             if libvirtd.poll() is not None:
                 out = (workdir / "libvirtd.out").read_text(errors="replace").strip()
@@ -197,7 +343,7 @@ def start_libvirtd(uri: str = SYSTEM_URI, *, timeout: float = 90.0, idle_exit: i
                 raise BackendError(f"libvirtd did not answer on {uri} within {timeout:.0f}s")
             time.sleep(0.1)
     except BaseException:
-        daemon.stop()
+        _shutdown(daemon._record(), 10.0)
         raise
     return daemon
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.testing.libvirtd import RUN_DIR, LibvirtDaemon, daemon_answers, start_domain, start_libvirtd
+from hotluks.testing.libvirtd import RUN_DIR, STATE_DIR, LibvirtDaemon, daemon_answers, start_domain, start_libvirtd
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 
@@ -43,44 +43,90 @@ def test_start_and_stop_leave_no_process() -> None:
     assert not daemon_answers()
     assert workdir is not None and not workdir.exists()
     assert RUN_DIR.exists() == run_dir_existed
+    assert not (STATE_DIR / "daemon.json").exists() and not any((STATE_DIR / "users").iterdir())
 
 
-def test_daemons_die_with_the_process_that_started_them(tmp_path: Path) -> None:
-    if daemon_answers():
-        pytest.skip("a libvirt daemon already runs; cannot test a cold start")
-    script = textwrap.dedent("""
-        import sys, time
+def _child_daemon(action: str) -> tuple[subprocess.Popen[str], list[int]]:
+    """A second test process that starts (or joins) the daemon, prints its PIDs, then waits for a line."""
+    script = textwrap.dedent(f"""
+        import sys
         from hotluks.testing.libvirtd import start_libvirtd
         d = start_libvirtd()
         print(" ".join(map(str, d.pids)), flush=True)
-        time.sleep(600)
+        sys.stdin.readline()
+        {action}
     """)
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    return child, [int(p) for p in child.stdout.readline().split()]
+
+
+def test_processes_share_one_daemon_and_the_last_one_stops_it() -> None:
+    if daemon_answers():
+        pytest.skip("a libvirt daemon already runs; cannot test a cold start")
+    child, pids = _child_daemon("d.stop()")
     try:
-        assert child.stdout is not None
-        pids = [int(p) for p in child.stdout.readline().split()]
-        assert pids and all(_running(p) for p in pids)
+        assert len(pids) == 2 and all(_running(p) for p in pids)
+        mine = start_libvirtd()
+        try:
+            assert mine.started and sorted(mine.pids) == sorted(pids)  # joined, not a second daemon
+            assert child.stdin is not None
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert child.wait(30) == 0
+            assert all(_running(p) for p in pids) and daemon_answers()  # still ours to use
+        finally:
+            mine.stop()
     finally:
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-    deadline = time.monotonic() + 20
-    while any(_running(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    leftover = [p for p in pids if _running(p)]
-    for pid in leftover:  # clean up before failing
-        os.kill(pid, signal.SIGKILL)
-    assert not leftover
-    if not any(RUN_DIR.glob("*-sock")):
-        import shutil
-        shutil.rmtree(RUN_DIR, ignore_errors=True)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert not any(_running(p) for p in pids)
+    assert not (STATE_DIR / "daemon.json").exists()
 
 
-def test_running_daemon_is_reused_and_not_stopped(libvirt_daemon: LibvirtDaemon) -> None:
+def test_daemon_of_a_killed_run_is_adopted_and_stopped() -> None:
+    if daemon_answers():
+        pytest.skip("a libvirt daemon already runs; cannot test a cold start")
+    child, pids = _child_daemon("")
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    try:
+        assert all(_running(p) for p in pids)
+        again = start_libvirtd()
+        assert again.started and sorted(again.pids) == sorted(pids)
+        again.stop()
+        assert not any(_running(p) for p in pids)
+    finally:
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_running_daemon_is_joined_and_not_stopped_by_a_second_user(libvirt_daemon: LibvirtDaemon) -> None:
     again = start_libvirtd(libvirt_daemon.uri)
-    assert not again.started and again.pids == []
-    again.stop()
+    try:
+        assert again.started == libvirt_daemon.started and again.pids == libvirt_daemon.pids
+    finally:
+        again.stop()
     assert daemon_answers(libvirt_daemon.uri)
     assert libvirt_daemon.alive()
+
+
+def test_a_daemon_hotluks_did_not_start_is_never_stopped(libvirt_daemon: LibvirtDaemon, tmp_path: Path) -> None:
+    """Without hotluks' registry record the running daemon counts as someone else's."""
+    from hotluks.testing import libvirtd as mod
+
+    registry = mod._Registry(tmp_path / "registry")  # an empty registry: this daemon is "a human's"
+    original = mod._Registry
+    mod._Registry = lambda: registry  # type: ignore[assignment,misc]
+    try:
+        foreign = start_libvirtd(libvirt_daemon.uri)
+    finally:
+        mod._Registry = original  # type: ignore[misc]
+    assert not foreign.started and foreign.pids == []
+    foreign.stop()
+    assert daemon_answers(libvirt_daemon.uri) and libvirt_daemon.alive()
 
 
 def test_transient_domain_has_acpi_and_is_removed(libvirt_uri: str) -> None:
