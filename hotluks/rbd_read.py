@@ -85,7 +85,11 @@ def export_command(loc: RbdLocation, keyfile: str | None = None) -> list[str]:
 
 
 def read_image_head(loc: RbdLocation, length: int, *, key: bytes | None = None, timeout: float = 60.0) -> bytes:
-    """The first ``length`` bytes of the image (fewer if the image is smaller)."""
+    """The first ``length`` bytes of the image (fewer if the image is smaller).
+
+    ``key`` is the cephx key as base64 text (as in a keyring; base64-encode a
+    libvirt ceph secret's raw value first). Raises :class:`RbdReadError`.
+    """
     with tempfile.TemporaryDirectory(prefix="hotluks-rbdread-") as tmp:
         keyfile = None
         if key is not None:

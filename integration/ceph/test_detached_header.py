@@ -118,3 +118,20 @@ def test_rbd_read_returns_the_stored_header(ceph_cluster: CephCluster, volume: D
     loc = RbdLocation(pool=ceph_cluster.pool, image=volume.header_image, conf=str(ceph_cluster.conf_path))
     assert read_image_head(loc, 4096) == expected[:4096]
     assert read_image_head(loc, len(expected) + 8192) == expected  # short image: what there is
+
+
+def test_preflight_reader_feeds_the_luks_engine(ceph_cluster: CephCluster, volume: DetachedVolume,
+                                                passphrase: bytes) -> None:
+    """What the runner's preflight does for a header on RBD: read_rbd_head(Source) → open → unlock."""
+    from hotluks import luks
+    from hotluks.errors import WrongPassphraseError
+    from hotluks.model import Source
+    from hotluks.rbd_read import read_rbd_head
+
+    source = Source(kind="network", protocol="rbd", name=f"{ceph_cluster.pool}/{volume.header_image}",
+                    config_file=str(ceph_cluster.conf_path))
+    header = luks.open_header(read_rbd_head(source, 16 * 1024 * 1024))
+    assert header.payload_offset == 0
+    luks.unlock(header, passphrase)
+    with pytest.raises(WrongPassphraseError):
+        luks.unlock(header, b"not-the-passphrase")
