@@ -1,0 +1,110 @@
+"""Journal records: round trip, atomic replacement, corruption, stale temporaries, no secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from hotluks.errors import HotluksError
+from hotluks.model import Disk
+from hotluks.plan.planner import build_plan
+from hotluks.runner.journal import Journal, Record, default_state_dir, vm_dirname
+
+
+def _record(example_xml: Path) -> Record:
+    return Record.for_plan("/run/vm1.qmp", build_plan(Disk.from_xml(example_xml)))
+
+
+def test_round_trip(tmp_path: Path, example_xml: Path) -> None:
+    journal = Journal(tmp_path, "qmp-/run/vm1.qmp")
+    record = _record(example_xml)
+    record.steps[0].state = "done"
+    record.steps[1].state = "started"
+    record.error = "step 2 failed"
+    journal.save(record)
+    loaded = journal.load("vdb")
+    assert loaded == record
+    assert [s.kind for s in loaded.steps] == ["secret", "node", "node", "node", "node", "node", "device"]
+    assert loaded.names == {"secret": {"hl-vdb-key"}, "device": {"hl-vdb"},
+                            "node": {"hl-vdb-hdr-proto", "hl-vdb-hdr-fmt", "hl-vdb-proto", "hl-vdb-fmt",
+                                     "hl-vdb-luks"}}
+    assert [r.target for r in journal.records()] == ["vdb"]
+    assert stat.S_IMODE(journal.dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(journal.path("vdb").stat().st_mode) == 0o600
+    journal.remove("vdb")
+    assert journal.load("vdb") is None and list(journal.records()) == []
+    journal.remove("vdb")  # idempotent
+
+
+def test_record_holds_no_secret_value(tmp_path: Path, example_xml: Path) -> None:
+    journal = Journal(tmp_path, "vm")
+    journal.save(_record(example_xml))
+    doc = json.loads(journal.path("vdb").read_text())
+    key_step = doc["steps"][0]
+    assert key_step["execute"] == "object-add" and "data" not in key_step["arguments"]
+
+
+def test_save_is_atomic_when_interrupted(tmp_path: Path, example_xml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash while writing the new version leaves the old version intact and loadable."""
+    journal = Journal(tmp_path, "vm")
+    record = _record(example_xml)
+    journal.save(record)
+    before = journal.path("vdb").read_bytes()
+
+    def crash(fd: int) -> None:
+        raise OSError(5, "simulated crash during fsync")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    record.steps[0].state = "done"
+    with pytest.raises(OSError):
+        journal.save(record)
+    monkeypatch.undo()
+    assert journal.path("vdb").read_bytes() == before
+    assert journal.load("vdb") == Record.from_json(json.loads(before))
+    leftovers = sorted(p.name for p in journal.dir.iterdir())
+    assert leftovers == ["vdb.json", f"vdb.tmp{os.getpid()}"]
+    assert [r.target for r in journal.records()] == ["vdb"]  # temporaries are never read as records
+    assert journal.remove_stale_temporaries() == [f"vdb.tmp{os.getpid()}"]
+    assert sorted(p.name for p in journal.dir.iterdir()) == ["vdb.json"]
+
+
+def test_corrupt_record_is_a_clear_error(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, "vm")
+    journal.ensure()
+    journal.path("vdb").write_text('{"vm": "x", "steps": [')
+    with pytest.raises(HotluksError, match="corrupt"):
+        journal.load("vdb")
+
+
+def test_state_dir_unwritable_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(HotluksError, match="cannot create state directory"):
+        Journal(blocker, "vm").ensure()
+
+
+def test_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOTLUKS_STATE_DIR", str(tmp_path))
+    assert default_state_dir() == tmp_path
+    monkeypatch.delenv("HOTLUKS_STATE_DIR")
+    assert default_state_dir() == (Path("/var/lib/hotluks") if os.geteuid() == 0
+                                   else Path.home() / ".local/state/hotluks")
+
+
+def test_vm_dirname() -> None:
+    name = vm_dirname("qmp-/run/vms/db 1.qmp")
+    assert name.startswith("qmp-_run_vms_db_1.qmp-") and len(name.split("-")[-1]) == 12
+    assert "/" not in name and " " not in name
+    # names that sanitize alike stay distinct; the same key is stable
+    assert vm_dirname("libvirt-a/b") != vm_dirname("libvirt-a_b")
+    assert vm_dirname("libvirt-a/b") == vm_dirname("libvirt-a/b")
+    long = vm_dirname("libvirt-" + "x" * 500)
+    assert len(long) <= 60 + 13
+    assert vm_dirname("libvirt-" + "x" * 500) != vm_dirname("libvirt-" + "x" * 501)
+    for hostile in ("..", "../..", "/", "", "a/../../etc"):
+        name = vm_dirname(hostile)
+        assert "/" not in name and name not in ("", ".", "..")  # always one safe path component

@@ -1,0 +1,120 @@
+"""Capabilities from a (small, fake) QMP schema; placement on a free PCIe root port from recorded
+``query-pci`` / ``qom-list`` replies of QEMU 10.0.2; snapshots and their differences."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from hotluks.errors import RefusedError
+from hotluks.model import Disk
+from hotluks.plan.capabilities import Capabilities
+from hotluks.runner.vmstate import VMSnapshot, plan_context, probe_capabilities
+
+ReplayFactory = Callable[[str], Any]
+
+
+def _schema(luks_members: list[str], rbd: bool = True, parent: bool = True) -> list[dict[str, Any]]:
+    """A tiny query-qmp-schema: blockdev-add → BlockdevOptions with luks/rbd/file variants."""
+    schema: list[dict[str, Any]] = [
+        {"name": "blockdev-add", "meta-type": "command", "arg-type": "0", "ret-type": "1"},
+        {"name": "0", "meta-type": "object", "members": [{"name": "driver", "type": "2"}],
+         "tag": "driver", "variants": [{"case": "file", "type": "10"}, {"case": "luks", "type": "11"}]
+         + ([{"case": "rbd", "type": "12"}] if rbd else [])},
+        {"name": "10", "meta-type": "object", "members": [{"name": "filename", "type": "str"}]},
+        {"name": "11", "meta-type": "object", "members": [{"name": m, "type": "str"} for m in luks_members]},
+        {"name": "12", "meta-type": "object", "members": [{"name": "encrypt", "type": "13"}]},
+        {"name": "13", "meta-type": "object",
+         "members": [{"name": "format", "type": "14"}] + ([{"name": "parent", "type": "13"}] if parent else [])},
+        {"name": "14", "meta-type": "enum", "values": ["luks", "luks2"]},
+    ]
+    return schema
+
+
+class _Schema:
+    def __init__(self, schema: list[dict[str, Any]], major: int):
+        self.replies = {"query-qmp-schema": schema,
+                        "query-version": {"qemu": {"major": major, "minor": 2, "micro": 1}, "package": ""}}
+
+    async def execute(self, command: str, arguments: Any = None) -> Any:
+        return self.replies[command]
+
+
+def test_capabilities_from_a_small_schema() -> None:
+    caps = asyncio.run(probe_capabilities(_Schema(_schema(["key-secret", "file", "header"]), 10)))  # type: ignore[arg-type]
+    assert caps.qemu_version == (10, 2, 1) and caps.version_text == "10.2.1"
+    assert caps.luks_detached_header and caps.has_driver("rbd") and not caps.has_driver("nbd")
+    assert caps.rbd_encrypt_formats == {"luks", "luks2"} and caps.rbd_encrypt_parent
+    old = Capabilities.from_qmp(_schema(["key-secret", "file"], rbd=False), {"qemu": {"major": 8, "minor": 0}})
+    assert not old.luks_detached_header and not old.has_driver("rbd")
+    assert old.rbd_encrypt_formats == frozenset() and not old.rbd_encrypt_parent
+    no_parent = Capabilities.from_qmp(_schema(["key-secret", "file", "header"], parent=False))
+    assert not no_parent.rbd_encrypt_parent and no_parent.qemu_version is None
+    bare = Capabilities.from_qmp([{"name": "query-version", "meta-type": "command"}])
+    assert not bare.luks_detached_header and bare.block_drivers == frozenset()
+
+
+def _virtio(dev: str = "vdc") -> Disk:
+    return Disk.from_xml(f"<disk type='file'><driver name='qemu' type='raw'/><source file='/x.img'/>"
+                         f"<target dev='{dev}' bus='virtio'/></disk>")
+
+
+def _scsi() -> Disk:
+    return Disk.from_xml("<disk type='file'><driver name='qemu' type='raw'/><source file='/x.img'/>"
+                         "<target dev='sdc' bus='scsi'/></disk>")
+
+
+@pytest.mark.parametrize("recording", ["q35-paused-rp1-used", "q35-booted-rp1-used"])
+def test_placement_skips_the_occupied_port(recorded: ReplayFactory, recording: str) -> None:
+    """rp1 holds hl-vdb: a paused VM's query-pci does not show it (bridges unnumbered), a booted one does;
+    either way the disk goes to rp2."""
+    backend = recorded(recording)
+    ctx = asyncio.run(plan_context(backend, _virtio(), VMSnapshot(frozenset(), frozenset(), frozenset())))
+    assert ctx.pci_bus == "rp2" and ctx.pci_root_bus == "pcie.0"
+    assert ctx.scsi_bus is None
+
+
+def test_placement_paused_vm_relies_on_qom(recorded: ReplayFactory) -> None:
+    """Without the QOM bus check, the paused recording would wrongly offer the occupied rp1."""
+    backend = recorded("q35-paused-rp1-used")
+    rp1 = next(d for d in backend.replies["query-pci"][0]["devices"] if d.get("qdev_id") == "rp1")
+    assert not rp1["pci_bridge"].get("devices")  # what query-pci says on a paused VM
+    asyncio.run(plan_context(backend, _virtio(), VMSnapshot(frozenset(), frozenset(), frozenset())))
+    assert "qom-list /machine/peripheral/rp1/rp1" in backend.sent
+
+
+def test_placement_trusts_query_pci_when_the_bus_has_another_name(recorded: ReplayFactory) -> None:
+    backend = recorded("q35-booted-rp1-used")
+    del backend.replies["qom-list /machine/peripheral/rp1/rp1"]  # QOM lookup fails: query-pci decides
+    ctx = asyncio.run(plan_context(backend, _virtio(), VMSnapshot(frozenset(), frozenset(), frozenset())))
+    assert ctx.pci_bus == "rp2"
+
+
+def test_no_free_port_is_refused(recorded: ReplayFactory) -> None:
+    backend = recorded("q35-booted-rp1-used")
+    for port in ("rp2", "rp3"):
+        backend.replies[f"qom-list /machine/peripheral/{port}/{port}"].append(
+            {"name": "child[0]", "type": "link<virtio-blk-pci>"})
+    with pytest.raises(RefusedError, match="no free hot-pluggable PCIe root port"):
+        asyncio.run(plan_context(backend, _virtio(), VMSnapshot(frozenset(), frozenset(), frozenset())))
+
+
+def test_scsi_placement_and_missing_controller(recorded: ReplayFactory) -> None:
+    backend = recorded("q35-booted-rp1-used")
+    ctx = asyncio.run(plan_context(backend, _scsi(), VMSnapshot(frozenset(), frozenset(), frozenset())))
+    assert ctx.scsi_bus == "scsi0.0" and ctx.pci_bus is None
+    backend.replies["qom-list /machine/peripheral"] = [
+        e for e in backend.replies["qom-list /machine/peripheral"] if e["name"] != "scsi0"]
+    with pytest.raises(RefusedError, match="no SCSI controller"):
+        asyncio.run(plan_context(backend, _scsi(), VMSnapshot(frozenset(), frozenset(), frozenset())))
+
+
+def test_snapshot_difference() -> None:
+    before = VMSnapshot(frozenset({"n1"}), frozenset({"pc.ram"}), frozenset({"rp1"}))
+    after = VMSnapshot(frozenset({"n1", "hl-vdb-luks"}), frozenset(), frozenset({"rp1"}))
+    assert before.difference(before) == ""
+    assert after.difference(before) == "extra nodes: hl-vdb-luks; missing objects: pc.ram"
+    assert after.names == {"n1", "hl-vdb-luks", "rp1"}
