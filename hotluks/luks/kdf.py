@@ -5,6 +5,7 @@ Everything goes through ``cryptography``; nothing here is a hand-written primiti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -105,31 +106,41 @@ class KdfParams:
         raise LuksUnsupportedError(f"KDF {self.type!r} is not supported")
 
 
-def _diffuse(data: bytes, hash_name: str) -> bytes:
-    """The LUKS AF diffusion: hash each digest-sized block with its big-endian index."""
+def _diffuser(hash_name: str, length: int) -> Callable[[bytes], bytes]:
+    """The LUKS AF diffusion for ``length``-byte buffers: hash each digest-sized block
+    with its big-endian index (the index prefixes are hashed once and copied)."""
     from cryptography.hazmat.primitives import hashes
 
     algo = hash_algorithm(hash_name)
     size = algo.digest_size
-    out = bytearray()
-    for i in range(0, len(data), size):
+    prefixes = []
+    for i in range(-(-length // size)):
         h = hashes.Hash(algo)
-        h.update((i // size).to_bytes(4, "big"))
-        block = data[i:i + size]
-        h.update(block)
-        out += h.finalize()[:len(block)]
-    return bytes(out)
+        h.update(i.to_bytes(4, "big"))
+        prefixes.append(h)
+
+    def diffuse(data: bytes) -> bytes:
+        out = b""
+        for i, prefix in enumerate(prefixes):
+            h = prefix.copy()
+            block = data[i * size:(i + 1) * size]
+            h.update(block)
+            out += h.finalize()[:len(block)]
+        return out
+
+    return diffuse
 
 
 def af_merge(material: bytes, key_bytes: int, stripes: int, hash_name: str) -> bytes:
     """Recover a key from ``stripes`` AF stripes of ``key_bytes`` each."""
     if stripes < 1 or len(material) < key_bytes * stripes:
         raise LuksUnsupportedError("anti-forensic material is shorter than its stripes")
+    diffuse = _diffuser(hash_name, key_bytes)
     acc = bytes(key_bytes)
     for i in range(stripes - 1):
         stripe = material[i * key_bytes:(i + 1) * key_bytes]
         mixed = (int.from_bytes(acc, "big") ^ int.from_bytes(stripe, "big")).to_bytes(key_bytes, "big")
-        acc = _diffuse(mixed, hash_name)
+        acc = diffuse(mixed)
     last = material[(stripes - 1) * key_bytes:stripes * key_bytes]
     return (int.from_bytes(acc, "big") ^ int.from_bytes(last, "big")).to_bytes(key_bytes, "big")
 
@@ -139,10 +150,11 @@ def af_split(key: bytes, stripes: int, hash_name: str, random: bytes) -> bytes:
     n = len(key)
     if len(random) < n * (stripes - 1):
         raise ValueError("not enough random bytes for the AF split")
+    diffuse = _diffuser(hash_name, n)
     acc = bytes(n)
     for i in range(stripes - 1):
         stripe = random[i * n:(i + 1) * n]
         mixed = (int.from_bytes(acc, "big") ^ int.from_bytes(stripe, "big")).to_bytes(n, "big")
-        acc = _diffuse(mixed, hash_name)
+        acc = diffuse(mixed)
     last = (int.from_bytes(acc, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
     return random[:n * (stripes - 1)] + last

@@ -1,0 +1,47 @@
+"""AF split/merge, KDF dispatch and hash support."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hotluks.errors import LuksUnsupportedError
+from hotluks.luks.kdf import KdfParams, af_merge, af_split, hash_algorithm
+
+
+@pytest.mark.parametrize("hash_name", ["sha1", "sha256", "sha512"])
+@pytest.mark.parametrize("key_bytes", [16, 32, 64, 20])
+def test_af_split_then_merge_restores_the_key(hash_name: str, key_bytes: int) -> None:
+    key = os.urandom(key_bytes)
+    material = af_split(key, 4000, hash_name, os.urandom(key_bytes * 3999))
+    assert len(material) == key_bytes * 4000
+    assert af_merge(material, key_bytes, 4000, hash_name) == key
+    damaged = bytes([material[0] ^ 1]) + material[1:]
+    assert af_merge(damaged, key_bytes, 4000, hash_name) != key
+
+
+def test_af_with_one_stripe_is_the_key() -> None:
+    key = os.urandom(32)
+    assert af_split(key, 1, "sha256", b"") == key
+    assert af_merge(key, 32, 1, "sha256") == key
+
+
+@pytest.mark.parametrize("name", ["whirlpool", "ripemd160", "md5", "sha-256", "stribog512"])
+def test_unsupported_hashes(name: str) -> None:
+    with pytest.raises(LuksUnsupportedError):
+        hash_algorithm(name)
+
+
+def test_kdf_dispatch_and_parameters() -> None:
+    salt = os.urandom(32)
+    p1 = KdfParams("pbkdf2", salt, hash="sha256", iterations=1000).derive(b"pw", 32)
+    assert p1 == KdfParams("pbkdf2", salt, hash="sha256", iterations=1000).derive(b"pw", 32)
+    assert p1 != KdfParams("pbkdf2", salt, hash="sha512", iterations=1000).derive(b"pw", 32)
+    a_i = KdfParams("argon2i", salt, time=3, memory=64, cpus=1).derive(b"pw", 32)
+    a_id = KdfParams("argon2id", salt, time=3, memory=64, cpus=1).derive(b"pw", 32)
+    assert a_i != a_id and len(a_id) == 32
+    for bad in (KdfParams("scrypt", salt), KdfParams("argon2id", salt, time=0, memory=64, cpus=1),
+                KdfParams("pbkdf2", salt, hash="sha256", iterations=0)):
+        with pytest.raises(LuksUnsupportedError):
+            bad.derive(b"pw", 32)
