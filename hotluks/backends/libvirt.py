@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +192,8 @@ class LibvirtBackend(MonitorBackend):
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        loop.call_soon_threadsafe(self._dispatch_event, event_from_libvirt(event, seconds, micros, details))
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._dispatch_event, event_from_libvirt(event, seconds, micros, details))
 
     async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
         import libvirt
@@ -206,6 +210,34 @@ class LibvirtBackend(MonitorBackend):
         except libvirt.libvirtError as exc:
             # libvirt's message names the failure (domain gone, daemon gone); it never echoes our JSON
             raise BackendError(f"{command}: libvirt failed on domain {self.vm!r}: {libvirt_message(exc)}") from None
+        return parse_reply(command, str(reply))
+
+    async def execute_with_fds(self, command: str, arguments: QMPArgs | None, fds: Sequence[int]) -> Any:
+        """Run a command that receives open file descriptors (``add-fd``, ``getfd``).
+
+        libvirt runs QEMU in a private ``/dev`` (mount namespace) under a device
+        cgroup and as ``libvirt-qemu``: a block device or file libvirt did not set
+        up cannot be opened by path from the monitor. hotluks opens it and passes
+        the descriptor (``add-fd`` → ``/dev/fdset/N``). Our copies stay open: the
+        caller closes them.
+        """
+        import libvirt
+        import libvirt_qemu
+
+        if self._dom is None:
+            raise BackendError("libvirt backend is not connected")
+        text = command_json(command, arguments)
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply, returned = await asyncio.to_thread(
+                    libvirt_qemu.qemuMonitorCommandWithFiles, self._dom, text, list(fds), 0)
+        except TimeoutError:
+            raise BackendError(f"{command}: no answer from libvirt within {self.timeout:.0f}s") from None
+        except libvirt.libvirtError as exc:
+            raise BackendError(f"{command}: libvirt failed on domain {self.vm!r}: {libvirt_message(exc)}") from None
+        for fd in returned or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
         return parse_reply(command, str(reply))
 
     async def secret_value(self, ref: str) -> bytes | None:

@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import termios
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from hotluks.backends.base import Event, EventQueue, MasterKey, MonitorBackend, QMPArgs
@@ -53,9 +53,10 @@ def virsh_json(command: str, arguments: QMPArgs | None) -> str:
     return command_json(command, arguments).replace("\x7f", "\\u007f")
 
 
-def monitor_line(domain: str, command: str) -> str:
-    """The shell-mode line that runs one QMP command."""
-    return f"qemu-monitor-command --domain {shell_quote(domain)} --cmd {shell_quote(command)}\n"
+def monitor_line(domain: str, command: str, fds: Sequence[int] = ()) -> str:
+    """The shell-mode line that runs one QMP command (passing ``fds`` of virsh's own process)."""
+    pass_fds = f" --pass-fds {','.join(str(int(fd)) for fd in fds)}" if fds else ""
+    return f"qemu-monitor-command --domain {shell_quote(domain)}{pass_fds} --cmd {shell_quote(command)}\n"
 
 
 PROMPT = "virsh # "
@@ -213,12 +214,12 @@ class VirshBackend(MonitorBackend):
     def vm_key(self) -> str:
         return f"libvirt-{self.uri}-{self.vm}"
 
-    async def _run(self, stdin_text: str) -> tuple[int, str, str]:
+    async def _run(self, stdin_text: str, fds: Sequence[int] = ()) -> tuple[int, str, str]:
         """Run ``virsh -q -c URI`` in shell mode with ``stdin_text``; (status, stdout, stderr)."""
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.virsh, "-q", "-c", self.uri, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, pass_fds=tuple(fds))
         except OSError as exc:
             raise BackendError(f"cannot run {self.virsh}: {exc.strerror}; install libvirt-clients") from None
         try:
@@ -247,6 +248,13 @@ class VirshBackend(MonitorBackend):
         return self
 
     async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
+        return await self.execute_with_fds(command, arguments, ())
+
+    async def execute_with_fds(self, command: str, arguments: QMPArgs | None, fds: Sequence[int]) -> Any:
+        """Run a command; ``fds`` (``add-fd``/``getfd``) go along via ``--pass-fds``.
+
+        See :meth:`hotluks.backends.libvirt.LibvirtBackend.execute_with_fds` for why.
+        """
         for watcher in list(self._watchers):
             try:
                 async with asyncio.timeout(self.timeout):
@@ -254,7 +262,7 @@ class VirshBackend(MonitorBackend):
             except TimeoutError:
                 raise BackendError(f"virsh event watcher for {self.vm!r} did not start in time") from None
         text = virsh_json(command, arguments)
-        _, out, err = await self._run(monitor_line(self.vm, text))
+        _, out, err = await self._run(monitor_line(self.vm, text, fds), fds)
         try:
             return parse_reply(command, reply_from_output(command, out))
         except BackendError:
