@@ -138,3 +138,20 @@ def test_concurrent_backends_on_one_loop(domain: TransientDomain, backend_name: 
 
     statuses = arun(main())
     assert len(statuses) == 12 and all(s["running"] is False for s in statuses)
+
+
+def test_defined_but_stopped_domain_is_input_error(libvirt_uri: str, backend_name: str, arun: Run) -> None:
+    import libvirt
+
+    from hotluks.testing.libvirtd import domain_xml
+
+    name = f"hotluks-stopped-{backend_name}"
+    conn = libvirt.open(libvirt_uri)
+    dom = conn.defineXML(domain_xml(name))
+    try:
+        with pytest.raises(InputError, match="not running") as info:
+            arun(open_backend(name, uri=libvirt_uri, backend=backend_name))
+        assert name in str(info.value)
+    finally:
+        dom.undefine()
+        conn.close()
