@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hotluks.backends.base import Event, MasterKey, MonitorBackend, QMPArgs, QMPCommandError
-from hotluks.errors import BackendError, InputError
+from hotluks.errors import BackendError, InputError, SecretError
 
 DEFAULT_URI = "qemu:///system"
 MASTER_KEY_ID = "masterKey0"
@@ -58,6 +58,11 @@ def libvirt_message(exc: Exception) -> str:
     get = getattr(exc, "get_error_message", None)
     message = get() if get is not None else None
     return str(message or exc or type(exc).__name__)
+
+
+def private_secret_message(ref: str) -> str:
+    return (f"libvirt secret {ref!r} is private: its value cannot be read back; define it with "
+            "private='no' or give hotluks the passphrase")
 
 
 def parse_reply(command: str, reply: str) -> Any:
@@ -268,6 +273,8 @@ class LibvirtBackend(MonitorBackend):
                 except libvirt.libvirtError as exc:
                     if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
                         return None  # defined without a value
+                    if exc.get_error_code() == libvirt.VIR_ERR_INVALID_SECRET:
+                        raise SecretError(private_secret_message(ref)) from None
                     raise
             return None
 

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from hotluks.backends.base import Event, EventQueue, MasterKey, MonitorBackend, QMPArgs
-from hotluks.backends.libvirt import DEFAULT_URI, command_json, parse_reply, probe_master_key
-from hotluks.errors import BackendError, InputError
+from hotluks.backends.libvirt import DEFAULT_URI, command_json, parse_reply, private_secret_message, probe_master_key
+from hotluks.errors import BackendError, InputError, SecretError
 
 VIRSH = "virsh"
 READY_MARK = "hotluks-watch-ready"
@@ -301,6 +301,8 @@ class VirshBackend(MonitorBackend):
         values = [text.strip() for text in command_outputs(out) if text.strip()]
         if not values:
             message = virsh_error(err)
+            if "secret is private" in message:
+                raise SecretError(private_secret_message(ref))
             if "not found" in message or "no value" in message or "Secret not found" in message:
                 return None
             raise BackendError(f"cannot read libvirt secret {ref!r}: {message}")

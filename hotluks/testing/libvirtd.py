@@ -529,27 +529,28 @@ class LibvirtSecret:
         self.undefine()
 
 
-def secret_xml(usage_type: str, usage: str, uuid: str) -> str:
+def secret_xml(usage_type: str, usage: str, uuid: str, private: bool = False) -> str:
     """Secret XML: ``volume`` usage is a path, ``ceph`` a name."""
     from lxml import etree
 
     if usage_type not in ("volume", "ceph"):
         raise ValueError(f"unsupported secret usage type {usage_type!r}")
-    sec = etree.Element("secret", ephemeral="yes", private="no")
+    sec = etree.Element("secret", ephemeral="yes", private="yes" if private else "no")
     etree.SubElement(sec, "uuid").text = uuid
     use = etree.SubElement(sec, "usage", type=usage_type)
     etree.SubElement(use, "volume" if usage_type == "volume" else "name").text = usage
     return str(etree.tostring(sec, encoding="unicode"))
 
 
-def define_secret(uri: str, usage_type: str, usage: str, value: bytes, *, uuid: str | None = None) -> LibvirtSecret:
+def define_secret(uri: str, usage_type: str, usage: str, value: bytes, *, uuid: str | None = None,
+                  private: bool = False) -> LibvirtSecret:
     """Define a secret (``volume`` for passphrases, ``ceph`` for cephx keys) holding ``value``."""
     import libvirt
 
     uuid = uuid or str(uuidlib.uuid4())
     conn = _open(uri)
     try:
-        secret = conn.secretDefineXML(secret_xml(usage_type, usage, uuid), 0)
+        secret = conn.secretDefineXML(secret_xml(usage_type, usage, uuid, private), 0)
         secret.setValue(value, 0)
     except libvirt.libvirtError as exc:
         conn.close()

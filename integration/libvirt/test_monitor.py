@@ -155,3 +155,18 @@ def test_defined_but_stopped_domain_is_input_error(libvirt_uri: str, backend_nam
     finally:
         dom.undefine()
         conn.close()
+
+
+def test_monitor_commands_taint_the_domain(domain: TransientDomain, backend_name: str, arun: Run) -> None:
+    """As documented: libvirt records 'custom-monitor' in the domain log once we use the monitor."""
+    from hotluks.testing.libvirtd import QEMU_LOG_DIR
+
+    log = QEMU_LOG_DIR / f"{domain.name}.log"
+    assert "custom-monitor" not in log.read_text(errors="replace")
+
+    async def main() -> None:
+        async with await _open(domain, backend_name) as backend:
+            await backend.execute("query-status")
+
+    arun(main())
+    assert "tainted: custom-monitor" in log.read_text(errors="replace")

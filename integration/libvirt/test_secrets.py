@@ -172,3 +172,18 @@ def test_commands_never_put_secrets_in_argv(domain: TransientDomain, backend_nam
     assert scans[0] > 0 and not seen
     out, err = capfd.readouterr()
     assert data not in out + err
+
+
+def test_private_secret_is_a_clear_secret_error(domain: TransientDomain, libvirt_uri: str, backend_name: str,
+                                                arun: Run) -> None:
+    from hotluks.errors import SecretError
+
+    with define_secret(libvirt_uri, "volume", "/var/lib/hotluks/private.img", PASSPHRASE, private=True) as sec:
+
+        async def main() -> None:
+            async with await open_backend(domain.name, uri=libvirt_uri, backend=backend_name) as backend:
+                await backend.secret_value(sec.uuid)
+
+        with pytest.raises(SecretError, match="private") as info:
+            arun(main())
+    assert info.value.exit_code == 2 and "Secret-" not in str(info.value)

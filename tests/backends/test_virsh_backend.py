@@ -131,3 +131,11 @@ def test_hung_virsh_times_out_and_is_killed(tmp_path: Path) -> None:
     pid = int(pidfile.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.skipif(shutil.which("virsh") is None, reason="virsh not installed")
+def test_unreachable_daemon_is_backend_error() -> None:
+    backend = VirshBackend("vm", "qemu+unix:///system?socket=/nonexistent/libvirt-sock", probe_master_key=False)
+    with pytest.raises(BackendError, match="virsh cannot reach domain 'vm'") as info:
+        asyncio.run(backend.connect())
+    assert not isinstance(info.value, InputError)
