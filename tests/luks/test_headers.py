@@ -148,7 +148,6 @@ REJECTED = {
     "json-size-mismatch": _set("config/json_size", "28672"),
     "keyslots-size-unaligned": _set("config/keyslots_size", "16744447"),
     "keyslots-size-into-data": _set("config/keyslots_size", str(16 << 20)),
-    "pbkdf2-extra-field": _set("keyslots/0/kdf/time", 4),
     "af-unknown": _set("keyslots/0/af/type", "luks2"),
     "area-unknown": _set("keyslots/0/area/type", "datashift"),
     "token-bad-keyslot": _set("tokens/0", {"type": "x", "keyslots": ["3"]}),
@@ -174,6 +173,7 @@ ACCEPTED = {
     "fixed-size-segment": _set("segments/0/size", "1048576"),
     "token": _set("tokens/0", {"type": "systemd-tpm2", "keyslots": ["0"], "extra": 1}),
     "flags": _set("config/flags", ["allow-discards", "no-journal"]),
+    "pbkdf2-extra-field": _set("keyslots/0/kdf/time", 4),
 }
 
 
