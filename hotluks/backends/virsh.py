@@ -124,8 +124,10 @@ def parse_event_line(line: str, domain: str) -> Event | None:
 class _Watcher:
     """One ``virsh qemu-monitor-event --loop`` shell whose stdout is a pty, read by the asyncio loop."""
 
-    def __init__(self, backend: VirshBackend, names: frozenset[str]):
+    def __init__(self, backend: VirshBackend, queue: EventQueue):
         self.backend = backend
+        self.queue = queue
+        names = queue.names
         loop = asyncio.get_running_loop()
         master, slave = pty.openpty()
         attrs = termios.tcgetattr(slave)
@@ -170,7 +172,7 @@ class _Watcher:
         for line in lines:
             event = parse_event_line(line.replace("\r", ""), self.backend.vm)
             if event is not None:
-                self.backend._dispatch_event(event)
+                self.queue.put(event)
 
     def stop(self) -> None:
         """End virsh by its PID and release the pty."""
@@ -275,20 +277,13 @@ class VirshBackend(MonitorBackend):
     def events(self, names: Iterable[str] = ()) -> Iterator[EventQueue]:
         """Collect events while the block runs; the virsh watcher starts on entry."""
         queue = EventQueue(names)
-        watcher = _Watcher(self, queue.names)
+        watcher = _Watcher(self, queue)  # each watcher feeds only its own queue
         self._watchers.append(watcher)
-        self._queues.append(queue)
         try:
             yield queue
         finally:
-            self._queues.remove(queue)
             self._watchers.remove(watcher)
             watcher.stop()
-
-    def _dispatch_event(self, event: Event) -> None:
-        # every watcher feeds every queue; the same event can arrive from two watchers
-        for queue in list(self._queues):
-            queue.put(event)
 
     async def secret_value(self, ref: str) -> bytes | None:
         """Value of a libvirt secret by UUID or usage (``secret-get-value`` prints it on stdout)."""
