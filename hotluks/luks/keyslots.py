@@ -48,7 +48,7 @@ def open_keyslot(header: Header, slot: Keyslot, passphrase: bytes) -> bytes | No
         raise LuksFormatError(f"keyslot {slot.index} key material lies beyond the end of the device")
     derived = slot.kdf.derive(passphrase, slot.area_key_bytes)
     encrypted = header.metadata[slot.area_offset:slot.area_offset + size]
-    material = crypt_sectors(spec, derived, encrypted, sector_size=SECTOR, first_iv=0, encrypt=False)
+    material = bytes(crypt_sectors(spec, derived, encrypted, sector_size=SECTOR, first_iv=0, encrypt=False))
     key = af_merge(material, slot.key_bytes, slot.stripes, slot.af_hash)
     return key if digest_matches(dig, key) else None
 
@@ -88,4 +88,4 @@ def seal_keyslot(key: bytes, passphrase: bytes, kdf: KdfParams, area_cipher: str
     split = af_split(key, stripes, af_hash, random)
     padded = split + bytes(material_size(len(key), stripes) - len(split))
     derived = kdf.derive(passphrase, area_key_bytes)
-    return crypt_sectors(spec, derived, padded, sector_size=SECTOR, first_iv=0, encrypt=True)
+    return bytes(crypt_sectors(spec, derived, padded, sector_size=SECTOR, first_iv=0, encrypt=True))

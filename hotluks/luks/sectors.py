@@ -106,13 +106,62 @@ def _iv_blocks(spec: CipherSpec, key: bytes, ivs: npt.NDArray[np.uint64]) -> byt
     return raw
 
 
-def _gf_double(t: npt.NDArray[np.uint64]) -> None:
-    """Multiply every 128-bit little-endian XTS tweak in ``t`` (n×2 uint64) by x, in place."""
+def _mul_x_power(lo: npt.NDArray[np.uint64], hi: npt.NDArray[np.uint64], k: int
+                 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """Multiply 128-bit XTS tweaks (little-endian halves) by x**k in GF(2^128), 1 <= k <= 56.
+
+    The k bits shifted out of the top are reduced with x^128 = x^7 + x^2 + x + 1;
+    k <= 56 keeps that reduction inside the low half.
+    """
     import numpy as np
 
-    carry = t[:, 1] >> np.uint64(63)
-    t[:, 1] = (t[:, 1] << np.uint64(1)) | (t[:, 0] >> np.uint64(63))
-    t[:, 0] = (t[:, 0] << np.uint64(1)) ^ (carry * np.uint64(0x87))
+    shift, back = np.uint64(k), np.uint64(64 - k)
+    over = hi >> back
+    new_hi = (hi << shift) | (lo >> back)
+    new_lo = (lo << shift) ^ over ^ (over << np.uint64(1)) ^ (over << np.uint64(2)) ^ (over << np.uint64(7))
+    return new_lo, new_hi
+
+
+def _xts_tweaks(first: npt.NDArray[np.uint64], blocks: int) -> npt.NDArray[np.uint64]:
+    """All block tweaks of every sector: T[s, j] = first[s] * x**j, built by repeated doubling of the filled prefix."""
+    import numpy as np
+
+    n = first.shape[0]
+    tweaks = np.empty((n, blocks, 2), dtype="<u8")
+    tweaks[:, 0] = first
+    filled = 1
+    while filled < blocks:
+        count = min(filled, blocks - filled)
+        lo, hi = tweaks[:, :count, 0], tweaks[:, :count, 1]
+        k = filled
+        while k > 56:
+            lo, hi = _mul_x_power(lo, hi, 56)
+            k -= 56
+        lo, hi = _mul_x_power(lo, hi, k)
+        tweaks[:, filled:filled + count, 0] = lo
+        tweaks[:, filled:filled + count, 1] = hi
+        filled += count
+    return tweaks
+
+
+def _xts(spec: CipherSpec, key: bytes, data: bytes | bytearray | memoryview, n: int, bps: int,
+         ivs: npt.NDArray[np.uint64], encrypt: bool) -> bytearray:
+    import numpy as np
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    half = len(key) // 2
+    first = np.frombuffer(_ecb(key[half:], _iv_blocks(spec, key, ivs), True), dtype="<u8").reshape(n, 2)
+    tweaks = _xts_tweaks(first, bps)
+    mixed = np.bitwise_xor(np.frombuffer(data, dtype="<u8").reshape(n, bps, 2), tweaks)
+    cipher = Cipher(algorithms.AES(key[:half]), modes.ECB())
+    ctx = cipher.encryptor() if encrypt else cipher.decryptor()
+    out = bytearray(len(data) + 16)
+    written = ctx.update_into(_flat(mixed), out)
+    view = np.frombuffer(out, dtype="<u8", count=written // 8).reshape(n, bps, 2)
+    np.bitwise_xor(view, tweaks, out=view)
+    del view
+    del out[written:]
+    return out
 
 
 def crypt_sectors(
@@ -123,7 +172,7 @@ def crypt_sectors(
     sector_size: int,
     first_iv: int,
     encrypt: bool,
-) -> bytes:
+) -> bytes | bytearray:
     """Encrypt or decrypt whole sectors; sector *i* uses IV ``first_iv + i * sector_size/512``."""
     import numpy as np
 
@@ -137,19 +186,9 @@ def crypt_sectors(
     if spec.chain == "ecb":
         return _ecb(key, data, encrypt)
     ivs = np.arange(n, dtype=np.uint64) * np.uint64(sector_size // IV_UNIT) + np.uint64(first_iv)
-    blocks = np.frombuffer(data, dtype="<u8").reshape(n, bps, 2)
     if spec.chain == "xts":
-        half = len(key) // 2
-        tweak = np.frombuffer(_ecb(key[half:], _iv_blocks(spec, key, ivs), True), dtype="<u8")
-        cur = tweak.reshape(n, 2).copy()
-        tweaks = np.empty((n, bps, 2), dtype="<u8")
-        for j in range(bps):
-            tweaks[:, j] = cur
-            if j + 1 < bps:
-                _gf_double(cur)
-        mixed = blocks ^ tweaks
-        out = np.frombuffer(_ecb(key[:half], _flat(mixed), encrypt), dtype="<u8").reshape(n, bps, 2)
-        return (out ^ tweaks).tobytes()
+        return _xts(spec, key, data, n, bps, ivs, encrypt)
+    blocks = np.frombuffer(data, dtype="<u8").reshape(n, bps, 2)
     iv = np.frombuffer(_iv_blocks(spec, key, ivs), dtype="<u8").reshape(n, 2)
     if not encrypt:
         plain = np.frombuffer(_ecb(key, data, False), dtype="<u8").reshape(n, bps, 2).copy()

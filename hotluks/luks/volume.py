@@ -20,7 +20,7 @@ from hotluks.luks.sectors import IV_UNIT, crypt_sectors, parse_cipher
 PathLike = str | os.PathLike[str]
 Source = PathLike | bytes
 Progress = Callable[[int, int], None]
-CHUNK = 4 << 20
+CHUNK = 512 << 10  # cache-sized chunks are fastest for the vectorised sector crypto
 _FIRST_READ = 2 * luks2.HDR_SIZES[-1] + 4096
 
 
