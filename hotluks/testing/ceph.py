@@ -112,6 +112,7 @@ def render_conf(fsid: str, ports: CephPorts, root: Path, *, cephx: bool, memstor
         "mon allow pool delete = true",
         "mon warn on pool no redundancy = false",
         "osd crush chooseleaf type = 0",
+        "osd mon shutdown timeout = 1",
         f"run dir = {root / 'run'}",
         f"log file = {root / 'log'}/$name.log",
         f"mon data = {root / 'mon'}/$id",
@@ -172,6 +173,14 @@ def _end_pid(pid: int, marker: str, timeout: float) -> None:
             time.sleep(0.05)
 
 
+def _term_with_parent() -> None:
+    """In the child before exec: ask the kernel for SIGTERM when the parent dies (Linux prctl)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
@@ -183,7 +192,7 @@ class CephCluster:
     """One mon + one memstore OSD + an initialised ``rbd`` pool, in a temp dir."""
 
     def __init__(self, *, cephx: bool = False, base_port: int | None = None, memstore_mb: int = 768,
-                 parent_dir: Path | None = None):
+                 parent_dir: Path | None = None, die_with_parent: bool = True):
         self.cephx = cephx
         self.ports = CephPorts(base_port if base_port is not None else DEFAULT_BASE_PORT[cephx])
         self.memstore_mb = memstore_mb
@@ -194,6 +203,8 @@ class CephCluster:
         self.client_name: str | None = CLIENT_NAME if cephx else None
         self._client_key: str | None = None
         self.start_seconds: float | None = None
+        #: daemons get SIGTERM if the starting process dies (a killed test run leaves none behind)
+        self.die_with_parent = die_with_parent
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- paths ---------------------------------------------------------------
@@ -289,7 +300,8 @@ class CephCluster:
         root = self._need_root()
         with open(root / "log" / f"{name}.out", "wb") as out:
             child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=_term_with_parent if self.die_with_parent else None)
         self._children[name] = child
         self.pids[name] = child.pid
         self._save_state()
@@ -480,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_parser(name).add_argument("dir", type=Path)
     args = parser.parse_args(argv)
     if args.cmd == "start":
-        cluster = CephCluster(cephx=args.cephx, base_port=args.base_port)
+        cluster = CephCluster(cephx=args.cephx, base_port=args.base_port, die_with_parent=False)
         try:
             cluster.start()
         except HotluksError as exc:

@@ -56,6 +56,15 @@ def passphrase() -> bytes:
     return b"hl-" + secrets.token_hex(12).encode()
 
 
+@pytest.fixture(autouse=True)
+def no_passphrase_in_output(capfd: pytest.CaptureFixture[str], passphrase: bytes) -> Iterator[None]:
+    """Every test: the passphrase never shows up in what the test printed (stdout/stderr)."""
+    yield
+    out, err = capfd.readouterr()
+    assert passphrase.decode() not in out + err
+    print(out, end="")
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """A private temp dir (not pytest's tmp_path: concurrent pytest runs on this host prune those)."""
