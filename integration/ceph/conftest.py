@@ -7,6 +7,7 @@ The two cluster variants use different fixed ports, so they can run at once.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import shutil
@@ -20,7 +21,7 @@ import pytest
 from hotluks.backends.base import QMPCommandError
 from hotluks.backends.qmp import QMPBackend
 from hotluks.qemu.launcher import QemuProcess, start_qemu
-from hotluks.testing.ceph import CephCluster
+from hotluks.testing.ceph import DEFAULT_BASE_PORT, CephCluster, CephPortsBusyError
 
 pytestmark = pytest.mark.ceph
 
@@ -32,12 +33,27 @@ def _need_tools() -> None:
         pytest.skip(f"missing {', '.join(missing)}: run scripts/setup-system.sh")
 
 
+def _start_cluster(cephx: bool) -> CephCluster:
+    """Start on the variant's default ports; when another run holds them (engineers share this
+    host), fall back to the next port blocks. ``HOTLUKS_CEPH_BASE_PORT`` pins one block."""
+    pinned = os.environ.get("HOTLUKS_CEPH_BASE_PORT")
+    default = DEFAULT_BASE_PORT[cephx]
+    bases = [int(pinned) + (100 if cephx else 0)] if pinned else [default, default + 1000, default + 2000]
+    for base in bases:
+        try:
+            return CephCluster(cephx=cephx, base_port=base).start()
+        except CephPortsBusyError:
+            if base == bases[-1]:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def ceph_cluster() -> Iterator[CephCluster]:
     """Auth-none cluster, started once per session and stopped by PID at the end."""
     _need_tools()
-    with CephCluster(cephx=False) as cluster:
-        print(f"\nceph (auth none) started in {cluster.start_seconds:.1f}s")
+    with _start_cluster(cephx=False) as cluster:
+        print(f"\nceph (auth none, port {cluster.ports.base}) started in {cluster.start_seconds:.1f}s")
         yield cluster
 
 
@@ -45,8 +61,8 @@ def ceph_cluster() -> Iterator[CephCluster]:
 def cephx_cluster() -> Iterator[CephCluster]:
     """cephx cluster on its own ports, with client.hotluks limited to the rbd pool."""
     _need_tools()
-    with CephCluster(cephx=True) as cluster:
-        print(f"\nceph (cephx) started in {cluster.start_seconds:.1f}s")
+    with _start_cluster(cephx=True) as cluster:
+        print(f"\nceph (cephx, port {cluster.ports.base}) started in {cluster.start_seconds:.1f}s")
         yield cluster
 
 

@@ -36,7 +36,7 @@ def test_started_within_target_and_bound_to_loopback(ceph_cluster: CephCluster) 
 
 def test_second_cluster_on_the_same_ports_is_refused(ceph_cluster: CephCluster) -> None:
     before = set(Path("/tmp").glob("hotluks-ceph-*"))
-    other = CephCluster(cephx=False)
+    other = CephCluster(cephx=False, base_port=ceph_cluster.ports.base)
     with pytest.raises(CephPortsBusyError) as info:
         other.start()
     assert "another Ceph test cluster" in str(info.value)
@@ -46,8 +46,8 @@ def test_second_cluster_on_the_same_ports_is_refused(ceph_cluster: CephCluster) 
 
 
 @pytest.mark.slow
-def test_stop_ends_daemons_by_pid_and_removes_the_directory() -> None:
-    cluster = CephCluster(cephx=False, base_port=13500).start()
+def test_stop_ends_daemons_by_pid_and_removes_the_directory(ceph_cluster: CephCluster) -> None:
+    cluster = CephCluster(cephx=False, base_port=ceph_cluster.ports.base + 200).start()
     root, pids = cluster.root, dict(cluster.pids)
     assert root is not None and root.is_dir() and set(pids) == {"mon", "osd"}
     cluster.create_image("scratch", 8)
