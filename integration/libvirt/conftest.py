@@ -13,6 +13,11 @@ from hotluks.testing.libvirtd import LibvirtDaemon, TransientDomain, start_domai
 T = TypeVar("T")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the daemon life-cycle tests first: their cold-start cases need no daemon running yet."""
+    items.sort(key=lambda item: 0 if item.path.name == "test_daemon.py" else 1)
+
+
 @pytest.fixture(scope="session")
 def libvirt_daemon() -> Iterator[LibvirtDaemon]:
     daemon = start_libvirtd()
