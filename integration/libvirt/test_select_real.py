@@ -37,3 +37,29 @@ def test_domain_name_opens_libvirt_by_default(domain: TransientDomain, arun: Run
 
     kind, key, status = arun(main())
     assert kind == "libvirt" and domain.name in key and status["running"] is False
+
+
+@pytest.mark.libvirt
+@pytest.mark.qemu
+def test_without_libvirt_python_a_domain_opens_through_virsh(domain: TransientDomain) -> None:
+    """In a process where ``import libvirt`` fails, open_backend falls back to virsh and works."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        sys.modules["libvirt"] = None  # import libvirt now raises ImportError
+        sys.modules["libvirt_qemu"] = None
+        from hotluks.backends.select import open_backend
+
+        async def main():
+            async with await open_backend({domain.name!r}, uri={domain.uri!r}) as backend:
+                status = await backend.execute("query-status")
+                print(backend.name, status["status"], backend.master_key is not None)
+
+        asyncio.run(main())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["virsh", "prelaunch", "True"]
