@@ -1,8 +1,9 @@
 """QMP through libvirt-python (``virDomainQemuMonitorCommand`` + QEMU monitor events).
 
-libvirt marks a domain "tainted" (``custom-monitor`` in the domain log and in
-``virsh dominfo``-level reporting) the first time a raw monitor command is sent
-to it; the domain keeps running normally. libvirt also does not know about
+libvirt marks a domain "tainted" the first time a raw monitor command is sent
+to it: ``Domain id=N is tainted: custom-monitor`` in the domain's log
+(``/var/log/libvirt/qemu/NAME.log``) and as a warning in libvirtd's log; the
+domain keeps running normally. libvirt also does not know about
 devices added this way: they do not appear in ``virsh dumpxml`` and vanish on
 the next cold boot, which is what a hot-plug tool built on the monitor implies.
 
@@ -36,13 +37,18 @@ _event_loop_started = False
 
 
 def ensure_event_loop() -> None:
-    """Register libvirt's default event implementation and run it in a daemon thread (once)."""
+    """Register libvirt's default event implementation and run it in a daemon thread (once).
+
+    Also silences libvirt's habit of printing every error on stderr: errors
+    reach us as exceptions, which become hotluks errors with clear text.
+    """
     global _event_loop_started
     import libvirt
 
     with _event_loop_lock:
         if _event_loop_started:
             return
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         libvirt.virEventRegisterDefaultImpl()
 
         def run() -> None:
