@@ -137,6 +137,18 @@ async def probe_master_key(backend: MonitorBackend) -> MasterKey | None:
     return MasterKey(MASTER_KEY_ID, decode_master_key(raw, str(fmt)))
 
 
+def lookup_domain(conn: Any, name: str) -> Any:
+    """A domain by name, else by UUID (as virsh accepts both)."""
+    import libvirt
+
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN or not _UUID_RE.match(name):
+            raise
+    return conn.lookupByUUIDString(name)
+
+
 class LibvirtBackend(MonitorBackend):
     """One libvirt connection to one domain; monitor commands taint the domain (``custom-monitor``)."""
 
@@ -170,7 +182,7 @@ class LibvirtBackend(MonitorBackend):
         def open_and_lookup() -> tuple[Any, Any]:
             conn = libvirt.open(self.uri)
             try:
-                dom = conn.lookupByName(self.vm)
+                dom = lookup_domain(conn, self.vm)
                 if not dom.isActive():
                     raise InputError(f"libvirt domain {self.vm!r} on {self.uri} is not running")
             except BaseException:

@@ -172,3 +172,11 @@ def test_monitor_commands_taint_the_domain(domain: TransientDomain, backend_name
 
     arun(main())
     assert "tainted: custom-monitor" in log.read_text(errors="replace")
+
+
+def test_domain_by_uuid(domain: TransientDomain, backend_name: str, arun: Run) -> None:
+    async def main() -> Any:
+        async with await open_backend(domain.uuid, uri=domain.uri, backend=backend_name) as backend:
+            return await backend.execute("query-status")
+
+    assert arun(main())["status"] == "prelaunch"
