@@ -119,7 +119,7 @@ class Write:
     data: bytes
 
 
-def _writable(header: Header) -> None:
+def ensure_writable(header: Header) -> None:
     if header.read_only:
         raise ReadOnlyHeaderError(
             f"header has unknown mandatory requirements ({', '.join(header.requirements)}): read-only")
@@ -128,7 +128,7 @@ def _writable(header: Header) -> None:
 def add_keyslot(header: Header, key: bytes, passphrase: bytes, kdf: KdfParams, rand: Rand,
                 slot: int | None = None) -> tuple[int, list[Write]]:
     """Writes that add a keyslot for ``key`` opened by ``passphrase``."""
-    _writable(header)
+    ensure_writable(header)
     if header.version == 1:
         raw = luks1.raw_slots(header.metadata)
         free = [i for i, s in enumerate(raw) if s.active != luks1.KEY_ENABLED]
@@ -183,7 +183,7 @@ def _repack(header: Header, doc: dict[str, object], rand: Rand) -> bytes:
 
 def remove_keyslot(header: Header, index: int, rand: Rand) -> list[Write]:
     """Writes that disable keyslot ``index`` and wipe its key material."""
-    _writable(header)
+    ensure_writable(header)
     slot = next((s for s in header.keyslots if s.index == index), None)
     if slot is None:
         raise LuksFormatError(f"keyslot {index} is not active")

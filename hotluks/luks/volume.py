@@ -183,6 +183,7 @@ def add_key(device: PathLike, passphrase: bytes, new_passphrase: bytes, *, heade
             kdf: KdfParams | None = None, keyslot: int | None = None) -> int:
     """Add a keyslot opened by ``new_passphrase``; return its number."""
     hdr = open_header(device, header=header)
+    create.ensure_writable(hdr)
     vk = unlock_header(hdr, passphrase)
     kdf = kdf or make_kdf("pbkdf2" if hdr.version == 1 else "argon2id", hash_name=hdr.hash or "sha256",
                           key_bytes=len(vk.key))
@@ -194,6 +195,7 @@ def add_key(device: PathLike, passphrase: bytes, new_passphrase: bytes, *, heade
 def remove_key(device: PathLike, passphrase: bytes, *, header: PathLike | None = None) -> int:
     """Disable the keyslot that ``passphrase`` opens and wipe its material; return its number."""
     hdr = open_header(device, header=header)
+    create.ensure_writable(hdr)
     vk = unlock_header(hdr, passphrase)
     writes = create.remove_keyslot(hdr, vk.keyslot, os.urandom)
     _write_all(header if header is not None else device, writes)

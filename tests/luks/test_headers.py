@@ -211,3 +211,26 @@ def test_luks2_truncated_keyslots_area(luks2_blob: bytes, passphrase: bytes) -> 
         unlock_header(hdr, passphrase)
     with pytest.raises(LuksFormatError):
         open_header(luks2_blob[:HDR - 1])
+
+
+def test_read_only_header_file_refuses_changes_and_activation(luks2_blob: bytes, passphrase: bytes,
+                                                              tmp_path: Any) -> None:
+    import io
+
+    from hotluks.luks import add_key, decrypt_payload, encrypt_payload, remove_key, unlock
+
+    doc = _doc(luks2_blob)
+    doc["config"]["requirements"] = {"mandatory": ["future-feature"]}
+    path = tmp_path / "ro.img"
+    path.write_bytes(_repack(luks2_blob, doc) + bytes(1 << 20))
+    before = path.read_bytes()
+    assert unlock(path, passphrase).keyslot == 0
+    with pytest.raises(ReadOnlyHeaderError):
+        add_key(path, passphrase, b"other")
+    with pytest.raises(ReadOnlyHeaderError):
+        remove_key(path, passphrase)
+    with pytest.raises(ReadOnlyHeaderError):
+        decrypt_payload(path, io.BytesIO(), passphrase)
+    with pytest.raises(ReadOnlyHeaderError):
+        encrypt_payload(io.BytesIO(bytes(4096)), path, passphrase)
+    assert path.read_bytes() == before
