@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,27 @@ def socket_path(vm: str) -> Path | None:
     if path.is_socket():
         return path
     return None
+
+
+@functools.cache
+def _client_class() -> type[Any]:
+    """qemu.qmp's QMPClient without its per-message logging hooks.
+
+    The stock hooks pretty-print every message in and out (``json.dumps(indent=2)``,
+    the pure-Python encoder) for a debug log that we keep disabled anyway because it
+    would carry secrets; for the ~1 MB schema reply that alone costs ~100 ms of CPU.
+    """
+    from qemu.qmp import QMPClient
+    from qemu.qmp.message import Message
+
+    class QuietQMPClient(QMPClient):
+        def _cb_outbound(self, msg: Message) -> Message:
+            return msg
+
+        def _cb_inbound(self, msg: Message) -> Message:
+            return msg
+
+    return QuietQMPClient
 
 
 class QMPBackend(MonitorBackend):
@@ -47,7 +69,6 @@ class QMPBackend(MonitorBackend):
         connection waits (no greeting yet) and further ones are refused with EAGAIN.
         Both mean "busy": we wait (retrying EAGAIN) until the timeout.
         """
-        from qemu.qmp import QMPClient
         from qemu.qmp.protocol import ConnectError
 
         loop = asyncio.get_running_loop()
@@ -68,7 +89,7 @@ class QMPBackend(MonitorBackend):
             except OSError as exc:
                 sock.close()
                 raise BackendError(f"cannot connect to QMP socket {self.path}: {exc.strerror or exc}") from None
-        client = QMPClient(f"hotluks:{self.path.name}")
+        client = _client_class()(f"hotluks:{self.path.name}")
         client.logger.disabled = True  # qemu.qmp logs traffic at debug level; it may carry secrets
         try:
             async with asyncio.timeout(max(deadline - loop.time(), 0.001)):

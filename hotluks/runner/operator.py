@@ -33,7 +33,7 @@ from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner.journal import Journal, JournalStep, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
 from hotluks.runner.preflight import pick_passphrase, run_preflight
-from hotluks.runner.vmstate import VMSnapshot, plan_context, probe_capabilities, snapshot
+from hotluks.runner.vmstate import VMSnapshot, machine_type, plan_context, probe_capabilities, snapshot
 from hotluks.secrets import SecretValue, lookup
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class Operator:
         self.master_key = master_key
         self.lock_timeout = lock_timeout
         self._capabilities: Capabilities | None = None
+        self._machine: str | None = None
 
     # -- helpers ---------------------------------------------------------------
     def _lock(self) -> Any:
@@ -103,6 +104,12 @@ class Operator:
         if self._capabilities is None:
             self._capabilities = await probe_capabilities(self.backend)
         return self._capabilities
+
+    async def machine(self) -> str:
+        """The VM's machine type, queried once per connection (it never changes while QEMU runs)."""
+        if self._machine is None:
+            self._machine = await machine_type(self.backend)
+        return self._machine
 
     def _sealing_key(self) -> tuple[str, bytes] | None:
         key = self.master_key or self.backend.master_key
@@ -134,7 +141,8 @@ class Operator:
                                    "is recorded; run `hotluks repair` first")
             caps = await self.capabilities()
             before = await snapshot(self.backend)
-            plan = build_plan(disk, caps, await plan_context(self.backend, disk, before))
+            plan = build_plan(disk, caps, await plan_context(self.backend, disk, before,
+                                                             machine=await self.machine()))
             values = await self._secret_values(plan, secrets or {})
             sealing = self._sealing_key()
             if plan.secrets and sealing is None and getattr(self.backend, "argv_visible", False):
@@ -151,18 +159,17 @@ class Operator:
                 result.commands = [redacted_command(step) for step in plan.steps]
                 return result
             record = Record.for_plan(self.backend.vm, plan)
+            self.journal.save(record)
             for index, (step, command) in enumerate(zip(plan.steps, commands)):
-                record.steps[index].state = "started"
-                self.journal.save(record)
+                self.journal.mark(record, index, "started")
                 started = time.perf_counter()
                 try:
                     await self.backend.execute(command["execute"], command["arguments"])
                 except BackendError as exc:
                     await self._roll_back(record, index, exc, before)
-                record.steps[index].state = "done"
+                record.steps[index].state = "done"  # saved with the next change
                 result.steps.append(StepReport(step.command, step.name, time.perf_counter() - started))
-            record.status = "attached"
-            self.journal.save(record)
+            self.journal.set_status(record, "attached")
             return result
 
     async def _roll_back(self, record: Record, failed: int, cause: BackendError, before: VMSnapshot) -> None:
@@ -206,9 +213,8 @@ class Operator:
                     await self._unplug(step.name, timeout)
                 else:
                     await self.backend.execute(step.undo["execute"], step.undo["arguments"])
-                step.state = "undone"
                 undone.append(f"{step.undo['execute']} {step.name}")
-                self.journal.save(record)
+                self.journal.mark(record, record.steps.index(step), "undone")
             except DetachTimeoutError as exc:
                 problems.append(str(exc))
                 break  # nothing below a device the guest still holds may be deleted

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
@@ -18,11 +20,16 @@ SCSI_CONTROLLERS = ("virtio-scsi-pci", "virtio-scsi-pci-non-transitional", "virt
 
 @dataclass(frozen=True)
 class VMSnapshot:
-    """Names of everything block-related in a VM at one moment."""
+    """Names of everything block-related in a VM at one moment.
+
+    ``device_types`` (id → QOM type of each peripheral) rides along for placement;
+    it does not take part in comparisons.
+    """
 
     nodes: frozenset[str]
     objects: frozenset[str]
     devices: frozenset[str]
+    device_types: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def names(self) -> frozenset[str]:
@@ -46,32 +53,65 @@ def _children(listing: list[dict[str, Any]]) -> dict[str, str]:
 
 
 async def snapshot(backend: MonitorBackend) -> VMSnapshot:
-    nodes = await backend.execute("query-named-block-nodes", {"flat": True})
-    objects = await backend.execute("qom-list", {"path": "/objects"})
-    devices = await backend.execute("qom-list", {"path": "/machine/peripheral"})
+    """Block nodes, secret/other objects and peripheral devices (three queries, pipelined)."""
+    nodes, objects, devices = await asyncio.gather(
+        backend.execute("query-named-block-nodes", {"flat": True}),
+        backend.execute("qom-list", {"path": "/objects"}),
+        backend.execute("qom-list", {"path": "/machine/peripheral"}),
+    )
+    types = _children(devices)
     return VMSnapshot(
         nodes=frozenset(str(n["node-name"]) for n in nodes),
         objects=frozenset(_children(objects)),
-        devices=frozenset(_children(devices)),
+        devices=frozenset(types),
+        device_types=types,
     )
 
 
+_CAPABILITIES: dict[tuple[int, int, int, str], Capabilities] = {}
+
+
 async def probe_capabilities(backend: MonitorBackend) -> Capabilities:
+    """What the VM's QEMU supports, from ``query-version`` and ``query-qmp-schema``.
+
+    The schema is fixed per QEMU build, and producing it costs QEMU ~30 ms of CPU
+    (plus ~10 ms here to parse): results are shared within the process by exact
+    version and distribution package string. Builds without a package string (self-
+    compiled, whose configure options may differ) are always probed.
+    """
     version = await backend.execute("query-version")
-    schema = await backend.execute("query-qmp-schema")
-    return Capabilities.from_qmp(schema, version)
+    q = version.get("qemu", {})
+    package = str(version.get("package", "")).strip()
+    key = (int(q.get("major", 0)), int(q.get("minor", 0)), int(q.get("micro", 0)), package)
+    if package and key in _CAPABILITIES:
+        return _CAPABILITIES[key]
+    caps = Capabilities.from_qmp(await backend.execute("query-qmp-schema"), version)
+    if package:
+        _CAPABILITIES[key] = caps
+    return caps
 
 
-async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot) -> PlanContext:
-    """Conflict names plus where to plug ``disk`` when its XML has no ``<address>``."""
-    machine = str(await backend.execute("qom-get", {"path": "/machine", "property": "type"}))
+async def machine_type(backend: MonitorBackend) -> str:
+    """The QOM type of the machine (``pc-q35-10.0-machine``, ``pc-i440fx-…``)."""
+    return str(await backend.execute("qom-get", {"path": "/machine", "property": "type"}))
+
+
+async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, *,
+                       machine: str | None = None) -> PlanContext:
+    """Conflict names plus where to plug ``disk`` when its XML has no ``<address>``.
+
+    ``machine`` (from :func:`machine_type`, constant for a VM's life) saves a query.
+    """
+    machine = machine if machine is not None else await machine_type(backend)
     q35 = "q35" in machine
     root = "pcie.0" if q35 else "pci.0"
     pci_bus = scsi_bus = None
-    if disk.address is None and disk.bus == "virtio" and q35:
-        pci_bus = await _free_pcie_port(backend)
-    if disk.address is None and disk.bus == "scsi":
+    peripherals = dict(snap.device_types)
+    if disk.address is None and not peripherals and (disk.bus == "scsi" or (disk.bus == "virtio" and q35)):
         peripherals = _children(await backend.execute("qom-list", {"path": "/machine/peripheral"}))
+    if disk.address is None and disk.bus == "virtio" and q35:
+        pci_bus = await _free_pcie_port(backend, peripherals)
+    if disk.address is None and disk.bus == "scsi":
         controllers = sorted(n for n, t in peripherals.items() if t in SCSI_CONTROLLERS)
         if not controllers:
             raise RefusedError(f"target {disk.target_dev} is on the scsi bus but the VM has no SCSI controller "
@@ -81,29 +121,25 @@ async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot) ->
     return PlanContext(existing_names=snap.names, pci_bus=pci_bus, pci_root_bus=root, scsi_bus=scsi_bus)
 
 
-async def _free_pcie_port(backend: MonitorBackend) -> str:
+async def _free_pcie_port(backend: MonitorBackend, peripherals: Mapping[str, str]) -> str:
     """The id of an empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0).
 
-    ``query-pci`` only lists devices behind a bridge once firmware has numbered
+    ``query-pci`` lists the devices behind a bridge only once firmware has numbered
     its secondary bus; a paused or still-booting VM shows every bridge empty. So
-    a port counts as free only if ``query-pci`` shows nothing behind it *and*
-    its QOM bus (``/machine/peripheral/ID/ID``) has no ``child[N]`` device links.
+    ports that ``query-pci`` shows empty are confirmed, in bus order and one at a
+    time until the first empty one, by their QOM bus (``/machine/peripheral/ID/ID``)
+    having no ``child[N]`` device links. Typically: two queries.
     """
-    peripherals = _children(await backend.execute("qom-list", {"path": "/machine/peripheral"}))
     ports = {name for name, typ in peripherals.items() if typ in HOTPLUG_BRIDGES}
-    order: list[str] = []
-    busy: set[str] = set()
+    candidates: list[str] = []
     for bus in await backend.execute("query-pci"):
         for dev in _walk_pci(bus.get("devices", [])):
             bridge = dev.get("pci_bridge")
             qdev_id = str(dev.get("qdev_id") or "")
-            if not bridge or qdev_id not in ports:
-                continue
-            order.append(qdev_id)
-            if bridge.get("devices"):
-                busy.add(qdev_id)
-    for port in order:
-        if port not in busy and await _bus_is_empty(backend, port):
+            if bridge and qdev_id in ports and not bridge.get("devices"):
+                candidates.append(qdev_id)
+    for port in candidates:
+        if await _bus_is_empty(backend, port):
             return port
     raise RefusedError("no free hot-pluggable PCIe root port in this q35 VM: add spare ports "
                        "(libvirt: <controller type='pci' model='pcie-root-port'/>; QEMU: "

@@ -55,10 +55,13 @@ def test_save_is_atomic_when_interrupted(tmp_path: Path, example_xml: Path, monk
     journal.save(record)
     before = journal.path("vdb").read_bytes()
 
-    def crash(fd: int) -> None:
-        raise OSError(5, "simulated crash during fsync")
+    real_write = os.write
 
-    monkeypatch.setattr(os, "fsync", crash)
+    def crash(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))  # half of the new version reaches the file
+        raise OSError(5, "simulated crash while writing")
+
+    monkeypatch.setattr(os, "write", crash)
     record.steps[0].state = "done"
     with pytest.raises(OSError):
         journal.save(record)
@@ -108,3 +111,59 @@ def test_vm_dirname() -> None:
     for hostile in ("..", "../..", "/", "", "a/../../etc"):
         name = vm_dirname(hostile)
         assert "/" not in name and name not in ("", ".", "..")  # always one safe path component
+
+
+def test_step_marks_are_appended_and_replayed(tmp_path: Path, example_xml: Path) -> None:
+    journal = Journal(tmp_path, "vm")
+    record = _record(example_xml)
+    journal.save(record)
+    size = journal.path("vdb").stat().st_size
+    journal.mark(record, 0, "started")
+    journal.mark(record, 1, "started")
+    journal.mark(record, 1, "undone")
+    lines = journal.path("vdb").read_text().splitlines()
+    assert len(lines) == 4 and journal.path("vdb").stat().st_size > size  # appended, not rewritten
+    assert journal.load("vdb") == record
+    assert [s.state for s in record.steps[:3]] == ["started", "undone", "pending"]
+    journal.save(record)  # a full save compacts the changes into the first line
+    assert len(journal.path("vdb").read_text().splitlines()) == 1 and journal.load("vdb") == record
+
+
+def test_a_mark_cut_short_by_a_kill_is_ignored(tmp_path: Path, example_xml: Path) -> None:
+    journal = Journal(tmp_path, "vm")
+    record = _record(example_xml)
+    journal.save(record)
+    journal.mark(record, 0, "started")
+    with open(journal.path("vdb"), "a") as fh:
+        fh.write('{"step":1,"sta')  # killed mid-append
+    loaded = journal.load("vdb")
+    assert loaded is not None and [s.state for s in loaded.steps[:2]] == ["started", "pending"]
+    with open(journal.path("vdb"), "a") as fh:
+        fh.write('\n{"step":2,"state":"started"}\n')  # garbage in the middle is corruption, not a kill
+    with pytest.raises(HotluksError, match="corrupt at line 3"):
+        journal.load("vdb")
+
+
+def test_mark_without_a_file_saves_the_whole_record(tmp_path: Path, example_xml: Path) -> None:
+    journal = Journal(tmp_path, "vm")
+    record = _record(example_xml)
+    journal.mark(record, 0, "started")
+    assert journal.load("vdb") == record
+
+
+def test_reads_a_record_written_as_one_indented_document(tmp_path: Path, example_xml: Path) -> None:
+    journal = Journal(tmp_path, "vm")
+    record = _record(example_xml)
+    journal.ensure()
+    journal.path("vdb").write_text(json.dumps(record.to_json(), indent=1))
+    assert journal.load("vdb") == record
+
+
+def test_status_changes_are_appended_and_replayed(tmp_path: Path, example_xml: Path) -> None:
+    journal = Journal(tmp_path, "vm")
+    record = _record(example_xml)
+    journal.save(record)
+    journal.mark(record, 6, "started")
+    journal.set_status(record, "attached")
+    loaded = journal.load("vdb")
+    assert loaded is not None and loaded.status == "attached" and loaded.steps[6].state == "started"

@@ -35,12 +35,30 @@ def _schema(luks_members: list[str], rbd: bool = True, parent: bool = True) -> l
 
 
 class _Schema:
-    def __init__(self, schema: list[dict[str, Any]], major: int):
+    def __init__(self, schema: list[dict[str, Any]], major: int, package: str = ""):
         self.replies = {"query-qmp-schema": schema,
-                        "query-version": {"qemu": {"major": major, "minor": 2, "micro": 1}, "package": ""}}
+                        "query-version": {"qemu": {"major": major, "minor": 2, "micro": 1}, "package": package}}
+        self.sent: list[str] = []
 
     async def execute(self, command: str, arguments: Any = None) -> Any:
+        self.sent.append(command)
         return self.replies[command]
+
+
+def test_capabilities_are_shared_per_exact_qemu_build() -> None:
+    """A distribution build (version + package) is probed once per process; self-built ones always."""
+    schema = _schema(["key-secret", "file", "header"])
+    first = _Schema(schema, 77, "Debian 1:77.2.1+ds-1")
+    second = _Schema(_schema(["key-secret", "file"]), 77, "Debian 1:77.2.1+ds-1")
+    other = _Schema(_schema(["key-secret", "file"]), 77, "Debian 1:77.2.1+ds-2")
+    caps = [asyncio.run(probe_capabilities(b)) for b in (first, second, other)]  # type: ignore[arg-type]
+    assert first.sent == ["query-version", "query-qmp-schema"] and second.sent == ["query-version"]
+    assert caps[1] is caps[0] and caps[0].luks_detached_header
+    assert other.sent[-1] == "query-qmp-schema" and not caps[2].luks_detached_header
+    unpackaged = [_Schema(schema, 78) for _ in range(2)]
+    for backend in unpackaged:
+        asyncio.run(probe_capabilities(backend))  # type: ignore[arg-type]
+        assert backend.sent == ["query-version", "query-qmp-schema"]
 
 
 def test_capabilities_from_a_small_schema() -> None:
