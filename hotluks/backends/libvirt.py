@@ -166,10 +166,13 @@ class LibvirtBackend(MonitorBackend):
         self._dom: Any = None
         self._callback_id: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: the domain's name as libvirt knows it (set by connect)
+        self.domain_name: str | None = None
 
     @property
     def vm_key(self) -> str:
-        return f"{self.name}-{self.uri}-{self.vm}"
+        """``libvirt-URI-NAME`` with the domain's real name (also when opened by UUID); same as virsh's."""
+        return f"libvirt-{self.uri}-{self.domain_name or self.vm}"
 
     async def connect(self) -> LibvirtBackend:
         """Open the connection, find the domain, subscribe to its monitor events, probe masterKey0."""
@@ -193,6 +196,7 @@ class LibvirtBackend(MonitorBackend):
         try:
             async with asyncio.timeout(self.timeout):
                 self._conn, self._dom = await asyncio.to_thread(open_and_lookup)
+                self.domain_name = str(self._dom.name())
         except TimeoutError:
             raise BackendError(f"libvirt at {self.uri} did not answer within {self.timeout:.0f}s") from None
         except libvirt.libvirtError as exc:

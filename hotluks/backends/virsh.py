@@ -95,6 +95,16 @@ def reply_from_output(command: str, stdout: str) -> str:
     raise BackendError(f"{command}: virsh printed no monitor reply")
 
 
+def dominfo_fields(text: str) -> dict[str, str]:
+    """``Key:   value`` lines of ``virsh dominfo``."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            fields[key.strip()] = value.strip()
+    return fields
+
+
 def virsh_error(stderr: str) -> str:
     """virsh's error lines, joined (they never contain our command text)."""
     lines = [ln.removeprefix("error: ").strip() for ln in stderr.splitlines() if ln.startswith("error:")]
@@ -211,10 +221,13 @@ class VirshBackend(MonitorBackend):
         self._probe_key = probe_master_key and master_key is None
         self.virsh = virsh or shutil.which(VIRSH) or VIRSH
         self._watchers: list[_Watcher] = []
+        #: the domain's name as libvirt knows it (set by connect)
+        self.domain_name: str | None = None
 
     @property
     def vm_key(self) -> str:
-        return f"libvirt-{self.uri}-{self.vm}"
+        """``libvirt-URI-NAME`` with the domain's real name (also when opened by UUID); same as libvirt's."""
+        return f"libvirt-{self.uri}-{self.domain_name or self.vm}"
 
     async def _run(self, stdin_text: str, fds: Sequence[int] = ()) -> tuple[int, str, str]:
         """Run ``virsh -q -c URI`` in shell mode with ``stdin_text``; (status, stdout, stderr)."""
@@ -236,15 +249,16 @@ class VirshBackend(MonitorBackend):
 
     async def connect(self) -> VirshBackend:
         """Check the domain exists and runs; probe libvirt's masterKey0."""
-        _, out, err = await self._run(f"domstate --domain {shell_quote(self.vm)}\n")
-        state = [text.strip() for text in command_outputs(out) if text.strip()]
+        _, out, err = await self._run(f"dominfo --domain {shell_quote(self.vm)}\n")
         if err.strip():
             message = virsh_error(err)
             if "failed to get domain" in message or "Domain not found" in message:
                 raise InputError(f"no libvirt domain named {self.vm!r} on {self.uri}")
             raise BackendError(f"virsh cannot reach domain {self.vm!r} on {self.uri}: {message}")
-        if state and state[0] in ("shut off", "crashed"):
+        info = dominfo_fields("".join(command_outputs(out)))
+        if info.get("State") in ("shut off", "crashed"):
             raise InputError(f"libvirt domain {self.vm!r} on {self.uri} is not running")
+        self.domain_name = info.get("Name") or None
         if self._probe_key:
             self.master_key = await probe_master_key(self)
         return self

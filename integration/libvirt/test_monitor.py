@@ -175,8 +175,16 @@ def test_monitor_commands_taint_the_domain(domain: TransientDomain, backend_name
 
 
 def test_domain_by_uuid(domain: TransientDomain, backend_name: str, arun: Run) -> None:
-    async def main() -> Any:
+    """A UUID works like the name, and both give the same lock/journal key on either backend."""
+    async def main() -> tuple[Any, set[str]]:
+        keys = set()
+        for vm in (domain.uuid, domain.name):
+            for kind in ("libvirt", "virsh"):
+                async with await open_backend(vm, uri=domain.uri, backend=kind) as b:
+                    keys.add(b.vm_key)
         async with await open_backend(domain.uuid, uri=domain.uri, backend=backend_name) as backend:
-            return await backend.execute("query-status")
+            return await backend.execute("query-status"), keys
 
-    assert arun(main())["status"] == "prelaunch"
+    status, keys = arun(main())
+    assert status["status"] == "prelaunch"
+    assert keys == {f"libvirt-{domain.uri}-{domain.name}"}

@@ -139,3 +139,10 @@ def test_unreachable_daemon_is_backend_error() -> None:
     with pytest.raises(BackendError, match="virsh cannot reach domain 'vm'") as info:
         asyncio.run(backend.connect())
     assert not isinstance(info.value, InputError)
+
+
+def test_dominfo_fields() -> None:
+    from hotluks.backends.virsh import dominfo_fields
+
+    text = "Id:             5\nName:           web: 1\nState:          paused\nSecurity DOI:   0\n\n"
+    assert dominfo_fields(text) == {"Id": "5", "Name": "web: 1", "State": "paused", "Security DOI": "0"}
