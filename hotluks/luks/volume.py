@@ -105,6 +105,16 @@ def benchmark_pbkdf2(hash_name: str, iter_time_ms: int, key_bytes: int) -> int:
     return max(1000, int(probe * iter_time_ms / 1000 / elapsed))
 
 
+def benchmark_argon2(kind: str, memory_kib: int, cpus: int, iter_time_ms: int) -> int:
+    """Argon2 time cost that takes about ``iter_time_ms`` here (at least 4, as cryptsetup)."""
+    from hotluks.luks.kdf import argon2
+
+    start = time.perf_counter()
+    argon2(kind, b"benchmark", bytes(32), time=1, memory_kib=memory_kib, cpus=cpus, length=32)
+    elapsed = max(time.perf_counter() - start, 1e-6)
+    return max(4, int(iter_time_ms / 1000 / elapsed))
+
+
 def make_kdf(pbkdf: str, *, hash_name: str = "sha256", iterations: int | None = None,
              iter_time_ms: int | None = None, memory_kib: int | None = None, parallel: int | None = None,
              key_bytes: int = 64) -> KdfParams:
@@ -114,8 +124,10 @@ def make_kdf(pbkdf: str, *, hash_name: str = "sha256", iterations: int | None = 
         iters = iterations or benchmark_pbkdf2(hash_name, iter_time_ms or 2000, key_bytes)
         return KdfParams("pbkdf2", salt, hash=hash_name, iterations=iters)
     if pbkdf in ("argon2i", "argon2id"):
-        return KdfParams(pbkdf, salt, time=iterations or 4, memory=memory_kib or 65536,
-                         cpus=parallel or min(4, os.cpu_count() or 1))
+        memory = memory_kib or 65536
+        cpus = parallel or min(4, os.cpu_count() or 1)
+        cost = iterations or (benchmark_argon2(pbkdf, memory, cpus, iter_time_ms) if iter_time_ms else 4)
+        return KdfParams(pbkdf, salt, time=cost, memory=memory, cpus=cpus)
     raise InputError(f"unknown PBKDF {pbkdf!r} (pbkdf2, argon2i, argon2id)")
 
 
@@ -226,6 +238,15 @@ def decrypt_payload(device: PathLike, out: IO[bytes], secret: bytes | VolumeKey,
     """
     hdr = open_header(device, header=header)
     key = _key_for(hdr, secret)
+    parse_cipher(hdr.cipher).check_key_size(len(key))
+    try:
+        return _decrypt_stream(device, out, key, hdr, progress, chunk)
+    except OSError as exc:
+        raise InputError(f"I/O error while decrypting {os.fspath(device)}: {exc.strerror or exc}") from None
+
+
+def _decrypt_stream(device: PathLike, out: IO[bytes], key: bytes, hdr: Header, progress: Progress | None,
+                    chunk: int) -> int:
     spec = parse_cipher(hdr.cipher)
     seg = hdr.data_segment
     chunk -= chunk % seg.sector_size
@@ -256,15 +277,20 @@ def encrypt_payload(src: IO[bytes], device: PathLike, secret: bytes | VolumeKey,
     """
     hdr = open_header(device, header=header)
     key = _key_for(hdr, secret)
+    parse_cipher(hdr.cipher).check_key_size(len(key))
+    try:
+        return _encrypt_stream(src, device, key, hdr, progress, total, chunk)
+    except OSError as exc:
+        raise InputError(f"I/O error while encrypting into {os.fspath(device)}: {exc.strerror or exc}") from None
+
+
+def _encrypt_stream(src: IO[bytes], device: PathLike, key: bytes, hdr: Header, progress: Progress | None,
+                    total: int, chunk: int) -> int:
     spec = parse_cipher(hdr.cipher)
     seg = hdr.data_segment
     chunk -= chunk % seg.sector_size
     done = 0
-    try:
-        f = open(device, "r+b")
-    except OSError as exc:
-        raise InputError(f"cannot open {os.fspath(device)}: {exc.strerror}") from None
-    with f:
+    with open(device, "r+b") as f:
         f.seek(seg.offset)
         while True:
             data = src.read(chunk)

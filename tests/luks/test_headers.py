@@ -234,3 +234,23 @@ def test_read_only_header_file_refuses_changes_and_activation(luks2_blob: bytes,
     with pytest.raises(ReadOnlyHeaderError):
         encrypt_payload(io.BytesIO(bytes(4096)), path, passphrase)
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("cipher", ["capi:xts(ecb(aes-generic))-plain64", "serpent-xts-plain64", "aes-xts-benbi"])
+def test_unsupported_segment_cipher_fails_payload_crypto_cleanly(luks2_blob: bytes, passphrase: bytes,
+                                                                 tmp_path: Any, cipher: str) -> None:
+    import io
+
+    from hotluks.luks import decrypt_payload, encrypt_payload, unlock
+
+    doc = _doc(luks2_blob)
+    doc["segments"]["0"]["encryption"] = cipher
+    path = tmp_path / "odd.img"
+    path.write_bytes(_repack(luks2_blob, doc) + bytes(1 << 20))
+    hdr = open_header(path)
+    assert hdr.cipher == cipher
+    vk = unlock(hdr, passphrase)
+    with pytest.raises(LuksUnsupportedError):
+        decrypt_payload(path, io.BytesIO(), vk)
+    with pytest.raises(LuksUnsupportedError):
+        encrypt_payload(io.BytesIO(bytes(4096)), path, vk)
