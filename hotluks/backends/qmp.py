@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,11 @@ class QMPBackend(MonitorBackend):
         self.timeout = timeout
         self._client: Any = None
         self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def vm_key(self) -> str:
+        """The socket's real path: ``unix:x.sock``, ``./x.sock`` and a symlink name one VM alike."""
+        return f"{self.name}-{os.path.realpath(self.path)}"
 
     async def connect(self) -> QMPBackend:
         """Connect and negotiate, waiting up to ``timeout`` while another client is served.

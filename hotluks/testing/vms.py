@@ -358,10 +358,10 @@ def hotluks_cmd(*args: str | Path) -> list[str]:
 
 
 def run_cli(*args: str | Path, timeout: float = 60.0, env: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``hotluks ARGS`` and capture its output."""
     return subprocess.run(hotluks_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 # -- fault injection ------------------------------------------------------------------------------

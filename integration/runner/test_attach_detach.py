@@ -128,3 +128,20 @@ def test_cli_dry_run_sends_nothing(vm: QemuProcess, monitor: Monitor, initial: S
     assert doc["commands"][-1]["arguments"]["bus"] == "rp1"  # placed on the first free root port
     assert monitor.snapshot() == initial
     assert not list(state_dir.glob("*/*.json"))
+
+
+def test_one_vm_identity_for_every_spelling_of_its_socket(vm: QemuProcess, monitor: Monitor, initial: Snapshot,
+                                                          tmp_path: Path, state_dir: Path) -> None:
+    """unix:relative, a symlink and the absolute path name the same VM: one journal, one lock."""
+    disk = make_disk(tmp_path, "attached-luks", "vdb")
+    link = tmp_path / "vm1.qmp"
+    link.symlink_to(vm.qmp_path)
+    proc = run_cli("attach", "unix:qmp.sock", disk.xml_path, *disk.cli_secret(), "--state-dir", state_dir,
+                   cwd=vm.workdir)
+    assert proc.returncode == 0, proc.stderr
+    status = run_cli("status", link, "--state-dir", state_dir, "--json")
+    assert [d["target"] for d in json.loads(status.stdout)["disks"]] == ["vdb"]
+    proc = run_cli("detach", f"unix:{vm.qmp_path}", "--target", "vdb", "--state-dir", state_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert monitor.snapshot() == initial
+    assert len(list(state_dir.iterdir())) == 1
