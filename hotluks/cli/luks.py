@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--hash", default="sha256")
     _kdf_args(p)
     p.add_argument("--sector-size", type=int, default=512, choices=(512, 1024, 2048, 4096))
+    p.add_argument("--force", "--batch-mode", dest="force", action="store_true",
+                   help="overwrite an existing LUKS header (its keyslots are lost)")
     p.set_defaults(func=cmd_format)
 
     p = cmds.add_parser("decrypt", help="write the decrypted data segment to OUT ('-' = stdout)")
@@ -217,9 +219,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_luks_signature(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(6) in (b"LUKS\xba\xbe", b"SKUL\xba\xbe")
+    except OSError:
+        return False
+
+
 def cmd_format(args: argparse.Namespace) -> int:
     from hotluks.luks import format_volume
 
+    target = args.header or args.device
+    if not args.force and _has_luks_signature(target):
+        raise InputError(f"{target} already holds a LUKS header; add --force to overwrite it (its keyslots are lost)")
     passphrase = read_passphrase(args.key_file)
     if not passphrase:
         raise InputError("empty passphrase")

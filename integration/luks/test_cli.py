@@ -40,6 +40,8 @@ def test_format_verify_dump_exit_codes(cli: Cli, cryptsetup: Any, files: Any, ke
     r = cli("format", str(device), "--type", "luks2", "--key-file", str(keyfile), *FAST, "--sector-size", "4096")
     assert r.returncode == 0, r.stderr
     assert cryptsetup.test_passphrase(device, keyfile) == 0
+    again = cli("format", str(device), "--key-file", str(other_keyfile), *FAST)
+    assert again.returncode == 2 and b"--force" in again.stderr
     assert cli("verify", str(device), "--key-file", str(keyfile)).returncode == 0
     wrong = cli("verify", str(device), "--key-file", str(other_keyfile))
     assert wrong.returncode == 1 and b"passphrase" in wrong.stderr
