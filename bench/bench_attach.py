@@ -5,7 +5,10 @@
    the same 7 QMP commands hand-sent with qemu.qmp, on a guest-less q35 VM, detached
    header + qcow2 payload on virtio-blk. Interleaved repetitions, medians.
 2. fan-out: 16 VMs x 4 disks through the asyncio API (``hotluks.aconnect``) from one event
-   loop, versus the slowest single VM doing its 4 disks alone.
+   loop, versus the slowest single VM doing its 4 disks alone (and the same with as many
+   VMs as CPU cores), with the CPU the run used.
+3. libvirt: ``hotluks attach --backend libvirt`` versus ``virsh attach-device`` of the same
+   attached-LUKS disk (passphrase in a libvirt secret), and the same in process.
 
     .venv/bin/python bench/bench_attach.py [--reps 150] [--vms 16] [--disks 4]
 """
@@ -197,12 +200,109 @@ def _qemu_cpu(vms: list[QemuProcess]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def bench_libvirt(reps: int) -> dict[str, float]:
+    """hotluks (libvirt backend) versus libvirt itself, attaching the same attached-LUKS disk.
+
+    CLI: ``hotluks attach --backend libvirt`` vs ``virsh attach-device --live``.
+    In process: a reused ``hotluks.aconnect`` session vs libvirt-python ``attachDeviceFlags``.
+    The passphrase is a libvirt secret in both cases; each attach is undone untimed.
+    """
+    import subprocess
+
+    import libvirt
+
+    from hotluks.testing.libvirtd import define_secret, give_to_qemu, qemu_accessible_dir, start_domain, \
+        start_libvirtd
+    from hotluks.testing.vms import hotluks_cmd
+
+    def timed(argv: list[str]) -> float:
+        started = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        took = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[0]} {argv[1]} failed: {proc.stderr.strip()[-500:]}")
+        return took
+
+    daemon = start_libvirtd()
+    try:
+        with start_domain(daemon.uri, root_ports=4, scsi=False) as domain, qemu_accessible_dir() as work:
+            disk = make_disk(work / "disks", "attached-luks", "vdb")
+            for path in disk.files:
+                give_to_qemu(path)
+            disk.secret_file.unlink()  # the passphrase lives in libvirt only
+            with define_secret(domain.uri, "volume", disk.secret_key, disk.passphrase):
+                state = work / "state"
+                uri = ["--connect", domain.uri]
+                hl_attach = hotluks_cmd("attach", domain.name, disk.xml_path, *uri, "--backend", "libvirt",
+                                        "--state-dir", state)
+                hl_detach = hotluks_cmd("detach", domain.name, "--target", "vdb", *uri, "--backend", "libvirt",
+                                        "--state-dir", state)
+                virsh = ["virsh", "-q", "-c", domain.uri]
+                v_attach = [*virsh, "attach-device", domain.name, str(disk.xml_path), "--live"]
+                v_detach = [*virsh, "detach-device", domain.name, str(disk.xml_path), "--live"]
+                cli_h, cli_v = [], []
+                for i in range(reps + 2):
+                    h = timed(hl_attach)
+                    timed(hl_detach)
+                    v = timed(v_attach)
+                    timed(v_detach)
+                    if i >= 2:
+                        cli_h.append(h)
+                        cli_v.append(v)
+                api_h, api_v = asyncio.run(_libvirt_in_process(domain, disk, state, reps))
+    finally:
+        daemon.stop()
+    del libvirt
+    return {"cli_hotluks": statistics.median(cli_h), "cli_virsh": statistics.median(cli_v),
+            "api_hotluks": statistics.median(api_h), "api_libvirt": statistics.median(api_v)}
+
+
+async def _libvirt_in_process(domain: Any, disk: Any, state: Path, reps: int) -> tuple[list[float], list[float]]:
+    import libvirt
+
+    xml = disk.xml_path.read_text()
+    model = disk.disk()
+    conn = libvirt.open(domain.uri)
+    dom = conn.lookupByName(domain.name)
+    flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
+    hotluks_t: list[float] = []
+    libvirt_t: list[float] = []
+    try:
+        async with hotluks.aconnect(domain.name, uri=domain.uri, backend="libvirt", state_dir=state) as session:
+            for i in range(reps + 2):
+                started = time.perf_counter()
+                await session.attach(model)
+                h = time.perf_counter() - started
+                await session.detach("vdb", timeout=10)
+                started = time.perf_counter()
+                await asyncio.to_thread(dom.attachDeviceFlags, xml, flags)
+                v = time.perf_counter() - started
+                await asyncio.to_thread(_libvirt_detach, dom, xml, flags)
+                if i >= 2:
+                    hotluks_t.append(h)
+                    libvirt_t.append(v)
+    finally:
+        conn.close()
+    return hotluks_t, libvirt_t
+
+
+def _libvirt_detach(dom: Any, xml: str, flags: int) -> None:
+    """detachDeviceFlags, then wait until the disk is really gone from the live XML."""
+    dom.detachDeviceFlags(xml, flags)
+    for _ in range(500):
+        if "dev='vdb'" not in dom.XMLDesc(0):
+            return
+        time.sleep(0.01)
+    raise RuntimeError("libvirt did not finish unplugging vdb")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=150)
     ap.add_argument("--vms", type=int, default=16)
     ap.add_argument("--disks", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--libvirt-reps", type=int, default=15, help="0 skips the libvirt comparison")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hotluks-bench-") as tmp:
         work = Path(tmp)
@@ -211,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             f = asyncio.run(bench_fanout(work, args.vms, args.disks, args.rounds))
             cores = os.cpu_count() or 1
             small = asyncio.run(bench_fanout(work, cores, args.disks, args.rounds))
+            lv: dict[str, float] | str
+            try:
+                lv = bench_libvirt(args.libvirt_reps) if args.libvirt_reps else "skipped (--libvirt-reps 0)"
+            except Exception as exc:  # no daemon / no libvirt-python: say so, keep the other results
+                lv = f"skipped: {type(exc).__name__}: {exc}"
         finally:
             clear_templates()
     print(f"hotluks attach benchmark (python {sys.version.split()[0]}, {args.reps} reps, medians)")
@@ -229,6 +334,16 @@ def main(argv: list[str] | None = None) -> int:
           f" -> wall floor {f['cpu'] / cores * 1000:.0f} ms, ratio floor {f['cpu'] / cores / f['alone']:.2f}")
     print(f"  {cores} VMs (= cores) x {args.disks} disks: parallel {small['parallel'] * 1000:.1f} ms, slowest alone "
           f"{small['alone'] * 1000:.1f} ms, ratio {small['parallel'] / small['alone']:.2f}")
+    if isinstance(lv, str):
+        print(f"  libvirt comparison: {lv}")
+    else:
+        print(f"  hotluks attach --backend libvirt (CLI):         {lv['cli_hotluks'] * 1000:8.1f} ms")
+        print(f"  virsh attach-device --live (CLI):               {lv['cli_virsh'] * 1000:8.1f} ms")
+        print(f"  ratio hotluks CLI / virsh attach-device:        {lv['cli_hotluks'] / lv['cli_virsh']:8.2f}  "
+              "(goal <= 1.0)")
+        print(f"  in process: hotluks session (libvirt backend):  {lv['api_hotluks'] * 1000:8.1f} ms")
+        print(f"  in process: libvirt-python attachDeviceFlags:   {lv['api_libvirt'] * 1000:8.1f} ms")
+        print(f"  ratio hotluks API / libvirt API:                {lv['api_hotluks'] / lv['api_libvirt']:8.2f}")
     return 0
 
 

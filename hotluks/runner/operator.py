@@ -102,7 +102,7 @@ class Operator:
     async def capabilities(self) -> Capabilities:
         """Probe once per connection (query-version + query-qmp-schema)."""
         if self._capabilities is None:
-            self._capabilities = await probe_capabilities(self.backend)
+            self._capabilities = await probe_capabilities(self.backend, self.journal.dir.parent / "capabilities")
         return self._capabilities
 
     async def machine(self) -> str:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
@@ -68,27 +72,64 @@ async def snapshot(backend: MonitorBackend) -> VMSnapshot:
     )
 
 
-_CAPABILITIES: dict[tuple[int, int, int, str], Capabilities] = {}
+_CAPABILITIES: dict[str, Capabilities] = {}
 
 
-async def probe_capabilities(backend: MonitorBackend) -> Capabilities:
+async def probe_capabilities(backend: MonitorBackend, cache_dir: Path | None = None) -> Capabilities:
     """What the VM's QEMU supports, from ``query-version`` and ``query-qmp-schema``.
 
     The schema is fixed per QEMU build, and producing it costs QEMU ~30 ms of CPU
-    (plus ~10 ms here to parse): results are shared within the process by exact
-    version and distribution package string. Builds without a package string (self-
-    compiled, whose configure options may differ) are always probed.
+    (~100 ms through libvirt) plus ~10 ms here to parse. So results are shared by
+    exact version and distribution package string: within the process, and across
+    processes in ``cache_dir`` (small JSON files, nothing secret). Builds without a
+    package string (self-compiled, whose configure options may differ) are always probed.
     """
     version = await backend.execute("query-version")
-    q = version.get("qemu", {})
     package = str(version.get("package", "")).strip()
-    key = (int(q.get("major", 0)), int(q.get("minor", 0)), int(q.get("micro", 0)), package)
+    key = hashlib.sha256(json.dumps(version, sort_keys=True).encode()).hexdigest()[:24]
     if package and key in _CAPABILITIES:
         return _CAPABILITIES[key]
+    path = cache_dir / f"qemu-{key}.json" if cache_dir is not None and package else None
+    if path is not None:
+        cached = _load_capabilities(path)
+        if cached is not None:
+            _CAPABILITIES[key] = cached
+            return cached
     caps = Capabilities.from_qmp(await backend.execute("query-qmp-schema"), version)
     if package:
         _CAPABILITIES[key] = caps
+        if path is not None:
+            _store_capabilities(path, caps)
     return caps
+
+
+def _load_capabilities(path: Path) -> Capabilities | None:
+    try:
+        doc = json.loads(path.read_text())
+        version = doc["qemu_version"]
+        drivers = doc["block_drivers"]
+        return Capabilities(
+            qemu_version=(int(version[0]), int(version[1]), int(version[2])) if version else None,
+            luks_detached_header=bool(doc["luks_detached_header"]),
+            block_drivers=frozenset(map(str, drivers)) if drivers is not None else None,
+            rbd_encrypt_formats=frozenset(map(str, doc["rbd_encrypt_formats"])),
+            rbd_encrypt_parent=bool(doc["rbd_encrypt_parent"]),
+        )
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
+        return None  # absent or unreadable: probe again
+
+
+def _store_capabilities(path: Path, caps: Capabilities) -> None:
+    doc = {"qemu_version": caps.qemu_version, "luks_detached_header": caps.luks_detached_header,
+           "block_drivers": sorted(caps.block_drivers) if caps.block_drivers is not None else None,
+           "rbd_encrypt_formats": sorted(caps.rbd_encrypt_formats), "rbd_encrypt_parent": caps.rbd_encrypt_parent}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache only
 
 
 async def machine_type(backend: MonitorBackend) -> str:

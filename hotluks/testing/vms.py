@@ -351,6 +351,11 @@ def leaks(secret: bytes, blobs: Iterable[bytes | str]) -> list[str]:
     return found
 
 
+def journal_files(state_dir: Path) -> list[Path]:
+    """Journal records and temporaries under a state dir (not locks, not the capability cache)."""
+    return sorted(p for p in state_dir.glob("*/*") if p.name != "lock" and p.parent.name != "capabilities")
+
+
 # -- the CLI ---------------------------------------------------------------------------------------
 def hotluks_cmd(*args: str | Path) -> list[str]:
     """argv that runs this interpreter's hotluks CLI."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -53,13 +51,3 @@ def initial(monitor: Monitor) -> Snapshot:
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
-
-
-def journal_records(state_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(state_dir.glob("*/*.json"))]
-
-
-@pytest.fixture
-def records() -> Any:
-    """``records(state_dir)``: every journal record under a state dir."""
-    return journal_records

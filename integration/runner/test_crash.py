@@ -23,7 +23,7 @@ from hotluks.errors import HotluksError, IncompleteError
 from hotluks.plan.planner import build_plan
 from hotluks.qemu.launcher import QemuProcess
 from hotluks.testing.qmpproxy import QMPProxy, is_mutating
-from hotluks.testing.vms import Monitor, Snapshot, TestDisk, hotluks_cmd, make_disk, run_cli
+from hotluks.testing.vms import Monitor, Snapshot, TestDisk, hotluks_cmd, journal_files, make_disk, run_cli
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -87,7 +87,7 @@ def test_sigkill_attach_at_random_points_then_repair(vm: QemuProcess, monitor: M
                     outcomes["attached"] += 1
                     session.detach(disk.target, timeout=10)  # a later detach works
             assert monitor.snapshot() == initial, trial
-            assert not [p.name for p in state_dir.glob("*/*") if p.name != "lock"], "state dir not clean"
+            assert not journal_files(state_dir), "state dir not clean"
         final = run_cli("attach", sock, disks[0].xml_path, *disks[0].cli_secret(), *common)
         assert final.returncode == 0, final.stderr  # attach still works after all this
         assert run_cli("detach", sock, "--target", "vdb", *common).returncode == 0

@@ -21,7 +21,8 @@ from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
 from hotluks.testing.qmpproxy import QMPProxy, is_mutating
-from hotluks.testing.vms import SHAPES, FaultyBackend, Monitor, Snapshot, TestDisk, make_disk, run_cli, target_for
+from hotluks.testing.vms import SHAPES, FaultyBackend, Monitor, Snapshot, TestDisk, journal_files, make_disk, run_cli, \
+    target_for
 
 pytestmark = pytest.mark.qemu
 
@@ -54,7 +55,7 @@ def test_failure_at_every_step_rolls_back(vm: QemuProcess, monitor: Monitor, ini
                     assert f"step {k}/{STEPS[shape]}" in str(info.value) and "injected failure" in str(info.value)
                     assert "the VM is as before" in str(info.value)
                     assert monitor.snapshot() == initial, (k, after)
-                    assert not list(state_dir.glob("*/*.json")), "a rolled-back attach leaves no record"
+                    assert not journal_files(state_dir), "a rolled-back attach leaves no record"
                     undone = faulty.mutations[k:]
                     # after=True: QEMU did run step k, so it is undone too
                     assert len(undone) == (k if after else k - 1)
@@ -136,7 +137,7 @@ def test_real_qemu_errors_roll_back(vm: QemuProcess, monitor: Monitor, initial: 
         assert proc.returncode == 1, proc.stderr
         assert step in proc.stderr and "Invalid password" in proc.stderr
         assert monitor.snapshot() == initial
-    assert not list(state_dir.glob("*/*.json"))
+    assert not journal_files(state_dir)
 
 
 def test_rollback_failure_is_incomplete_then_repair(vm: QemuProcess, monitor: Monitor, initial: Snapshot,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,6 +60,26 @@ def test_capabilities_are_shared_per_exact_qemu_build() -> None:
     for backend in unpackaged:
         asyncio.run(probe_capabilities(backend))  # type: ignore[arg-type]
         assert backend.sent == ["query-version", "query-qmp-schema"]
+
+
+def test_capabilities_are_cached_on_disk_per_exact_build(tmp_path: Path) -> None:
+    """A new process (empty memory cache) reuses the probe of another; a damaged file is re-probed."""
+    from hotluks.runner import vmstate
+
+    cache = tmp_path / "capabilities"
+    build = "Debian 1:79.0.0+ds-1"
+    asyncio.run(probe_capabilities(_Schema(_schema(["key-secret", "file", "header"]), 79, build), cache))  # type: ignore[arg-type]
+    (stored,) = cache.glob("qemu-*.json")
+    vmstate._CAPABILITIES.clear()  # as in a fresh process
+    later = _Schema(_schema(["key-secret", "file"]), 79, build)
+    caps = asyncio.run(probe_capabilities(later, cache))  # type: ignore[arg-type]
+    assert later.sent == ["query-version"] and caps.luks_detached_header and caps.qemu_version == (79, 2, 1)
+    assert caps.rbd_encrypt_formats == {"luks", "luks2"} and caps.has_driver("rbd")
+    vmstate._CAPABILITIES.clear()
+    stored.write_text("{not json")
+    again = _Schema(_schema(["key-secret", "file"]), 79, build)
+    assert not asyncio.run(probe_capabilities(again, cache)).luks_detached_header  # type: ignore[arg-type]
+    assert again.sent == ["query-version", "query-qmp-schema"]
 
 
 def test_capabilities_from_a_small_schema() -> None:
