@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]])
 def cmd_attach(args: argparse.Namespace) -> int:
     disk = load_disk(args.disk)
     secrets = read_secrets(args.secret)
-    result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run))
+    result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run,
+                                           timeout=args.timeout))
     if args.json:
         print_json(result.to_json())
     elif result.dry_run:

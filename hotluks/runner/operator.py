@@ -7,6 +7,7 @@ the VM's block nodes, objects and devices.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Mapping
@@ -124,13 +125,21 @@ class Operator:
             if raw is None:
                 where = " or define it as a libvirt secret" if self.backend.name != "qmp" else ""
                 raise SecretError(f"no value for {binding.ref.describe()}: pass --secret {binding.ref.key}=FILE{where}")
+            if binding.encoding == "base64":
+                # libvirt holds a Ceph key decoded (`secret-set-value --base64 KEY`); hotluks holds
+                # it as the base64 text `ceph auth get-key` prints, like a --secret file
+                raw = base64.b64encode(raw)
             values[binding.ref.key] = SecretValue(raw)
         return values
 
     # -- attach ----------------------------------------------------------------
     async def attach(self, disk: Disk, secrets: Mapping[str, SecretValue] | None = None, *,
-                     preflight: bool = True, dry_run: bool = False) -> AttachResult:
-        """Attach ``disk``: refuse (exit 2), succeed, or roll back completely (exit 1)."""
+                     preflight: bool = True, dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
+        """Attach ``disk``: refuse (exit 2), succeed, or roll back completely (exit 1).
+
+        ``timeout`` bounds the wait for the guest to release the device if a rollback
+        has to unplug it (only when QEMU ran ``device_add`` but its reply was lost).
+        """
         async with self._lock():
             existing = self.journal.load(disk.target_dev)
             if existing is not None:
@@ -151,7 +160,7 @@ class Operator:
             note = "skipped (--no-preflight)"
             passphrase = pick_passphrase(disk, values)
             if preflight and passphrase is not None:
-                note = await run_preflight(disk, passphrase)
+                note = await run_preflight(disk, passphrase, values)
             commands = [bound_command(step, values, sealing) for step in plan.steps]
             result = AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,
                                   top_node=plan.top_node, shape=disk.shape, preflight=note, dry_run=dry_run)
@@ -166,20 +175,22 @@ class Operator:
                 try:
                     await self.backend.execute(command["execute"], command["arguments"])
                 except BackendError as exc:
-                    await self._roll_back(record, index, exc, before)
+                    await self._roll_back(record, index, exc, before, timeout)
                 record.steps[index].state = "done"  # saved with the next change
                 result.steps.append(StepReport(step.command, step.name, time.perf_counter() - started))
             self.journal.set_status(record, "attached")
             return result
 
-    async def _roll_back(self, record: Record, failed: int, cause: BackendError, before: VMSnapshot) -> None:
+    async def _roll_back(self, record: Record, failed: int, cause: BackendError, before: VMSnapshot,
+                         timeout: float) -> None:
         """Undo steps ``failed..0`` that exist in the VM; raise RolledBack or Incomplete."""
         step = record.steps[failed]
-        what = f"step {failed + 1}/{len(record.steps)} ({step.execute} {step.name}) failed: {_qemu_text(cause)}"
+        what = (f"step {failed + 1}/{len(record.steps)} ({step.execute} {step.name}) failed: "
+                f"{_qemu_text(cause)}{_requirement_hint(cause)}")
         record.status = "rolling-back"
         record.error = what
         self.journal.save(record)
-        undone, problems = await self._undo_existing(record, record.steps[: failed + 1], timeout=30.0)
+        undone, problems = await self._undo_existing(record, record.steps[: failed + 1], timeout=timeout)
         try:
             after = await snapshot(self.backend)
             diff = after.difference(before)
@@ -319,6 +330,23 @@ class Operator:
                 self.journal.remove(record.target)
                 actions.append({"target": record.target, "action": verb, "undone": undone})
         return actions
+
+
+#: QEMU texts that mean "the librbd QEMU is linked against is too old", and what is needed
+LIBRBD_REQUIREMENTS = (
+    ("unknown image encryption format: 2", "encryption format 'luks-any' needs librbd ≥ 17 (Ceph Quincy)"),
+    ("does not support layered encryption", "layered encryption (a 'parent' per clone layer) needs QEMU "
+                                            "built against librbd ≥ 17 (Ceph Quincy)"),
+)
+
+
+def _requirement_hint(exc: BaseException) -> str:
+    """`` (…needs librbd ≥ 17…)`` when QEMU's error means an old librbd, else ``""``."""
+    if isinstance(exc, QMPCommandError):
+        for text, need in LIBRBD_REQUIREMENTS:
+            if text in exc.desc:
+                return f" ({need})"
+    return ""
 
 
 def _qemu_text(exc: BaseException) -> str:
