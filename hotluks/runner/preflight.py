@@ -30,10 +30,13 @@ def checkable(source: Source) -> bool:
     return source.is_local or source.is_rbd
 
 
-async def run_preflight(disk: Disk, passphrase: SecretValue) -> str:
+async def run_preflight(disk: Disk, passphrase: SecretValue,
+                        values: Mapping[str, SecretValue] | None = None) -> str:
     """Raise :class:`PreflightError` unless the header opens with ``passphrase``.
 
-    Returns a short note of what was checked (for listings), never secret.
+    ``values`` holds the other secrets by uuid/usage: an RBD-hosted header with
+    ``<auth>`` is read with that Ceph key (base64 text, as ``ceph auth get-key``
+    prints it). Returns a short note of what was checked (for listings), never secret.
     """
     source = header_source(disk)
     if source is None:
@@ -42,7 +45,7 @@ async def run_preflight(disk: Disk, passphrase: SecretValue) -> str:
         log.info("preflight skipped: %s is not locally readable", source.describe())
         return f"not checked: {source.describe()} is not locally readable"
     try:
-        await asyncio.to_thread(_check, source, passphrase.value)
+        await asyncio.to_thread(_check, source, passphrase.value, _ceph_key(source, values or {}))
     except WrongPassphraseError:
         raise PreflightError(f"preflight: the passphrase does not open the LUKS header on {source.describe()}; "
                              "nothing was sent to the VM") from None
@@ -51,7 +54,18 @@ async def run_preflight(disk: Disk, passphrase: SecretValue) -> str:
     return f"header on {source.describe()} opens with the passphrase"
 
 
-def _check(source: Source, passphrase: bytes) -> None:
+def _ceph_key(source: Source, values: Mapping[str, SecretValue]) -> bytes | None:
+    """The cephx key (base64 text) of an rbd source's ``<auth>``, if given."""
+    if not source.is_rbd or source.auth is None:
+        return None
+    ref = source.auth.secret
+    for key in (ref.uuid, ref.usage):
+        if key is not None and key in values:
+            return values[key].value.strip()
+    return None
+
+
+def _check(source: Source, passphrase: bytes, ceph_key: bytes | None = None) -> None:
     from hotluks import luks
 
     if source.is_local:
@@ -62,7 +76,7 @@ def _check(source: Source, passphrase: bytes) -> None:
     else:
         from hotluks.rbd_read import read_rbd_head
 
-        header = luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES))
+        header = luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES, key=ceph_key))
     luks.unlock(header, passphrase)
 
 
