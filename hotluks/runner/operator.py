@@ -193,7 +193,9 @@ class Operator:
         undone, problems = await self._undo_existing(record, record.steps[: failed + 1], timeout=timeout)
         try:
             after = await snapshot(self.backend)
-            diff = after.difference(before)
+            # our names must be gone and nothing that existed before may be missing; names another
+            # client (libvirt, a human) added meanwhile are not ours to roll back
+            diff = after.difference(before, extra_among=set().union(*record.names.values()))
         except BackendError as exc:
             # unreachable VM: _undo_existing already said so; do not repeat it
             diff = "" if problems else f"cannot verify ({_qemu_text(exc)})"

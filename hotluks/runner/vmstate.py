@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,18 @@ class VMSnapshot:
     def names(self) -> frozenset[str]:
         return self.nodes | self.objects | self.devices
 
-    def difference(self, before: VMSnapshot) -> str:
-        """Human summary of what changed since ``before`` ('' when identical)."""
+    def difference(self, before: VMSnapshot, *, extra_among: AbstractSet[str] | None = None) -> str:
+        """Human summary of what changed since ``before`` ('' when identical).
+
+        With ``extra_among``, only those new names count (e.g. the ones a plan creates:
+        what another client added meanwhile is not ours to judge); missing names always do.
+        """
         parts = []
         for label, now, then in (("nodes", self.nodes, before.nodes), ("objects", self.objects, before.objects),
                                  ("devices", self.devices, before.devices)):
-            if now - then:
-                parts.append(f"extra {label}: {', '.join(sorted(now - then))}")
+            extra = now - then if extra_among is None else (now - then) & extra_among
+            if extra:
+                parts.append(f"extra {label}: {', '.join(sorted(extra))}")
             if then - now:
                 parts.append(f"missing {label}: {', '.join(sorted(then - now))}")
         return "; ".join(parts)

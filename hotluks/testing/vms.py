@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,11 +376,12 @@ class FaultyBackend(MonitorBackend):
     ``fail_at`` counts mutating commands (object-add/-del, blockdev-add/-del,
     device_add/-del) from 1; ``after=True`` sends the command to QEMU first and
     then reports the failure (a lost reply). ``fail_undo`` names undo commands
-    (e.g. ``{"blockdev-del"}``) that fail whenever they are sent after a failure.
+    (e.g. ``{"blockdev-del"}``) that fail whenever they are sent after a failure;
+    ``on_fail(inner)`` runs just before the injected failure (e.g. another client acting).
     """
 
     def __init__(self, inner: MonitorBackend, *, fail_at: int | None = None, after: bool = False,
-                 fail_undo: Iterable[str] = ()):
+                 fail_undo: Iterable[str] = (), on_fail: Callable[[MonitorBackend], Awaitable[None]] | None = None):
         super().__init__()
         self.inner = inner
         self.name = inner.name
@@ -391,6 +392,7 @@ class FaultyBackend(MonitorBackend):
         self.fail_undo = frozenset(fail_undo)
         self.mutations: list[str] = []
         self.failed = False
+        self.on_fail = on_fail
 
     @property
     def vm_key(self) -> str:
@@ -409,6 +411,8 @@ class FaultyBackend(MonitorBackend):
             self.failed = True
             if self.after:
                 await self.inner.execute(command, arguments)
+            if self.on_fail is not None:
+                await self.on_fail(self.inner)
             raise QMPCommandError(command, "GenericError", f"injected failure of {command}")
         return await self.inner.execute(command, arguments)
 

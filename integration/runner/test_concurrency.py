@@ -4,6 +4,7 @@ QMP socket that another client holds."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from collections import defaultdict
@@ -118,3 +119,45 @@ def test_socket_held_by_another_client_fails_within_timeout(vm: QemuProcess, tmp
     # once released, the same command works
     proc = run_cli("attach", vm.qmp_path, disk.xml_path, *disk.cli_secret(), "--state-dir", tmp_path / "state")
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.libvirt
+def test_cli_processes_on_a_libvirt_domain_are_serialized_by_the_lock(tmp_path: Path) -> None:
+    """Through libvirt, clients really run at once: only the per-VM lock keeps their placement
+    probes and plans from interleaving (two would pick the same free root port and one would fail)."""
+    pytest.importorskip("libvirt")
+    from hotluks.testing.libvirtd import give_to_qemu, qemu_accessible_dir, start_domain, start_libvirtd
+
+    daemon = start_libvirtd()
+    try:
+        with start_domain(daemon.uri, root_ports=5, scsi=False) as domain, qemu_accessible_dir() as work:
+            disks = [make_disk(work / "disks", shape, f"vd{letter}") for shape, letter in
+                     zip(["attached-luks", "detached-header-raw", "attached-luks", "detached-header-qcow2"], "bcde")]
+            for d in disks:
+                for path in d.files:
+                    give_to_qemu(path)
+            common = ["--connect", domain.uri, "--backend", "libvirt", "--state-dir", str(tmp_path / "state")]
+            procs = [subprocess.Popen(hotluks_cmd("attach", domain.name, d.xml_path, *d.cli_secret(), *common),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for d in disks]
+            outs = [p.communicate(timeout=180) for p in procs]
+            for proc, (_, err) in zip(procs, outs):
+                assert proc.returncode == 0, err
+            status = run_cli("status", domain.name, *common, "--json")
+            disks_status = json.loads(status.stdout)["disks"]
+            assert sorted((s["target"], s["consistent"]) for s in disks_status) == sorted(
+                (d.target, True) for d in disks)
+            import libvirt
+            import libvirt_qemu
+
+            conn = libvirt.open(domain.uri)
+            try:
+                dom = conn.lookupByName(domain.name)
+                ports = {libvirt_qemu.qemuMonitorCommand(dom, json.dumps({"execute": "qom-get", "arguments": {
+                    "path": f"/machine/peripheral/{d.device}", "property": "parent_bus"}}), 0) for d in disks}
+            finally:
+                conn.close()
+            assert len(ports) == 4  # four different root ports
+            for d in disks:
+                assert run_cli("detach", domain.name, "--target", d.target, *common).returncode == 0
+    finally:
+        daemon.stop()

@@ -189,3 +189,28 @@ def test_cli_rollback_failure_exit_3_then_cli_repair(vm: QemuProcess, monitor: M
         assert monitor.snapshot() == initial
         again = run_cli("attach", proxy.path, disk.xml_path, *disk.cli_secret(), *common)
         assert again.returncode == 0, again.stderr  # usable again
+
+
+def test_rollback_ignores_what_another_client_added_meanwhile(vm: QemuProcess, monitor: Monitor,
+                                                              initial: Snapshot, tmp_path: Path,
+                                                              state_dir: Path) -> None:
+    """libvirt or a human may add nodes while hotluks rolls back: still a clean RolledBackError,
+    and their node is left alone."""
+    disk = make_disk(tmp_path, "detached-header-raw", "vdb")
+
+    async def foreign(backend: Any) -> None:
+        await backend.execute("blockdev-add", {"node-name": "someone-else", "driver": "null-co"})
+
+    async def run() -> None:
+        real = await QMPBackend(vm.qmp_path).connect()
+        try:
+            faulty = FaultyBackend(real, fail_at=5, on_fail=foreign)
+            with pytest.raises(RolledBackError, match="the VM is as before"):
+                await Operator(faulty, state_dir=state_dir).attach(disk.disk(), _secrets(disk))
+        finally:
+            await real.close()
+
+    asyncio.run(run())
+    after = monitor.snapshot()
+    assert after.nodes - initial.nodes == {"someone-else"} and after.objects == initial.objects
+    assert after.devices == initial.devices and not journal_files(state_dir)

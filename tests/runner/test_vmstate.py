@@ -157,3 +157,11 @@ def test_snapshot_difference() -> None:
     assert before.difference(before) == ""
     assert after.difference(before) == "extra nodes: hl-vdb-luks; missing objects: pc.ram"
     assert after.names == {"n1", "hl-vdb-luks", "rp1"}
+
+
+def test_snapshot_difference_limited_to_our_names() -> None:
+    before = VMSnapshot(frozenset({"n1"}), frozenset(), frozenset())
+    after = VMSnapshot(frozenset({"hl-vdb-fmt", "libvirt-3-format"}), frozenset(), frozenset())
+    assert after.difference(before, extra_among={"hl-vdb-fmt", "hl-vdb-key"}) == (
+        "extra nodes: hl-vdb-fmt; missing nodes: n1")
+    assert after.difference(before, extra_among=set()) == "missing nodes: n1"  # missing always counts
