@@ -8,6 +8,7 @@ the VM's block nodes, objects and devices.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -169,8 +170,12 @@ class Operator:
                 return result
             record = Record.for_plan(self.backend.vm, plan)
             self.journal.save(record)
+            log.info("attaching %s to %s as %s (%s, %d steps); preflight: %s", disk.target_dev, self.backend.vm,
+                     plan.device_id, disk.shape, len(plan.steps), note)
             for index, (step, command) in enumerate(zip(plan.steps, commands)):
                 self.journal.mark(record, index, "started")
+                if log.isEnabledFor(logging.DEBUG):  # the redacted form: never the (sealed) secret value
+                    log.debug("step %d/%d: %s", index + 1, len(plan.steps), json.dumps(redacted_command(step)))
                 started = time.perf_counter()
                 try:
                     await self.backend.execute(command["execute"], command["arguments"])
@@ -190,6 +195,7 @@ class Operator:
         record.status = "rolling-back"
         record.error = what
         self.journal.save(record)
+        log.info("%s; rolling back", what)
         undone, problems = await self._undo_existing(record, record.steps[: failed + 1], timeout=timeout)
         try:
             after = await snapshot(self.backend)
@@ -222,6 +228,7 @@ class Operator:
             if step.name not in present[step.kind]:
                 continue
             try:
+                log.debug("undo: %s %s", step.undo["execute"], step.name)
                 if step.kind == "device":
                     await self._unplug(step.name, timeout)
                 else:
