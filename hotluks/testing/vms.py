@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import io
 import json
@@ -261,6 +262,8 @@ def _template(shape: str, passphrase: bytes, size: int) -> tuple[Path, str, Path
     """Images of ``shape`` built once per process (copied for each test disk)."""
     key = (shape, passphrase, size)
     if key not in _TEMPLATES:
+        if not _TEMPLATES:
+            atexit.register(clear_templates)  # every user of make_disk cleans up, fixture or not
         where = Path(tempfile.mkdtemp(prefix="hotluks-disk-template-"))
         _TEMPLATES[key] = (where, *_build_images(where, shape, passphrase, size))
     return _TEMPLATES[key]
