@@ -108,3 +108,17 @@ def test_task_timeout_names_the_cause(tmp_path: Path) -> None:
 
     with pytest.raises(LockedError, match="another operation on this VM is still running"):
         asyncio.run(main())
+
+
+def test_contention_in_successive_event_loops(tmp_path: Path) -> None:
+    """Each asyncio.run() is a new loop (often at a recycled address): locks must not outlive theirs."""
+
+    async def contend() -> None:
+        async def worker() -> None:
+            async with vm_lock(tmp_path, 5):
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(worker(), worker())
+
+    for _ in range(6):
+        asyncio.run(contend())
