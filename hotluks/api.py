@@ -135,6 +135,16 @@ class Session:
             self._loop.close()
             raise
 
+    @property
+    def backend_name(self) -> str:
+        """``qmp``, ``libvirt`` or ``virsh``."""
+        return self._session.backend.name
+
+    @property
+    def seals_secrets(self) -> bool:
+        """True when secrets reach QEMU only as ciphertext under a master key it holds."""
+        return self._session.operator.master_key is not None or self._session.backend.master_key is not None
+
     def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
                dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
         return self._loop.run_until_complete(self._session.attach(disk, secrets, preflight, dry_run, timeout))
