@@ -34,7 +34,7 @@ from hotluks.plan.steps import Plan
 from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner.journal import Journal, JournalStep, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
-from hotluks.runner.preflight import pick_passphrase, run_preflight
+from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight
 from hotluks.runner.vmstate import VMSnapshot, machine_type, plan_context, probe_capabilities, snapshot
 from hotluks.secrets import SecretValue, lookup
 
@@ -160,6 +160,8 @@ class Operator:
                                    "it needs the domain's master key (libvirt's masterKey0) or --master-key")
             note = "skipped (--no-preflight)"
             passphrase = pick_passphrase(disk, values)
+            if passphrase is not None:
+                check_passphrase_encoding(disk, passphrase)
             if preflight and passphrase is not None:
                 note = await run_preflight(disk, passphrase, values)
             commands = [bound_command(step, values, sealing) for step in plan.steps]

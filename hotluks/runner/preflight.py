@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from hotluks.errors import LuksError, PreflightError, WrongPassphraseError
+from hotluks.errors import LuksError, PreflightError, SecretError, WrongPassphraseError
 from hotluks.model import Disk, Engine, Source
 from hotluks.secrets import SecretValue
 
@@ -78,6 +78,18 @@ def _check(source: Source, passphrase: bytes, ceph_key: bytes | None = None) -> 
 
         header = luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES, key=ceph_key))
     luks.unlock(header, passphrase)
+
+
+def check_passphrase_encoding(disk: Disk, passphrase: SecretValue) -> None:
+    """QEMU's own LUKS code only takes UTF-8 passphrases (librbd takes any bytes)."""
+    enc = disk.encryption
+    if enc is None or enc.engine is Engine.LIBRBD:
+        return
+    try:
+        passphrase.value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretError(f"the passphrase for {enc.secrets[0].describe()} is not valid UTF-8, which QEMU's "
+                          "LUKS driver requires; nothing was sent to the VM") from None
 
 
 def pick_passphrase(disk: Disk, values: Mapping[str, SecretValue]) -> SecretValue | None:
