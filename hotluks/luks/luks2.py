@@ -394,9 +394,11 @@ def _to_header(data: bytes, fields: dict[str, Any], doc: dict[str, Any], warning
     segments: list[Segment] = []
     for key, seg in sorted(doc["segments"].items(), key=lambda kv: int(kv[1]["offset"] or 0)):
         size = None if seg["size"] == "dynamic" else int(seg["size"])
+        integrity = seg.get("integrity")
         segments.append(Segment(int(key), seg["type"], int(seg["offset"] or 0), size,
                                 int(seg.get("iv_tweak") or 0), str(seg.get("encryption", "")),
-                                int(seg.get("sector_size", 512))))
+                                int(seg.get("sector_size", 512)),
+                                str(integrity["type"]) if isinstance(integrity, dict) else None))
     config = doc["config"]
     reqs = tuple(config.get("requirements", {}).get("mandatory", []))
     hdr_size = fields["hdr_size"]

@@ -50,6 +50,7 @@ class Segment:
     iv_tweak: int
     encryption: str
     sector_size: int
+    integrity: str | None = None  # LUKS2 authenticated encryption (dm-integrity) type
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from hotluks.errors import InputError, LuksFormatError, ReadOnlyHeaderError
+from hotluks.errors import InputError, LuksFormatError, LuksUnsupportedError, ReadOnlyHeaderError
 from hotluks.luks import create, luks1, luks2
 from hotluks.luks.kdf import KdfParams, pbkdf2
 from hotluks.luks.keyslots import unlock_header
@@ -225,6 +225,11 @@ def _key_for(hdr: Header, secret: bytes | VolumeKey) -> bytes:
     if hdr.read_only:
         raise ReadOnlyHeaderError(
             f"header has unknown mandatory requirements ({', '.join(hdr.requirements)}): not activated")
+    seg = hdr.data_segment
+    if seg.integrity:
+        raise LuksUnsupportedError(f"authenticated encryption (integrity {seg.integrity}) is not supported")
+    if seg.type != "crypt":
+        raise LuksUnsupportedError(f"data segment type {seg.type!r} is not supported")
     if isinstance(secret, VolumeKey):
         return secret.key
     return unlock_header(hdr, secret).key

@@ -254,3 +254,21 @@ def test_unsupported_segment_cipher_fails_payload_crypto_cleanly(luks2_blob: byt
         decrypt_payload(path, io.BytesIO(), vk)
     with pytest.raises(LuksUnsupportedError):
         encrypt_payload(io.BytesIO(bytes(4096)), path, vk)
+
+
+def test_integrity_segments_are_refused_for_payload_crypto(luks2_blob: bytes, passphrase: bytes,
+                                                           tmp_path: Any) -> None:
+    import io
+
+    from hotluks.luks import decrypt_payload, unlock
+
+    doc = _doc(luks2_blob)
+    doc["segments"]["0"]["integrity"] = {"type": "hmac(sha256)", "journal_encryption": "none",
+                                         "journal_integrity": "none"}
+    path = tmp_path / "integrity.img"
+    path.write_bytes(_repack(luks2_blob, doc) + bytes(1 << 20))
+    hdr = open_header(path)
+    assert hdr.data_segment.integrity == "hmac(sha256)"
+    vk = unlock(hdr, passphrase)
+    with pytest.raises(LuksUnsupportedError, match="integrity"):
+        decrypt_payload(path, io.BytesIO(), vk)
