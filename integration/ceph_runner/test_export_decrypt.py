@@ -27,9 +27,11 @@ def test_engine_decrypts_an_rbd_export(fmt: str, ceph, workdir: Path, passphrase
     # sectors (read-modify-write) and crossing a 4 MiB object boundary
     offset, data = 4 * MiB - 4608, os.urandom(96 * 1024 + 512)
     ceph.cluster.write_plaintext(image, fmt, ceph.passfile, data, offset=offset)
-    # librbd's own view of the region and 4 KiB either side (zeroes never written)
-    view = ceph.cluster.read_plaintext(image, fmt, ceph.passfile, len(data) + 8192, offset=offset - 4096)
-    assert view[4096:-4096] == data
+    # librbd's own view of the region and the 4 KiB before it (a sector librbd rewrote around
+    # the unaligned start); after the end lies a hole past the object's end (librbd reads zeroes,
+    # the export holds zeroes, not ciphertext): not comparable
+    view = ceph.cluster.read_plaintext(image, fmt, ceph.passfile, len(data) + 4096, offset=offset - 4096)
+    assert view[4096:] == data
 
     exported = ceph.cluster.export(image, workdir / "export.raw")
     header = luks.open_header(str(exported))
@@ -44,7 +46,7 @@ def test_engine_decrypts_an_rbd_export(fmt: str, ceph, workdir: Path, passphrase
     plain = out.getvalue()
     assert written == len(plain) == exported.stat().st_size - payload_offset
     assert plain[:PATTERN_LEN] == bytes([PATTERN]) * PATTERN_LEN
-    assert plain[offset - 4096:offset + len(data) + 4096] == view
+    assert plain[offset - 4096:offset + len(data)] == view
 
 
 def test_wrong_passphrase_on_export_is_a_typed_error(ceph, workdir: Path) -> None:
