@@ -58,12 +58,23 @@ def digest(name: str, data: bytes) -> bytes:
     return h.finalize()
 
 
+#: ``cryptography`` takes a signed 32-bit count (larger values abort inside its Rust core)
+MAX_PBKDF2_ITERATIONS = 2**31 - 1
+MAX_U32 = 2**32 - 1
+#: cryptsetup's own ceiling for argon2 memory (4 GiB) and LUKS2's lane limit
+MAX_ARGON2_KIB = 4 * 1024 * 1024
+MAX_ARGON2_LANES = 2**24 - 1
+
+
 def pbkdf2(hash_name: str, password: bytes, salt: bytes, iterations: int, length: int) -> bytes:
     """PBKDF2-HMAC."""
     from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
     if iterations < 1:
         raise LuksUnsupportedError("PBKDF2 needs at least one iteration")
+    if iterations > MAX_PBKDF2_ITERATIONS:
+        raise LuksUnsupportedError(f"PBKDF2 with {iterations} iterations is beyond what the engine supports "
+                                   f"(at most {MAX_PBKDF2_ITERATIONS})")
     return PBKDF2HMAC(hash_algorithm(hash_name), length, salt, iterations).derive(password)
 
 
@@ -74,6 +85,9 @@ def argon2(kind: str, password: bytes, salt: bytes, *, time: int, memory_kib: in
 
     if kind not in ("argon2i", "argon2id"):
         raise LuksUnsupportedError(f"KDF {kind!r} is not supported")
+    if not (1 <= time <= MAX_U32 and 1 <= cpus <= MAX_ARGON2_LANES and 8 * cpus <= memory_kib <= MAX_ARGON2_KIB):
+        raise LuksUnsupportedError(f"{kind} parameters are out of range (time {time}, memory {memory_kib} KiB, "
+                                   f"{cpus} lanes; memory at most {MAX_ARGON2_KIB} KiB as in cryptsetup)")
     try:
         if kind == "argon2i":
             return a2.Argon2i(salt=salt, length=length, iterations=time, lanes=cpus,

@@ -7,6 +7,8 @@ IVs count 512-byte units whatever the sector size (dm-crypt without
 AES itself runs in ECB over the whole buffer (``cryptography``) and the
 XTS tweaks / CBC chaining are applied with numpy, so the per-sector cost is
 a handful of vector operations instead of one cipher object per sector.
+Small buffers (keyslot material) take the per-sector path through
+``cryptography``'s own XTS/CBC and never import numpy.
 """
 
 from __future__ import annotations
@@ -164,6 +166,42 @@ def _xts(spec: CipherSpec, key: bytes, data: bytes | bytearray | memoryview, n: 
     return out
 
 
+#: below this many sectors (keyslot material, small reads) one cipher object per sector
+#: is cheaper than importing numpy and vectorising
+VECTOR_MIN_SECTORS = 64
+
+
+def _sector_iv(spec: CipherSpec, key: bytes, iv: int) -> bytes:
+    block = (iv & 0xFFFFFFFF if spec.ivgen == "plain" else iv).to_bytes(16, "little")
+    if spec.ivgen == "essiv:sha256":
+        from cryptography.hazmat.primitives import hashes
+
+        h = hashes.Hash(hashes.SHA256())
+        h.update(key)
+        block = _ecb(h.finalize(), block, True)
+    return block
+
+
+def _per_sector(spec: CipherSpec, key: bytes, data: bytes | bytearray | memoryview, sector_size: int,
+                first_iv: int, encrypt: bool) -> bytes:
+    """The textbook path: ``cryptography``'s own XTS/CBC, one cipher object per sector."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    step = sector_size // IV_UNIT
+    view = memoryview(data)
+    out = bytearray()
+    for i in range(len(data) // sector_size):
+        iv = _sector_iv(spec, key, first_iv + i * step)
+        if spec.chain == "xts":
+            xts = Cipher(algorithms.AES(key), modes.XTS(iv))
+            ctx = xts.encryptor() if encrypt else xts.decryptor()
+        else:
+            cbc = Cipher(algorithms.AES(key), modes.CBC(iv))
+            ctx = cbc.encryptor() if encrypt else cbc.decryptor()
+        out += ctx.update(view[i * sector_size:(i + 1) * sector_size]) + ctx.finalize()
+    return bytes(out)
+
+
 def crypt_sectors(
     spec: CipherSpec,
     key: bytes,
@@ -174,8 +212,6 @@ def crypt_sectors(
     encrypt: bool,
 ) -> bytes | bytearray:
     """Encrypt or decrypt whole sectors; sector *i* uses IV ``first_iv + i * sector_size/512``."""
-    import numpy as np
-
     if sector_size < IV_UNIT or sector_size % IV_UNIT or len(data) % sector_size:
         raise ValueError("data must be whole sectors of a multiple of 512 bytes")
     if not data:
@@ -185,6 +221,10 @@ def crypt_sectors(
     bps = sector_size // 16
     if spec.chain == "ecb":
         return _ecb(key, data, encrypt)
+    if n < VECTOR_MIN_SECTORS:
+        return _per_sector(spec, key, data, sector_size, first_iv, encrypt)
+    import numpy as np
+
     ivs = np.arange(n, dtype=np.uint64) * np.uint64(sector_size // IV_UNIT) + np.uint64(first_iv)
     if spec.chain == "xts":
         return _xts(spec, key, data, n, bps, ivs, encrypt)

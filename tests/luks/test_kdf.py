@@ -45,3 +45,15 @@ def test_kdf_dispatch_and_parameters() -> None:
                 KdfParams("pbkdf2", salt, hash="sha256", iterations=0)):
         with pytest.raises(LuksUnsupportedError):
             bad.derive(b"pw", 32)
+
+
+@pytest.mark.parametrize("params", [
+    KdfParams("pbkdf2", hash="sha256", salt=bytes(32), iterations=2**32 - 1),
+    KdfParams("argon2id", salt=bytes(32), time=1, memory=2**32 - 1, cpus=1),
+    KdfParams("argon2i", salt=bytes(32), time=0, memory=1024, cpus=1),
+    KdfParams("argon2id", salt=bytes(32), time=1, memory=64, cpus=2**24),
+])
+def test_hostile_kdf_parameters_are_typed_errors_not_crashes(params: KdfParams) -> None:
+    """A hostile header's KDF numbers must not reach cryptography's Rust core (which aborts on overflow)."""
+    with pytest.raises(LuksUnsupportedError):
+        params.derive(b"pass", 32)

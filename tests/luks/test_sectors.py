@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from hotluks.errors import LuksUnsupportedError
-from hotluks.luks.sectors import crypt_sectors, parse_cipher
+from hotluks.luks.sectors import VECTOR_MIN_SECTORS, crypt_sectors, parse_cipher
 
 
 def _iv(n: int, bits: int = 64) -> bytes:
@@ -45,10 +45,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("sectors", [9, VECTOR_MIN_SECTORS + 3], ids=["per-sector", "vectorised"])
 @pytest.mark.parametrize("mode,key_bytes,sector,first_iv", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
-def test_bit_exact_against_cryptography(mode: str, key_bytes: int, sector: int, first_iv: int) -> None:
+def test_bit_exact_against_cryptography(mode: str, key_bytes: int, sector: int, first_iv: int, sectors: int) -> None:
     key = os.urandom(key_bytes)
-    data = os.urandom(sector * 9)
+    data = os.urandom(sector * sectors)
     spec = parse_cipher(f"aes-{mode}")
     expected = _reference(mode, key, data, sector, first_iv)
     encrypted = crypt_sectors(spec, key, data, sector_size=sector, first_iv=first_iv, encrypt=True)
@@ -80,3 +81,15 @@ def test_unsupported_cipher_specs_raise_a_typed_error(spec: str) -> None:
 def test_wrong_key_sizes_raise_a_typed_error(spec: str, key_bytes: int) -> None:
     with pytest.raises(LuksUnsupportedError):
         crypt_sectors(parse_cipher(spec), bytes(key_bytes), bytes(512), sector_size=512, first_iv=0, encrypt=False)
+
+
+def test_small_buffers_do_not_import_numpy() -> None:
+    """Preflight (keyslot material) must not pay numpy's import time."""
+    import subprocess
+    import sys
+
+    code = ("import sys, os; from hotluks.luks.sectors import crypt_sectors, parse_cipher; "
+            "crypt_sectors(parse_cipher('aes-xts-plain64'), os.urandom(64), bytes(512 * 8), sector_size=512, "
+            "first_iv=0, encrypt=False); print('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
