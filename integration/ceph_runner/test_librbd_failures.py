@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import Monitor, leaks, run_cli
+from hotluks.testing.vms import Monitor, journal_files, leaks, run_cli
 
 pytestmark = [pytest.mark.ceph, pytest.mark.qemu, pytest.mark.slow]
 
@@ -96,3 +96,29 @@ def test_cluster_down_fails_within_the_timeout(ceph, vm: QemuProcess, monitor: M
     assert "error connecting" in str(reply["error"])
     assert 4 < took < 20, took
     assert_unchanged()
+
+
+def test_timeout_shorter_than_librados_is_never_a_silent_half_plug(ceph, vm: QemuProcess, monitor: Monitor,
+                                                                   initial: object, workdir: Path,
+                                                                   state_dir: Path) -> None:
+    """``--timeout 3`` while librados waits 20 s for a dead mon: QEMU's monitor is blocked inside
+    blockdev-add, so hotluks cannot roll back in time. It stops after a few timeouts with exit 3
+    (journal: needs-repair) instead of hanging; once QEMU answers, ``repair`` restores the VM."""
+    conf = ceph.client_conf(workdir / "dead.conf", dead=True, mount_timeout=20)
+    xml = ceph.librbd_xml(ceph.librbd_image("luks2"), "luks2", conf=conf)
+    started = time.monotonic()
+    code, reply, out = attach(vm, xml, workdir, state_dir, ceph.secret_args(workdir), "--timeout", "3")
+    took = time.monotonic() - started
+    assert code == 3 and reply["type"] == "IncompleteError", out
+    assert "no answer from QEMU within 3s" in str(reply["error"]) and "hotluks repair" in str(reply["error"])
+    assert took < 15, took  # a few 3 s waits, never librados' 20 s
+    assert [p.name for p in journal_files(state_dir)] == ["vdb.json"]  # the journal keeps the record
+    monitor.cmd("query-status")  # blocks until librados gave up and QEMU's main loop runs again
+    assert time.monotonic() - started > 15
+    repair = run_cli("repair", f"unix:{vm.qmp_path}", "--state-dir", state_dir, "--timeout", "30", "--json",
+                     timeout=60)
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    actions = json.loads(repair.stdout)["actions"]
+    assert [(a["target"], a["action"]) for a in actions] == [("vdb", "rolled back interrupted attach")], actions
+    assert monitor.snapshot() == initial
+    assert journal_files(state_dir) == []
