@@ -7,13 +7,17 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from hotluks import luks
 from hotluks.testing.vms import PATTERN, PATTERN_LEN
 
-pytestmark = [pytest.mark.ceph, pytest.mark.cryptsetup, pytest.mark.slow]
+if TYPE_CHECKING:
+    from conftest import Ceph
+
+pytestmark = [pytest.mark.ceph, pytest.mark.slow]
 
 MiB = 1024 * 1024
 #: (payload offset, sector size) librbd uses
@@ -21,7 +25,7 @@ GEOMETRY = {"luks1": (4 * MiB, 512), "luks2": (16 * MiB, 4096)}
 
 
 @pytest.mark.parametrize("fmt", ["luks1", "luks2"])
-def test_engine_decrypts_an_rbd_export(fmt: str, ceph, workdir: Path, passphrase: bytes) -> None:
+def test_engine_decrypts_an_rbd_export(fmt: str, ceph: Ceph, workdir: Path, passphrase: bytes) -> None:
     image = ceph.librbd_image(fmt)
     # QEMU's block layer + librbd write more plaintext: unaligned to librbd's 4096-byte
     # sectors (read-modify-write) and crossing a 4 MiB object boundary
@@ -49,7 +53,7 @@ def test_engine_decrypts_an_rbd_export(fmt: str, ceph, workdir: Path, passphrase
     assert plain[offset - 4096:offset + len(data)] == view
 
 
-def test_wrong_passphrase_on_export_is_a_typed_error(ceph, workdir: Path) -> None:
+def test_wrong_passphrase_on_export_is_a_typed_error(ceph: Ceph, workdir: Path) -> None:
     from hotluks.errors import WrongPassphraseError
 
     exported = ceph.cluster.export(ceph.librbd_image("luks1"), workdir / "export.raw")

@@ -10,12 +10,17 @@ import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import hotluks
+from hotluks.backends.base import MonitorBackend
 from hotluks.qemu.launcher import QemuProcess
 from hotluks.testing.vms import PATTERN, PATTERN_LEN, Monitor, leaks, qemu_io_read, run_cli
+
+if TYPE_CHECKING:
+    from conftest import Ceph
 
 pytestmark = [pytest.mark.ceph, pytest.mark.qemu, pytest.mark.slow]
 
@@ -30,7 +35,7 @@ def rbd_node(monitor: Monitor, name: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("fmt", ["luks1", "luks2"])
-def test_api_attach_reads_plaintext_and_detach_restores(ceph, fmt: str, vm: QemuProcess, monitor: Monitor,
+def test_api_attach_reads_plaintext_and_detach_restores(ceph: Ceph, fmt: str, vm: QemuProcess, monitor: Monitor,
                                                         assert_unchanged: Callable[[], None], state_dir: Path,
                                                         workdir: Path) -> None:
     image = ceph.librbd_image(fmt)
@@ -52,7 +57,7 @@ def test_api_attach_reads_plaintext_and_detach_restores(ceph, fmt: str, vm: Qemu
     assert_unchanged()
 
 
-def test_cli_cephx_attach_detach(cephx, vm: QemuProcess, monitor: Monitor, assert_unchanged: Callable[[], None],
+def test_cli_cephx_attach_detach(cephx: Ceph, vm: QemuProcess, monitor: Monitor, assert_unchanged: Callable[[], None],
                                  state_dir: Path, workdir: Path, passphrase: bytes) -> None:
     """cephx: ``<auth username='hotluks'>`` + a ceph secret → ``user``/``key-secret`` (base64) on the rbd node."""
     image = cephx.librbd_image("luks2")
@@ -77,10 +82,20 @@ def test_cli_cephx_attach_detach(cephx, vm: QemuProcess, monitor: Monitor, asser
     assert not leaks(cephx.cluster.client_key.encode(), outputs)
 
 
-async def _read_pattern(backend: object, log: Path, node: str, pattern: int) -> str:
+async def _snapshot(backend: MonitorBackend) -> tuple[frozenset[str], ...]:
+    """Block nodes, objects and peripheral devices of a libvirt domain, through the backend."""
+    nodes = await backend.execute("query-named-block-nodes", {"flat": True})
+    objs = await backend.execute("qom-list", {"path": "/objects"})
+    devs = await backend.execute("qom-list", {"path": "/machine/peripheral"})
+    return (frozenset(n["node-name"] for n in nodes),
+            frozenset(o["name"] for o in objs if o["type"].startswith("child<")),
+            frozenset(d["name"] for d in devs if d["type"].startswith("child<")))
+
+
+async def _read_pattern(backend: MonitorBackend, log: Path, node: str, pattern: int) -> str:
     """HMP qemu-io under libvirt: the result goes to QEMU's stdout, i.e. the domain's log."""
     mark = log.stat().st_size
-    returned = await backend.execute("human-monitor-command",  # type: ignore[attr-defined]
+    returned = await backend.execute("human-monitor-command",
                                      {"command-line": f'qemu-io {node} "read -P {pattern:#x} 0 {PATTERN_LEN}"'})
     text = ""
     for _ in range(1500):
@@ -98,7 +113,7 @@ async def _read_pattern(backend: object, log: Path, node: str, pattern: int) -> 
 
 
 @pytest.mark.libvirt
-def test_libvirt_domain_cephx_with_libvirt_secrets(cephx, libvirt_uri: str, state_dir: Path,
+def test_libvirt_domain_cephx_with_libvirt_secrets(cephx: Ceph, libvirt_uri: str, state_dir: Path,
                                                    passphrase: bytes) -> None:
     """Transient libvirt domain; the passphrase and the cephx key come from libvirt secrets (the key
     stored decoded, as `virsh secret-set-value --base64` does) and reach QEMU sealed under masterKey0;
@@ -118,18 +133,9 @@ def test_libvirt_domain_cephx_with_libvirt_secrets(cephx, libvirt_uri: str, stat
                                           base64.b64decode(cephx.cluster.client_key)))
         log = QEMU_LOG_DIR / f"{domain.name}.log"
 
-        async def snap(backend: object) -> tuple[frozenset[str], ...]:
-            ex = backend.execute  # type: ignore[attr-defined]
-            nodes = await ex("query-named-block-nodes", {"flat": True})
-            objs = await ex("qom-list", {"path": "/objects"})
-            devs = await ex("qom-list", {"path": "/machine/peripheral"})
-            return (frozenset(n["node-name"] for n in nodes),
-                    frozenset(o["name"] for o in objs if o["type"].startswith("child<")),
-                    frozenset(d["name"] for d in devs if d["type"].startswith("child<")))
-
         async def main() -> None:
             async with await open_backend(domain.name, uri=domain.uri, backend="libvirt", timeout=60) as backend:
-                before = await snap(backend)
+                before = await _snapshot(backend)
                 op = Operator(backend, state_dir=state_dir)
                 result = await op.attach(disk, {})
                 secret_ids = [s.name for s in result.steps if s.execute == "object-add"]
@@ -140,7 +146,40 @@ def test_libvirt_domain_cephx_with_libvirt_secrets(cephx, libvirt_uri: str, stat
                 assert await _read_pattern(backend, log, result.top_node, PATTERN) == "ok"
                 assert await _read_pattern(backend, log, result.top_node, 0xCD) == "mismatch"
                 await op.detach("vdb", timeout=20)
-                assert await snap(backend) == before
+                assert await _snapshot(backend) == before
 
         asyncio.run(asyncio.wait_for(main(), 180))
         assert not leaks(passphrase, [log.read_bytes()])
+
+
+@pytest.mark.libvirt
+def test_libvirt_cli_with_secret_file_and_conf(ceph: Ceph, libvirt_uri: str, state_dir: Path, workdir: Path,
+                                               passphrase: bytes) -> None:
+    """``hotluks attach DOMAIN --secret …`` through libvirt: the passphrase from a file, the cluster
+    from a ``<config file>`` the libvirt-qemu user can read; detach via the CLI restores the domain."""
+    from hotluks.backends.select import open_backend
+    from hotluks.testing.libvirtd import QEMU_LOG_DIR, qemu_accessible_dir, start_domain
+
+    image = ceph.librbd_image("luks2")
+    with start_domain(libvirt_uri) as domain, qemu_accessible_dir() as shared:
+        xml = workdir / "disk.xml"
+        xml.write_text(ceph.librbd_xml(image, "luks2", conf=ceph.client_conf(shared / "ceph.conf")))
+        log = QEMU_LOG_DIR / f"{domain.name}.log"
+        common = ["--connect", libvirt_uri, "--backend", "libvirt", "--state-dir", str(state_dir)]
+
+        async def look(read: bool) -> tuple[tuple[frozenset[str], ...], list[str]]:
+            async with await open_backend(domain.name, uri=domain.uri, backend="libvirt", timeout=60) as backend:
+                seen = [await _read_pattern(backend, log, "hl-vdb-fmt", p) for p in (PATTERN, 0xCD)] if read else []
+                return await _snapshot(backend), seen
+
+        before, _ = asyncio.run(look(False))
+        attach = run_cli("attach", domain.name, xml, *ceph.secret_args(workdir), *common, "--json", timeout=120)
+        assert attach.returncode == 0, attach.stdout + attach.stderr
+        result = json.loads(attach.stdout)
+        assert result["top-node"] == "hl-vdb-fmt"
+        _, seen = asyncio.run(look(True))
+        assert seen == ["ok", "mismatch"]
+        detach = run_cli("detach", domain.name, "--target", "vdb", *common, timeout=60)
+        assert detach.returncode == 0, detach.stdout + detach.stderr
+        assert asyncio.run(look(False))[0] == before
+        assert not leaks(passphrase, [attach.stdout, attach.stderr, detach.stdout, detach.stderr, log.read_bytes()])

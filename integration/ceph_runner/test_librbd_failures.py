@@ -12,11 +12,15 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from hotluks.qemu.launcher import QemuProcess
 from hotluks.testing.vms import Monitor, journal_files, leaks, run_cli
+
+if TYPE_CHECKING:
+    from conftest import Ceph
 
 pytestmark = [pytest.mark.ceph, pytest.mark.qemu, pytest.mark.slow]
 
@@ -31,7 +35,7 @@ def attach(vm: QemuProcess, xml: str, workdir: Path, state_dir: Path, secrets: l
     return proc.returncode, json.loads(proc.stdout), proc.stdout + proc.stderr
 
 
-def test_luks_any_on_librbd16_rolls_back_naming_the_requirement(ceph, vm: QemuProcess, monitor: Monitor,
+def test_luks_any_on_librbd16_rolls_back_naming_the_requirement(ceph: Ceph, vm: QemuProcess, monitor: Monitor,
                                                                  assert_unchanged: Callable[[], None],
                                                                  workdir: Path, state_dir: Path) -> None:
     xml = ceph.librbd_xml(ceph.librbd_image("luks2"), "luks-any")
@@ -44,7 +48,7 @@ def test_luks_any_on_librbd16_rolls_back_naming_the_requirement(ceph, vm: QemuPr
 
 
 def test_layered_encryption_on_librbd16_rolls_back_naming_the_requirement(
-        ceph, vm: QemuProcess, monitor: Monitor, assert_unchanged: Callable[[], None], workdir: Path,
+        ceph: Ceph, vm: QemuProcess, monitor: Monitor, assert_unchanged: Callable[[], None], workdir: Path,
         state_dir: Path) -> None:
     parent_pass = workdir / "parent.pass"
     parent_pass.write_bytes(b"parent-layer-passphrase")
@@ -60,7 +64,7 @@ def test_layered_encryption_on_librbd16_rolls_back_naming_the_requirement(
 
 
 @pytest.mark.parametrize("case", ["wrong-passphrase", "luks1-as-luks2", "unknown-image"])
-def test_qemu_errors_roll_back(case: str, ceph, vm: QemuProcess, monitor: Monitor,
+def test_qemu_errors_roll_back(case: str, ceph: Ceph, vm: QemuProcess, monitor: Monitor,
                                assert_unchanged: Callable[[], None], workdir: Path, state_dir: Path,
                                passphrase: bytes) -> None:
     """librbd keeps its header to itself: preflight cannot check it, QEMU's error → exit 1."""
@@ -82,7 +86,7 @@ def test_qemu_errors_roll_back(case: str, ceph, vm: QemuProcess, monitor: Monito
     assert_unchanged()
 
 
-def test_cluster_down_fails_within_the_timeout(ceph, vm: QemuProcess, monitor: Monitor,
+def test_cluster_down_fails_within_the_timeout(ceph: Ceph, vm: QemuProcess, monitor: Monitor,
                                                assert_unchanged: Callable[[], None], workdir: Path,
                                                state_dir: Path) -> None:
     """The conf names a mon nobody listens on: librados gives up after ``client mount timeout``
@@ -98,7 +102,7 @@ def test_cluster_down_fails_within_the_timeout(ceph, vm: QemuProcess, monitor: M
     assert_unchanged()
 
 
-def test_timeout_shorter_than_librados_is_never_a_silent_half_plug(ceph, vm: QemuProcess, monitor: Monitor,
+def test_timeout_shorter_than_librados_is_never_a_silent_half_plug(ceph: Ceph, vm: QemuProcess, monitor: Monitor,
                                                                    initial: object, workdir: Path,
                                                                    state_dir: Path) -> None:
     """``--timeout 3`` while librados waits 20 s for a dead mon: QEMU's monitor is blocked inside

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,11 +18,14 @@ from hotluks.qemu.launcher import QemuProcess
 from hotluks.testing.qmpproxy import MUTATING, QMPProxy
 from hotluks.testing.vms import Monitor, leaks, qemu_io_read, run_cli
 
+if TYPE_CHECKING:
+    from conftest import Ceph
+
 pytestmark = [pytest.mark.ceph, pytest.mark.qemu]
 
 
 @pytest.mark.parametrize("payload", ["file", "rbd"])
-def test_header_in_rbd_attach_read_detach(payload: str, ceph, vm: QemuProcess, monitor: Monitor,
+def test_header_in_rbd_attach_read_detach(payload: str, ceph: Ceph, vm: QemuProcess, monitor: Monitor,
                                           assert_unchanged: Callable[[], None], state_dir: Path) -> None:
     images = ceph.detached_header()
     where = images["payload-rbd"] if payload == "rbd" else images["payload-file"]
@@ -40,7 +44,7 @@ def test_header_in_rbd_attach_read_detach(payload: str, ceph, vm: QemuProcess, m
     assert_unchanged()
 
 
-def test_cephx_header_in_rbd_preflight_uses_the_key_cli(cephx, vm: QemuProcess, monitor: Monitor,
+def test_cephx_header_in_rbd_preflight_uses_the_key_cli(cephx: Ceph, vm: QemuProcess, monitor: Monitor,
                                                         assert_unchanged: Callable[[], None], workdir: Path,
                                                         state_dir: Path, passphrase: bytes) -> None:
     """client.hotluks has no keyring: preflight can only read the header with the key it is handed."""
@@ -84,7 +88,7 @@ def test_wrong_passphrase_refused_before_the_vm_is_touched(variant: str, request
     assert_unchanged()
 
 
-def test_cephx_header_without_the_key_is_refused(cephx, vm: QemuProcess, monitor: Monitor,
+def test_cephx_header_without_the_key_is_refused(cephx: Ceph, vm: QemuProcess, monitor: Monitor,
                                                  assert_unchanged: Callable[[], None], state_dir: Path) -> None:
     """A wrong (well-formed) cephx key: preflight cannot read the header → exit 2, rbd's reason shown."""
     import base64
@@ -101,7 +105,7 @@ def test_cephx_header_without_the_key_is_refused(cephx, vm: QemuProcess, monitor
     assert_unchanged()
 
 
-def test_header_cluster_down_refused_by_preflight(ceph, vm: QemuProcess, monitor: Monitor,
+def test_header_cluster_down_refused_by_preflight(ceph: Ceph, vm: QemuProcess, monitor: Monitor,
                                                   assert_unchanged: Callable[[], None], workdir: Path,
                                                   state_dir: Path) -> None:
     """The header's cluster is unreachable: preflight's ``rbd export`` gives up (client mount
