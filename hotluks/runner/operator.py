@@ -199,14 +199,18 @@ class Operator:
         self.journal.save(record)
         log.info("%s; rolling back", what)
         undone, problems = await self._undo_existing(record, record.steps[: failed + 1], timeout=timeout)
-        try:
-            after = await snapshot(self.backend)
-            # our names must be gone and nothing that existed before may be missing; names another
-            # client (libvirt, a human) added meanwhile are not ours to roll back
-            diff = after.difference(before, extra_among=set().union(*record.names.values()))
-        except BackendError as exc:
-            # unreachable VM: _undo_existing already said so; do not repeat it
-            diff = "" if problems else f"cannot verify ({_qemu_text(exc)})"
+        diff = ""
+        # a VM that did not answer the undo's query (e.g. QEMU blocked in librados' connect) is
+        # not asked again: that would only add another full backend timeout before exit 3
+        if not any(p.startswith("cannot query the VM") for p in problems):
+            try:
+                after = await snapshot(self.backend)
+                # our names must be gone and nothing that existed before may be missing; names another
+                # client (libvirt, a human) added meanwhile are not ours to roll back
+                diff = after.difference(before, extra_among=set().union(*record.names.values()))
+            except BackendError as exc:
+                # unreachable VM: _undo_existing already said so; do not repeat it
+                diff = "" if problems else f"cannot verify ({_qemu_text(exc)})"
         rolled = f"rolled back: {', '.join(undone)}" if undone else "nothing to roll back"
         if not problems and not diff:
             self.journal.remove(record.target)
