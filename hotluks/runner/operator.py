@@ -347,16 +347,18 @@ class Operator:
         return actions
 
 
-#: QEMU texts that mean "the librbd QEMU is linked against is too old", and what is needed
+#: QEMU texts that mean "the librbd QEMU is linked against is too old", and what is needed: QEMU
+#: only builds 'luks-any' and 'parent' with librbd's rbd_encryption_load2 (Ceph Reef; not in Quincy)
 LIBRBD_REQUIREMENTS = (
-    ("unknown image encryption format: 2", "encryption format 'luks-any' needs librbd ≥ 17 (Ceph Quincy)"),
+    ("unknown image encryption format: 2", "encryption format 'luks-any' needs QEMU built against librbd "
+                                           "≥ 18 (Ceph Reef, rbd_encryption_load2)"),
     ("does not support layered encryption", "layered encryption (a 'parent' per clone layer) needs QEMU "
-                                            "built against librbd ≥ 17 (Ceph Quincy)"),
+                                            "built against librbd ≥ 18 (Ceph Reef, rbd_encryption_load2)"),
 )
 
 
 def _requirement_hint(exc: BaseException) -> str:
-    """`` (…needs librbd ≥ 17…)`` when QEMU's error means an old librbd, else ``""``."""
+    """`` (…needs librbd ≥ 18…)`` when QEMU's error means an old librbd, else ``""``."""
     if isinstance(exc, QMPCommandError):
         for text, need in LIBRBD_REQUIREMENTS:
             if text in exc.desc:

@@ -43,7 +43,7 @@ def test_luks_any_on_librbd16_rolls_back_naming_the_requirement(ceph: Ceph, vm: 
     assert code == 1 and reply["type"] == "RolledBackError", out
     error = str(reply["error"])
     assert "unknown image encryption format: 2: Operation not supported" in error
-    assert "'luks-any' needs librbd ≥ 17" in error and "the VM is as before" in error
+    assert "'luks-any' needs QEMU built against librbd ≥ 18 (Ceph Reef" in error and "the VM is as before" in error
     assert_unchanged()
 
 
@@ -58,7 +58,7 @@ def test_layered_encryption_on_librbd16_rolls_back_naming_the_requirement(
     assert code == 1 and reply["type"] == "RolledBackError", out
     error = str(reply["error"])
     assert "RBD library does not support layered encryption" in error
-    assert "layered encryption (a 'parent' per clone layer) needs QEMU built against librbd ≥ 17" in error
+    assert "layered encryption (a 'parent' per clone layer) needs QEMU built against librbd ≥ 18" in error
     assert "rolled back: object-del" in error  # both secret objects were added, then removed
     assert_unchanged()
 
