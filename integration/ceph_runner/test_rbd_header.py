@@ -125,3 +125,16 @@ def test_header_cluster_down_refused_by_preflight(ceph: Ceph, vm: QemuProcess, m
     assert reply["type"] == "RbdReadError" and f"cannot read rbd rbd/{images['header']}" in reply["error"]
     assert took < 30, took
     assert_unchanged()
+
+
+def test_unknown_header_image_is_refused(ceph: Ceph, vm: QemuProcess, monitor: Monitor,
+                                         assert_unchanged: Callable[[], None], state_dir: Path) -> None:
+    """A header image that does not exist: preflight says so with rbd's own words (exit 2)."""
+    disk = hotluks.Disk.from_xml(ceph.header_xml("no-such-header", ceph.detached_header()["payload-file"]))
+    with hotluks.connect(f"unix:{vm.qmp_path}", state_dir=state_dir) as session, \
+            pytest.raises(PreflightError) as info:
+        session.attach(disk, ceph.secrets())
+    assert info.value.exit_code == 2
+    assert str(info.value) == ("cannot read rbd rbd/no-such-header: rbd: error opening image no-such-header: "
+                               "(2) No such file or directory")
+    assert_unchanged()
