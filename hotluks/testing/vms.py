@@ -180,6 +180,8 @@ class TestDisk:
     secret_file: Path
     files: list[Path] = field(default_factory=list)
     passphrase: bytes = PASSPHRASE
+    payload: Path | None = None
+    header: Path | None = None
 
     @property
     def xml(self) -> str:
@@ -316,7 +318,7 @@ def make_disk(workdir: Path, shape: str, target: str, bus: str = "virtio", *, pa
     xml_path = workdir / f"{target}.xml"
     xml_path.write_text(xml)
     files.append(xml_path)
-    return TestDisk(shape, target, bus, xml_path, usage, secret_file, files, passphrase)
+    return TestDisk(shape, target, bus, xml_path, usage, secret_file, files, passphrase, payload, header)
 
 
 def target_for(bus: str, index: int) -> str:

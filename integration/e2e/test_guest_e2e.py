@@ -20,7 +20,7 @@ import pytest
 
 import hotluks
 from hotluks.guest.vm import BootedGuest
-from hotluks.testing.vms import PASSPHRASE, PATTERN, PATTERN_LEN, Monitor, leaks, make_disk, run_cli
+from hotluks.testing.vms import PASSPHRASE, PATTERN, PATTERN_LEN, Monitor, TestDisk, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.slow]
 
@@ -33,25 +33,25 @@ def expected_plaintext() -> bytes:
     return bytes([PATTERN]) * PATTERN_LEN + bytes(PAYLOAD_MB * 1024 * 1024 - PATTERN_LEN)
 
 
-def host_plaintext(disk_files: list[Path], shape: str, passphrase: bytes, secret_file: Path, tmp: Path) -> bytes:
+def host_plaintext(disk: TestDisk, tmp: Path) -> bytes:
     """Decrypt the disk on the host after detach: bundled engine where LUKS is ours to read, QEMU otherwise."""
     from hotluks import luks
 
-    by_suffix = {p.suffix: p for p in disk_files}
+    assert disk.payload is not None
     out = io.BytesIO()
-    if shape == "detached-header-raw":
-        luks.decrypt_payload(by_suffix[".raw"], out, passphrase, header=by_suffix[".hdr"])
-    elif shape == "detached-header-qcow2":
+    if disk.shape == "detached-header-raw":
+        luks.decrypt_payload(disk.payload, out, disk.passphrase, header=disk.header)
+    elif disk.shape == "detached-header-qcow2":
         cipher = tmp / "cipher.raw"  # the qcow2 layer holds LUKS ciphertext; unwrap it, then decrypt
-        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(by_suffix[".qcow2"]), str(cipher)],
+        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk.payload), str(cipher)],
                        check=True, capture_output=True)
-        luks.decrypt_payload(cipher, out, passphrase, header=by_suffix[".hdr"])
-    elif shape == "attached-luks":
-        luks.decrypt_payload(by_suffix[".luks"], out, passphrase)
+        luks.decrypt_payload(cipher, out, disk.passphrase, header=disk.header)
+    elif disk.shape == "attached-luks":
+        luks.decrypt_payload(disk.payload, out, disk.passphrase)
     else:  # qcow2-native: LUKS inside qcow2 metadata, read back by QEMU itself
         plain = tmp / "plain.raw"
-        subprocess.run(["qemu-img", "convert", "--object", f"secret,id=sec0,file={secret_file}", "--image-opts",
-                        f"driver=qcow2,file.filename={by_suffix['.qcow2']},encrypt.key-secret=sec0",
+        subprocess.run(["qemu-img", "convert", "--object", f"secret,id=sec0,file={disk.secret_file}", "--image-opts",
+                        f"driver=qcow2,file.filename={disk.payload},encrypt.key-secret=sec0",
                         "-O", "raw", str(plain)], check=True, capture_output=True)
         return plain.read_bytes()
     return out.getvalue()
@@ -97,7 +97,7 @@ def test_guest_reads_plaintext_and_its_writes_decrypt_on_host(
         agent.wait_device_gone(serial, timeout=10)
         assert oracle.snapshot() == before
 
-    plain = host_plaintext(disk.files, shape, PASSPHRASE, disk.secret_file, tmp_path)
+    plain = host_plaintext(disk, tmp_path)
     assert plain[WRITE_AT:WRITE_AT + len(guest_bytes)] == guest_bytes
     assert plain[:PATTERN_LEN] == bytes([PATTERN]) * PATTERN_LEN
     out, err = capfd.readouterr()
