@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -86,6 +85,8 @@ async def _with_session(args: argparse.Namespace, work: Callable[[AsyncSession],
 
 
 def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    import asyncio
+
     try:
         return asyncio.run(_with_session(args, work))
     except HotluksError as exc:
