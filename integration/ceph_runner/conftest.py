@@ -117,8 +117,8 @@ class Ceph:
         if not self.detached:
             disk = make_disk(self.files / "detached", "detached-header-raw", "vdz",
                              passphrase=self.passfile.read_bytes())
-            header = next(p for p in disk.files if p.name.endswith("header.img"))
-            payload = next(p for p in disk.files if p.name.endswith("payload.raw"))
+            header, payload = disk.header, disk.payload
+            assert header is not None and payload is not None
             suffix = secrets.token_hex(3)
             self.cluster.import_file(header, f"hdr-{suffix}")
             self.cluster.import_file(payload, f"payload-{suffix}")
