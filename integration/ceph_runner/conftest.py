@@ -152,12 +152,12 @@ class Ceph:
                 f"<target dev='{target}' bus='virtio'/></disk>")
 
     def header_xml(self, header: str, payload: str, target: str = "vdc", *, payload_in_rbd: bool = False,
-                   conf: Path | None = None) -> str:
+                   conf: Path | None = None, hosts: bool = False) -> str:
         """engine='qemu' LUKS1 whose detached header is an RBD image; payload in RBD or a local file."""
-        hdr = f"<header type='network'>{self.source_xml(header, conf=conf)}<driver type='raw'/></header>"
+        hdr = f"<header type='network'>{self.source_xml(header, conf=conf, hosts=hosts)}<driver type='raw'/></header>"
         enc = (f"<encryption format='luks' engine='qemu'><secret type='passphrase' usage='{PASS_USAGE}'/>"
                f"{hdr}</encryption>")
-        kind, source = ("network", self.source_xml(payload, conf=conf)) if payload_in_rbd else \
+        kind, source = ("network", self.source_xml(payload, conf=conf, hosts=hosts)) if payload_in_rbd else \
             ("file", f"<source file='{payload}'/>")
         return (f"<disk type='{kind}' device='disk'><driver name='qemu' type='raw'/>{source}{enc}"
                 f"<target dev='{target}' bus='virtio'/></disk>")

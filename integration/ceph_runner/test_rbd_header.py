@@ -16,7 +16,7 @@ import hotluks
 from hotluks.errors import PreflightError
 from hotluks.qemu.launcher import QemuProcess
 from hotluks.testing.qmpproxy import MUTATING, QMPProxy
-from hotluks.testing.vms import Monitor, leaks, qemu_io_read, run_cli
+from hotluks.testing.vms import PATTERN, PATTERN_LEN, Monitor, leaks, qemu_io_read, run_cli
 
 if TYPE_CHECKING:
     from conftest import Ceph
@@ -138,3 +138,57 @@ def test_unknown_header_image_is_refused(ceph: Ceph, vm: QemuProcess, monitor: M
     assert str(info.value) == ("cannot read rbd rbd/no-such-header: rbd: error opening image no-such-header: "
                                "(2) No such file or directory")
     assert_unchanged()
+
+
+@pytest.mark.libvirt
+def test_libvirt_cephx_header_and_payload_in_rbd_with_libvirt_secrets(cephx: Ceph, libvirt_uri: str,
+                                                                       state_dir: Path, passphrase: bytes) -> None:
+    """libvirt domain, header and payload in RBD behind cephx, monitors as ``<host>``: preflight reads
+    the header with the Ceph key libvirt holds (decoded; hotluks re-encodes it for ``rbd --keyfile``),
+    QEMU reads the plaintext, detach restores the domain."""
+    import asyncio
+    import base64
+    import contextlib
+
+    from hotluks.backends.select import open_backend
+    from hotluks.runner.operator import Operator
+    from hotluks.testing.libvirtd import QEMU_LOG_DIR, define_secret, start_domain
+
+    images = cephx.detached_header()
+    disk = hotluks.Disk.from_xml(cephx.header_xml(images["header"], images["payload-rbd"], payload_in_rbd=True,
+                                                  hosts=True))
+    with start_domain(libvirt_uri) as domain, contextlib.ExitStack() as stack:
+        stack.enter_context(define_secret(libvirt_uri, "volume", "hotluks-ceph-runner-pass", passphrase))
+        stack.enter_context(define_secret(libvirt_uri, "ceph", "client.hotluks",
+                                          base64.b64decode(cephx.cluster.client_key)))
+        log = QEMU_LOG_DIR / f"{domain.name}.log"
+
+        async def main() -> None:
+            async with await open_backend(domain.name, uri=domain.uri, backend="libvirt", timeout=60) as backend:
+                async def names() -> tuple[frozenset[str], ...]:
+                    nodes = await backend.execute("query-named-block-nodes", {"flat": True})
+                    objs = await backend.execute("qom-list", {"path": "/objects"})
+                    devs = await backend.execute("qom-list", {"path": "/machine/peripheral"})
+                    return (frozenset(n["node-name"] for n in nodes),
+                            frozenset(o["name"] for o in objs if o["type"].startswith("child<")),
+                            frozenset(d["name"] for d in devs if d["type"].startswith("child<")))
+
+                before = await names()
+                op = Operator(backend, state_dir=state_dir)
+                result = await op.attach(disk, {})
+                assert result.preflight == f"header on rbd rbd/{images['header']} opens with the passphrase"
+                mark = log.stat().st_size
+                await backend.execute("human-monitor-command", {
+                    "command-line": f'qemu-io {result.top_node} "read -P {PATTERN:#x} 0 {PATTERN_LEN}"'})
+                for _ in range(500):
+                    text = log.read_bytes()[mark:].decode(errors="replace")
+                    if f"read {PATTERN_LEN}/{PATTERN_LEN} bytes" in text or "verification failed" in text:
+                        break
+                    await asyncio.sleep(0.02)
+                assert f"read {PATTERN_LEN}/{PATTERN_LEN} bytes" in text and "verification failed" not in text, text
+
+                await op.detach("vdc", timeout=20)
+                assert await names() == before
+
+        asyncio.run(asyncio.wait_for(main(), 120))
+        assert not leaks(passphrase, [log.read_bytes()])
