@@ -109,7 +109,12 @@ class QMPBackend(MonitorBackend):
             with contextlib.suppress(Exception):
                 await client.disconnect()
             sock.close()
-            raise BackendError(f"cannot connect to QMP socket {self.path}: {exc}") from None
+            cause = getattr(exc, "exc", None)
+            reason = str(cause or "").strip() or type(cause).__name__ if cause is not None else str(exc)
+            if not reason or reason in ("TimeoutError", "CancelledError"):
+                reason = ("QEMU did not complete the QMP handshake; it may be blocked in a long operation "
+                          "(e.g. a block device waiting for its storage). Retry when it answers again")
+            raise BackendError(f"cannot connect to QMP socket {self.path}: {reason}") from None
         self._client = client
         self._pump = loop.create_task(self._pump_events())
         return self
