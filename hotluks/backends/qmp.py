@@ -123,7 +123,8 @@ class QMPBackend(MonitorBackend):
         return BackendError(
             f"QMP socket {self.path} did not let us in within {self.timeout:g}s: another client probably "
             "holds it (QEMU serves one client per -qmp socket). Start QEMU with a second -qmp socket for "
-            "hotluks, or use the libvirt backend.")
+            "hotluks, or use the libvirt backend. (A QEMU blocked in a long operation, e.g. a block device "
+            "waiting for its storage, looks the same: retry when it answers again.)")
 
     async def _pump_events(self) -> None:
         with self._client.listener() as listener:
