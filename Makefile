@@ -22,6 +22,7 @@ unit:
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 lint:
+	$(PY) -m ruff check .
 	$(PY) -m mypy
 
 bench: setup

@@ -213,8 +213,7 @@ def bench_libvirt(reps: int) -> dict[str, float]:
 
     import libvirt
 
-    from hotluks.testing.libvirtd import define_secret, give_to_qemu, qemu_accessible_dir, start_domain, \
-        start_libvirtd
+    from hotluks.testing.libvirtd import define_secret, give_to_qemu, qemu_accessible_dir, start_domain, start_libvirtd
     from hotluks.testing.vms import hotluks_cmd
 
     def timed(argv: list[str]) -> float:

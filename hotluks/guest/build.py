@@ -32,8 +32,8 @@ from pathlib import Path
 
 from hotluks.guest.cpio import Entry, newc_archive
 from hotluks.guest.errors import GuestUnavailableError
-from hotluks.guest.kernelimage import extract_vmlinux
 from hotluks.guest.initscript import GUEST_MODULE_DIR, init_script
+from hotluks.guest.kernelimage import extract_vmlinux
 from hotluks.guest.modules import load_order, parse_builtin, parse_modules_dep
 
 KERNEL_METAPACKAGE = "linux-image-amd64"

@@ -223,7 +223,7 @@ def validate_json(doc: Any, json_area_size: int) -> dict[str, Any]:
         if off + length > areas_end:
             raise _fail(f"keyslot {key} area overflows the keyslots area")
         areas.append((off, length, key))
-    for off, length, key in areas:
+    for off, _length, key in areas:
         for off2, length2, key2 in areas:
             if key != key2 and off2 <= off < off2 + length2:
                 raise _fail(f"keyslot areas {key} and {key2} overlap")

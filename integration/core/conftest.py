@@ -133,15 +133,6 @@ class Images:
         assert f"wrote {LENGTH}/{LENGTH} bytes at offset 0" in out, out
 
 
-@pytest.fixture(autouse=True)
-def _remove_temp_files(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Tests leave no temp files behind (pytest would keep the last runs' tmp_path)."""
-    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
-    yield
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture
 def images(tmp_path: Path) -> Iterator[Images]:
     need("qemu-system-x86_64")

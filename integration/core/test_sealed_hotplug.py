@@ -11,9 +11,9 @@ import pytest
 from hotluks.backends.base import QMPCommandError
 from hotluks.model import Disk
 from hotluks.plan.planner import build_plan
+from hotluks.qemu.launcher import start_qemu
 from hotluks.render.qmp import bound_command
 from hotluks.secrets import SecretValue
-from hotluks.qemu.launcher import start_qemu
 
 pytestmark = [pytest.mark.qemu, pytest.mark.cryptsetup]
 

@@ -23,15 +23,6 @@ def _need_qemu() -> Iterator[None]:
     clear_templates()
 
 
-@pytest.fixture(autouse=True)
-def _remove_temp_files(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Tests leave no temp files behind (pytest would keep the last runs' tmp_path)."""
-    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
-    yield
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture
 def vm() -> Iterator[QemuProcess]:
     """A paused q35 VM with 4 free root ports and scsi0; socket 0 for hotluks, socket 1 for the test."""

@@ -20,8 +20,17 @@ from hotluks.errors import ConflictError, InputError
 from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
-from hotluks.testing.vms import SHAPES, Monitor, Snapshot, TestDisk, journal_files, make_disk, qemu_io_read, run_cli, \
-    target_for
+from hotluks.testing.vms import (
+    SHAPES,
+    Monitor,
+    Snapshot,
+    TestDisk,
+    journal_files,
+    make_disk,
+    qemu_io_read,
+    run_cli,
+    target_for,
+)
 
 pytestmark = pytest.mark.qemu
 

@@ -41,7 +41,7 @@ def test_cli_processes_attach_to_one_vm_at_once(vm: QemuProcess, monitor: Monito
         chunks = list(proxy.chunks) if proxy else []
         with hotluks.connect(sock, state_dir=state_dir) as session:
             status = session.status()
-    for proc, (out, err) in zip(procs, outs):
+    for proc, (_out, err) in zip(procs, outs):
         assert proc.returncode == 0, err
     assert sorted((s["target"], s["consistent"]) for s in status) == sorted((d.target, True) for d in disks)
     snap = monitor.snapshot()

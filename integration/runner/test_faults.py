@@ -21,8 +21,17 @@ from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
 from hotluks.testing.qmpproxy import QMPProxy, is_mutating
-from hotluks.testing.vms import SHAPES, FaultyBackend, Monitor, Snapshot, TestDisk, journal_files, make_disk, run_cli, \
-    target_for
+from hotluks.testing.vms import (
+    SHAPES,
+    FaultyBackend,
+    Monitor,
+    Snapshot,
+    TestDisk,
+    journal_files,
+    make_disk,
+    run_cli,
+    target_for,
+)
 
 pytestmark = pytest.mark.qemu
 

@@ -14,8 +14,16 @@ import pytest
 
 from hotluks.qemu.launcher import QemuProcess
 from hotluks.testing.qmpproxy import QMPProxy, is_mutating
-from hotluks.testing.vms import Monitor, leaks, make_disk, qemu_io_read, run_cli, secret_forms, start_vm, \
-    write_master_key
+from hotluks.testing.vms import (
+    Monitor,
+    leaks,
+    make_disk,
+    qemu_io_read,
+    run_cli,
+    secret_forms,
+    start_vm,
+    write_master_key,
+)
 
 pytestmark = pytest.mark.qemu
 

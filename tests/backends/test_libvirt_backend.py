@@ -10,8 +10,7 @@ import pytest
 from pytest_mock import MockerFixture
 
 from hotluks.backends.base import QMPCommandError
-from hotluks.backends.libvirt import (LibvirtBackend, command_json, decode_master_key, event_from_libvirt,
-                                      parse_reply)
+from hotluks.backends.libvirt import LibvirtBackend, command_json, decode_master_key, event_from_libvirt, parse_reply
 from hotluks.errors import BackendError
 
 

@@ -12,8 +12,16 @@ from pathlib import Path
 import pytest
 
 from hotluks.backends.base import QMPCommandError
-from hotluks.backends.virsh import (VirshBackend, command_outputs, monitor_line, parse_event_line,
-                                    reply_from_output, shell_quote, virsh_error, virsh_json)
+from hotluks.backends.virsh import (
+    VirshBackend,
+    command_outputs,
+    monitor_line,
+    parse_event_line,
+    reply_from_output,
+    shell_quote,
+    virsh_error,
+    virsh_json,
+)
 from hotluks.errors import BackendError, InputError
 
 TRICKY = ["plain", "two words", "it's", "''", "a\\b", 'dq"x', "semi;colon", "#hash", "x ; y #z", "caf\u00e9 \u2603",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +32,6 @@ CliRunner = Callable[..., CliResult]
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "example" in metafunc.fixturenames:
         metafunc.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-
-
-@pytest.fixture(autouse=True)
-def _remove_temp_files(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Tests leave no temp files behind (pytest would keep the last runs' tmp_path)."""
-    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
-    yield
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

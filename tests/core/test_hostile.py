@@ -22,7 +22,7 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "xxe-passwd": (f"""<?xml version="1.0"?>
 <!DOCTYPE disk [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
 <disk type='file'>{BODY}<serial>&xxe;</serial></disk>""".encode(), "DOCTYPE"),
-    "xxe-in-attribute": (f"""<!DOCTYPE disk [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+    "xxe-in-attribute": ("""<!DOCTYPE disk [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
 <disk type='file'><source file='/&xxe;'/><target dev='vdb' bus='virtio'/></disk>""".encode(), ""),
     "xxe-parameter-entity": (b"""<!DOCTYPE disk [<!ENTITY % p SYSTEM "file:///etc/passwd"> %p;]>
 <disk type='file'><source file='/p'/><target dev='vdb'/></disk>""", ""),

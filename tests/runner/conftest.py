@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +12,6 @@ from hotluks.backends.base import MonitorBackend, QMPArgs, QMPCommandError
 
 DATA = Path(__file__).resolve().parent / "data"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _remove_temp_files(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Tests leave no temp files behind (pytest would keep the last runs' tmp_path)."""
-    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
-    yield
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class ReplayBackend(MonitorBackend):

@@ -1,0 +1,17 @@
+"""Project-wide pytest fixtures (shared by tests/ and integration/)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _remove_temp_files(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests leave no temp files behind (pytest would keep the last runs' tmp_path)."""
+    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
