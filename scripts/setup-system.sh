@@ -49,7 +49,12 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 # Daemons are started by hotluks' fixtures, never by package scripts.
-printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+own_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    own_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 
 BACKPORTS_PKGS=(
     qemu-system-x86 qemu-utils qemu-block-extra
@@ -76,5 +81,5 @@ if [ "${#todo_base[@]}" -gt 0 ]; then
     log "installing: ${todo_base[*]}"
     apt-get install -y -qq --no-install-recommends "${todo_base[@]}" >/dev/null
 fi
-rm -f /usr/sbin/policy-rc.d
+[ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d && trap - EXIT
 log "qemu: $(qemu-system-x86_64 --version | head -n1)"
