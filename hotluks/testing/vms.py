@@ -423,3 +423,41 @@ class FaultyBackend(MonitorBackend):
 
     async def secret_value(self, ref: str) -> bytes | None:
         return await self.inner.secret_value(ref)
+
+
+# -- reading a libvirt domain through a backend ---------------------------------------------------
+async def backend_snapshot(backend: Any) -> tuple[frozenset[str], ...]:
+    """Block nodes, objects and peripheral devices of a VM, read through a hotluks backend."""
+    nodes = await backend.execute("query-named-block-nodes", {"flat": True})
+    objects = await backend.execute("qom-list", {"path": "/objects"})
+    devices = await backend.execute("qom-list", {"path": "/machine/peripheral"})
+    return (frozenset(n["node-name"] for n in nodes),
+            frozenset(o["name"] for o in objects if o["type"].startswith("child<")),
+            frozenset(d["name"] for d in devices if d["type"].startswith("child<")))
+
+
+async def read_pattern_via_log(backend: Any, log: Path, node: str, pattern: int,
+                               length: int = PATTERN_LEN, timeout: float = 30.0) -> str:
+    """HMP ``qemu-io`` check of ``node`` under libvirt: the result lands in the domain's log.
+
+    Returns ``"ok"`` or ``"mismatch"``; raises on a qemu-io error or no result in time.
+    """
+    import asyncio
+
+    mark = log.stat().st_size
+    returned = await backend.execute("human-monitor-command",
+                                     {"command-line": f'qemu-io {node} "read -P {pattern:#x} 0 {length}"'})
+    text = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with log.open("rb") as f:
+            f.seek(mark)
+            text = str(returned) + f.read().decode(errors="replace")
+        if "Pattern verification failed" in text:
+            return "mismatch"
+        if f"read {length}/{length} bytes" in text:
+            return "ok"
+        if "qemu-io:" in text:
+            break
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"qemu-io on {node}: {text.strip()[-300:]}")

@@ -15,9 +15,16 @@ from typing import TYPE_CHECKING
 import pytest
 
 import hotluks
-from hotluks.backends.base import MonitorBackend
 from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import PATTERN, PATTERN_LEN, Monitor, leaks, qemu_io_read, run_cli
+from hotluks.testing.vms import (
+    PATTERN,
+    Monitor,
+    backend_snapshot,
+    leaks,
+    qemu_io_read,
+    read_pattern_via_log,
+    run_cli,
+)
 
 if TYPE_CHECKING:
     from conftest import Ceph
@@ -82,34 +89,8 @@ def test_cli_cephx_attach_detach(cephx: Ceph, vm: QemuProcess, monitor: Monitor,
     assert not leaks(cephx.cluster.client_key.encode(), outputs)
 
 
-async def _snapshot(backend: MonitorBackend) -> tuple[frozenset[str], ...]:
-    """Block nodes, objects and peripheral devices of a libvirt domain, through the backend."""
-    nodes = await backend.execute("query-named-block-nodes", {"flat": True})
-    objs = await backend.execute("qom-list", {"path": "/objects"})
-    devs = await backend.execute("qom-list", {"path": "/machine/peripheral"})
-    return (frozenset(n["node-name"] for n in nodes),
-            frozenset(o["name"] for o in objs if o["type"].startswith("child<")),
-            frozenset(d["name"] for d in devs if d["type"].startswith("child<")))
 
 
-async def _read_pattern(backend: MonitorBackend, log: Path, node: str, pattern: int) -> str:
-    """HMP qemu-io under libvirt: the result goes to QEMU's stdout, i.e. the domain's log."""
-    mark = log.stat().st_size
-    returned = await backend.execute("human-monitor-command",
-                                     {"command-line": f'qemu-io {node} "read -P {pattern:#x} 0 {PATTERN_LEN}"'})
-    text = ""
-    for _ in range(1500):
-        with log.open("rb") as f:
-            f.seek(mark)
-            text = str(returned) + f.read().decode(errors="replace")
-        if "Pattern verification failed" in text:
-            return "mismatch"
-        if f"read {PATTERN_LEN}/{PATTERN_LEN} bytes" in text:
-            return "ok"
-        if "qemu-io:" in text:
-            break
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"qemu-io on {node}: {text.strip()[-300:]}")
 
 
 @pytest.mark.libvirt
@@ -135,7 +116,7 @@ def test_libvirt_domain_cephx_with_libvirt_secrets(cephx: Ceph, libvirt_uri: str
 
         async def main() -> None:
             async with await open_backend(domain.name, uri=domain.uri, backend="libvirt", timeout=60) as backend:
-                before = await _snapshot(backend)
+                before = await backend_snapshot(backend)
                 op = Operator(backend, state_dir=state_dir)
                 result = await op.attach(disk, {})
                 secret_ids = [s.name for s in result.steps if s.execute == "object-add"]
@@ -143,10 +124,10 @@ def test_libvirt_domain_cephx_with_libvirt_secrets(cephx: Ceph, libvirt_uri: str
                 for obj in secret_ids:  # sealed: QEMU decrypted both with masterKey0
                     assert await backend.execute("qom-get", {"path": f"/objects/{obj}",
                                                              "property": "keyid"}) == "masterKey0"
-                assert await _read_pattern(backend, log, result.top_node, PATTERN) == "ok"
-                assert await _read_pattern(backend, log, result.top_node, 0xCD) == "mismatch"
+                assert await read_pattern_via_log(backend, log, result.top_node, PATTERN) == "ok"
+                assert await read_pattern_via_log(backend, log, result.top_node, 0xCD) == "mismatch"
                 await op.detach("vdb", timeout=20)
-                assert await _snapshot(backend) == before
+                assert await backend_snapshot(backend) == before
 
         asyncio.run(asyncio.wait_for(main(), 180))
         assert not leaks(passphrase, [log.read_bytes()])
@@ -169,8 +150,8 @@ def test_libvirt_cli_with_secret_file_and_conf(ceph: Ceph, libvirt_uri: str, sta
 
         async def look(read: bool) -> tuple[tuple[frozenset[str], ...], list[str]]:
             async with await open_backend(domain.name, uri=domain.uri, backend="libvirt", timeout=60) as backend:
-                seen = [await _read_pattern(backend, log, "hl-vdb-fmt", p) for p in (PATTERN, 0xCD)] if read else []
-                return await _snapshot(backend), seen
+                seen = [await read_pattern_via_log(backend, log, "hl-vdb-fmt", p) for p in (PATTERN, 0xCD)] if read else []
+                return await backend_snapshot(backend), seen
 
         before, _ = asyncio.run(look(False))
         attach = run_cli("attach", domain.name, xml, *ceph.secret_args(workdir), *common, "--json", timeout=120)

@@ -4,7 +4,6 @@ QEMU reads the plaintext, and detach leaves the domain as it was."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
@@ -12,42 +11,17 @@ from typing import Any
 
 import pytest
 
-from hotluks.backends.base import MonitorBackend
 from hotluks.backends.select import open_backend
 from hotluks.runner.operator import Operator
 from hotluks.testing.libvirtd import QEMU_LOG_DIR, define_secret, give_to_qemu, qemu_accessible_dir, start_domain
-from hotluks.testing.vms import PATTERN, PATTERN_LEN, SHAPES, make_disk, target_for
+from hotluks.testing.vms import PATTERN, SHAPES, backend_snapshot, make_disk, read_pattern_via_log, target_for
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 Run = Callable[..., Any]
 
 
-async def _snapshot(backend: MonitorBackend) -> tuple[frozenset[str], ...]:
-    nodes = await backend.execute("query-named-block-nodes", {"flat": True})
-    objects = await backend.execute("qom-list", {"path": "/objects"})
-    devices = await backend.execute("qom-list", {"path": "/machine/peripheral"})
-    return (frozenset(n["node-name"] for n in nodes),
-            frozenset(o["name"] for o in objects if o["type"].startswith("child<")),
-            frozenset(d["name"] for d in devices if d["type"].startswith("child<")))
 
 
-async def _read_pattern(backend: MonitorBackend, log: Path, node: str, pattern: int) -> str:
-    """HMP qemu-io prints on QEMU's stdout, which libvirt (virtlogd) writes to the domain log."""
-    mark = log.stat().st_size
-    returned = await backend.execute("human-monitor-command",
-                                     {"command-line": f'qemu-io {node} "read -P {pattern:#x} 0 {PATTERN_LEN}"'})
-    for _ in range(500):
-        with log.open("rb") as f:
-            f.seek(mark)
-            text = returned + f.read().decode(errors="replace")
-        if "Pattern verification failed" in text:
-            return "mismatch"
-        if f"read {PATTERN_LEN}/{PATTERN_LEN} bytes" in text:
-            return "ok"
-        if "qemu-io:" in text:
-            break
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"qemu-io on {node}: {text.strip()[-300:]}")
 
 
 @pytest.mark.slow
@@ -68,7 +42,7 @@ def test_attach_detach_all_shapes_with_libvirt_secrets(libvirt_uri: str, backend
         async def main() -> None:
             async with await open_backend(domain.name, uri=domain.uri, backend=backend_name) as backend:
                 assert backend.master_key is not None
-                before = await _snapshot(backend)
+                before = await backend_snapshot(backend)
                 log = QEMU_LOG_DIR / f"{domain.name}.log"
                 op = Operator(backend, state_dir=tmp_path / "state")
                 for disk in disks:
@@ -78,11 +52,11 @@ def test_attach_detach_all_shapes_with_libvirt_secrets(libvirt_uri: str, backend
                     for obj in secret_ids:  # sealed: QEMU decrypted it with masterKey0
                         assert await backend.execute("qom-get", {"path": f"/objects/{obj}",
                                                                  "property": "keyid"}) == "masterKey0"
-                    assert await _read_pattern(backend, log, result.top_node, PATTERN) == "ok", disk.shape
-                    assert await _read_pattern(backend, log, result.top_node, 0xCD) == "mismatch"
+                    assert await read_pattern_via_log(backend, log, result.top_node, PATTERN) == "ok", disk.shape
+                    assert await read_pattern_via_log(backend, log, result.top_node, 0xCD) == "mismatch"
                 for disk in disks:
                     await op.detach(disk.target, timeout=20)
-                assert await _snapshot(backend) == before
+                assert await backend_snapshot(backend) == before
 
         arun(main(), timeout=240)
     out, err = capfd.readouterr()
