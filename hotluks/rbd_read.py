@@ -67,7 +67,7 @@ def mon_host(name: str, port: int | None) -> str:
     return f"{host}:{port}" if port else host
 
 
-def export_command(loc: RbdLocation, keyfile: str | None = None) -> list[str]:
+def export_command(loc: RbdLocation, keyfile: str | None = None, mount_timeout: int = 15) -> list[str]:
     """The argv that streams the raw image to stdout (pure; holds no secret)."""
     args = [RBD_BINARY]
     if loc.conf:
@@ -80,7 +80,7 @@ def export_command(loc: RbdLocation, keyfile: str | None = None) -> list[str]:
         args += ["--id", loc.user]
     if keyfile:
         args += ["--keyfile", keyfile]
-    args += ["--client_mount_timeout", "15", "export", "--no-progress", loc.spec, "-"]
+    args += ["--client_mount_timeout", str(mount_timeout), "export", "--no-progress", loc.spec, "-"]
     return args
 
 
@@ -98,7 +98,8 @@ def read_image_head(loc: RbdLocation, length: int, *, key: bytes | None = None, 
             with os.fdopen(fd, "wb") as out:
                 out.write(key)
         errfile = os.path.join(tmp, "stderr")
-        return _stream_head(export_command(loc, keyfile), length, errfile, loc, timeout)
+        mount_timeout = max(1, min(15, int(timeout)))
+        return _stream_head(export_command(loc, keyfile, mount_timeout=mount_timeout), length, errfile, loc, timeout)
 
 
 def read_rbd_head(source: Source, length: int, *, key: bytes | None = None, timeout: float = 60.0) -> bytes:

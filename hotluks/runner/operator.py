@@ -163,7 +163,7 @@ class Operator:
             if passphrase is not None:
                 check_passphrase_encoding(disk, passphrase)
             if preflight and passphrase is not None:
-                note = await run_preflight(disk, passphrase, values)
+                note = await run_preflight(disk, passphrase, values, timeout)
             commands = [bound_command(step, values, sealing) for step in plan.steps]
             result = AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,
                                   top_node=plan.top_node, shape=disk.shape, preflight=note, dry_run=dry_run)

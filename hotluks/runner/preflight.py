@@ -31,7 +31,7 @@ def checkable(source: Source) -> bool:
 
 
 async def run_preflight(disk: Disk, passphrase: SecretValue,
-                        values: Mapping[str, SecretValue] | None = None) -> str:
+                        values: Mapping[str, SecretValue] | None = None, timeout: float = 60.0) -> str:
     """Raise :class:`PreflightError` unless the header opens with ``passphrase``.
 
     ``values`` holds the other secrets by uuid/usage: an RBD-hosted header with
@@ -45,7 +45,7 @@ async def run_preflight(disk: Disk, passphrase: SecretValue,
         log.info("preflight skipped: %s is not locally readable", source.describe())
         return f"not checked: {source.describe()} is not locally readable"
     try:
-        await asyncio.to_thread(_check, source, passphrase.value, _ceph_key(source, values or {}))
+        await asyncio.to_thread(_check, source, passphrase.value, _ceph_key(source, values or {}), timeout)
     except WrongPassphraseError:
         raise PreflightError(f"preflight: the passphrase does not open the LUKS header on {source.describe()}; "
                              "nothing was sent to the VM") from None
@@ -65,7 +65,7 @@ def _ceph_key(source: Source, values: Mapping[str, SecretValue]) -> bytes | None
     return None
 
 
-def _check(source: Source, passphrase: bytes, ceph_key: bytes | None = None) -> None:
+def _check(source: Source, passphrase: bytes, ceph_key: bytes | None = None, timeout: float = 60.0) -> None:
     from hotluks import luks
 
     if source.is_local:
@@ -76,7 +76,7 @@ def _check(source: Source, passphrase: bytes, ceph_key: bytes | None = None) -> 
     else:
         from hotluks.rbd_read import read_rbd_head
 
-        header = luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES, key=ceph_key))
+        header = luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES, key=ceph_key, timeout=timeout))
     luks.unlock(header, passphrase)
 
 

@@ -35,6 +35,9 @@ def test_export_command_never_holds_the_key() -> None:
     assert ["-m", "127.0.0.1:13400"] == argv[3:5] and ["--id", "hotluks"] == argv[5:7]
     assert ["--keyfile", "/tmp/x/key"] == argv[7:9]
     assert argv[-3:] == ["--no-progress", "rbd/hdr", "-"]
+    assert argv[argv.index("--client_mount_timeout") + 1] == "15"
+    short = export_command(loc, mount_timeout=4)
+    assert short[short.index("--client_mount_timeout") + 1] == "4"
     conf_only = export_command(RbdLocation(pool="p", image="i", conf="/c"))
     assert conf_only[:3] == ["rbd", "-c", "/c"] and "-m" not in conf_only and "--keyfile" not in conf_only
 
@@ -51,7 +54,7 @@ def test_failure_message_takes_rbd_lines(monkeypatch: pytest.MonkeyPatch, tmp_pa
     """A tool that fails before writing anything: its own error line is reported."""
     monkeypatch.setattr(rbd_read, "RBD_BINARY", "sh")
     monkeypatch.setattr(rbd_read, "export_command",
-                        lambda loc, keyfile=None: ["sh", "-c", "echo noise >&2; echo 'rbd: boom' >&2; exit 3"])
+                        lambda loc, keyfile=None, **_: ["sh", "-c", "echo noise >&2; echo 'rbd: boom' >&2; exit 3"])
     with pytest.raises(RbdReadError) as info:
         read_image_head(RbdLocation(pool="p", image="i"), 512)
     assert str(info.value) == "cannot read rbd p/i: rbd: boom"
@@ -59,7 +62,7 @@ def test_failure_message_takes_rbd_lines(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 def test_stops_reading_after_length(monkeypatch: pytest.MonkeyPatch) -> None:
     """An endless stream is cut after ``length`` bytes and its process ended."""
-    monkeypatch.setattr(rbd_read, "export_command", lambda loc, keyfile=None: ["cat", "/dev/zero"])
+    monkeypatch.setattr(rbd_read, "export_command", lambda loc, keyfile=None, **_: ["cat", "/dev/zero"])
     assert read_image_head(RbdLocation(pool="p", image="i"), 3 * 1024 * 1024 + 7, timeout=10) == bytes(
         3 * 1024 * 1024 + 7)
 
@@ -67,7 +70,7 @@ def test_stops_reading_after_length(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_keyfile_is_private_and_removed(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
 
-    def fake(loc: RbdLocation, keyfile: str | None = None) -> list[str]:
+    def fake(loc: RbdLocation, keyfile: str | None = None, mount_timeout: int = 15) -> list[str]:
         import os
         import stat
 
