@@ -69,6 +69,9 @@ class MonitorBackend(ABC):
     vm: str = "?"
     #: the master key QEMU already holds for encrypting secrets, if known
     master_key: MasterKey | None = None
+    #: whether files are handed to QEMU as open descriptors (``execute_with_fds``) rather than
+    #: paths: libvirt's QEMU cannot open paths libvirt did not set up (user, namespace, MAC)
+    passes_fds: bool = False
 
     def __init__(self) -> None:
         self._queues: list[EventQueue] = []

@@ -153,6 +153,7 @@ class LibvirtBackend(MonitorBackend):
     """One libvirt connection to one domain; monitor commands taint the domain (``custom-monitor``)."""
 
     name = "libvirt"
+    passes_fds = True
 
     def __init__(self, domain: str, uri: str = DEFAULT_URI, *, master_key: MasterKey | None = None,
                  timeout: float = 10.0, probe_master_key: bool = True):

@@ -208,6 +208,7 @@ class VirshBackend(MonitorBackend):
     """Runs ``virsh`` per command (input on stdin, never in argv)."""
 
     name = "virsh"
+    passes_fds = True
     #: commands (and any secret inside them) are not visible in the process list
     argv_visible = False
 

@@ -32,6 +32,7 @@ from hotluks.plan.capabilities import Capabilities
 from hotluks.plan.planner import build_plan
 from hotluks.plan.steps import Plan
 from hotluks.render.qmp import bound_command, redacted_command
+from hotluks.runner.fdpass import pass_file, remove_fdsets, tagged_fdsets, wants_fd
 from hotluks.runner.journal import Journal, JournalStep, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
 from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight
@@ -180,7 +181,10 @@ class Operator:
                     log.debug("step %d/%d: %s", index + 1, len(plan.steps), json.dumps(redacted_command(step)))
                 started = time.perf_counter()
                 try:
-                    await self.backend.execute(command["execute"], command["arguments"])
+                    arguments = command["arguments"]
+                    if step.kind == "node" and wants_fd(self.backend, arguments):
+                        arguments = await pass_file(self.backend, arguments)
+                    await self.backend.execute(command["execute"], arguments)
                 except BackendError as exc:
                     await self._roll_back(record, index, exc, before, timeout)
                 record.steps[index].state = "done"  # saved with the next change
@@ -208,6 +212,9 @@ class Operator:
                 # our names must be gone and nothing that existed before may be missing; names another
                 # client (libvirt, a human) added meanwhile are not ours to roll back
                 diff = after.difference(before, extra_among=set().union(*record.names.values()))
+                leftover = await tagged_fdsets(self.backend, record.names["node"])
+                if leftover:
+                    diff = "; ".join(filter(None, [diff, f"extra fdsets: {', '.join(map(str, leftover))}"]))
             except BackendError as exc:
                 # unreachable VM: _undo_existing already said so; do not repeat it
                 diff = "" if problems else f"cannot verify ({_qemu_text(exc)})"
@@ -246,6 +253,11 @@ class Operator:
                 break  # nothing below a device the guest still holds may be deleted
             except BackendError as exc:
                 problems.append(f"{step.undo['execute']} {step.name}: {_qemu_text(exc)}")
+        if not problems:  # descriptors handed to QEMU for nodes that are gone now (or never made it)
+            try:
+                undone += await remove_fdsets(self.backend, [s.name for s in steps if s.kind == "node"])
+            except BackendError as exc:
+                problems.append(f"remove-fd: {_qemu_text(exc)}")
         return undone, problems
 
     # -- detach ----------------------------------------------------------------
