@@ -85,10 +85,12 @@ def test_block_devices_attach_through_descriptors(domain: TransientDomain, priva
                 pytest.skip(f"no loop devices here: {made.stderr.strip()}")
             loops.append(made.stdout.strip())
         xml = disk.xml.replace("type='file' device='disk'", "type='block' device='disk'")
+        # O_DIRECT, as cache='none' opens it: the descriptor must match for QEMU's fdset lookup
+        xml = xml.replace("<driver name='qemu' type='raw'/>", "<driver name='qemu' type='raw' cache='none' io='native'/>")
         xml = xml.replace(f"<source file='{disk.payload}'/>", f"<source dev='{loops[0]}'/>")
         xml = xml.replace(f"<header type='file'><source file='{disk.header}'/>",
                           f"<header type='block'><source dev='{loops[1]}'/>")
-        assert xml.count("/dev/loop") == 2, xml
+        assert xml.count("/dev/loop") == 2 and "cache='none'" in xml, xml
 
         async def main() -> None:
             from hotluks.model import Disk
@@ -100,6 +102,7 @@ def test_block_devices_attach_through_descriptors(domain: TransientDomain, priva
                 nodes = {n["node-name"]: n for n in await backend.execute("query-named-block-nodes",
                                                                           {"flat": True})}
                 assert nodes["hl-vdc-proto"]["drv"] == "host_device"
+                assert nodes["hl-vdc-proto"]["cache"]["direct"] is True
                 await op.detach("vdc", timeout=15)
                 assert await _tagged_fdsets(backend) == []
                 assert await backend_snapshot(backend) == before
