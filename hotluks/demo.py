@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import io
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hotluks.errors import HotluksError
+from hotluks.qemu.qemuio import parse_hexdump
 
 PAYLOAD_BYTES = 16 * 1024 * 1024
 BANNER = b"hotluks demo: this sentence was encrypted on the host and read back by the guest.\n"
@@ -220,7 +220,10 @@ class _Demo:
         await session.backend.execute("human-monitor-command",
                                       {"command-line": f'qemu-io {node} "read -v 0 {len(BANNER)}"'})
         dumped = await _wait_output(qemu, mark)
-        text = _hexdump_bytes(dumped)
+        try:
+            text = parse_hexdump(dumped, 0, len(BANNER))
+        except ValueError as exc:
+            text = str(exc).encode()
         self.step("QEMU reads the plaintext through the luks node (qemu-io)", t, ok=text.startswith(BANNER),
                   detail=text[: len(BANNER)].decode(errors="replace").strip())
 
@@ -248,16 +251,6 @@ async def _wait_output(qemu: Any, mark: int, timeout: float = 5.0) -> str:
             return out
         await asyncio.sleep(0.05)
     return str(qemu.output())[mark:]
-
-
-def _hexdump_bytes(text: str) -> bytes:
-    """Bytes from qemu-io's ``read -v`` hexdump lines (``00000000:  68 6f …  ascii``)."""
-    out = bytearray()
-    for line in text.splitlines():
-        m = re.match(r"^[0-9a-f]{8}:\s+((?:[0-9a-f]{2}\s){1,16})", line)
-        if m:
-            out += bytes.fromhex(m.group(1).replace(" ", ""))
-    return bytes(out)
 
 
 def run_demo(emit: Callable[[DemoStep], None] = lambda s: None, *, use_guest: bool = True) -> DemoReport:

@@ -456,19 +456,14 @@ class CephCluster:
 
 
 def parse_hexdump(dump: str, offset: int, length: int) -> bytes:
-    """The bytes of a ``qemu-io read -v`` dump (``OFFSET:  xx xx … ascii`` lines), checked for gaps."""
-    data = bytearray()
-    for line in dump.splitlines():
-        head, sep, rest = line.partition(":  ")
-        if not sep or len(head) < 8 or any(c not in "0123456789abcdef" for c in head):
-            continue
-        if int(head, 16) != offset + len(data):
-            raise CephClusterError(f"qemu-io dump out of order at {head}")
-        count = (len(rest) - 1) // 4  # "xx xx … xx" + two spaces + one ASCII column per byte
-        data += bytes.fromhex(rest[:3 * count - 1])
-    if len(data) != length:
-        raise CephClusterError(f"qemu-io returned {len(data)} bytes, expected {length}")
-    return bytes(data)
+    """:func:`hotluks.qemu.qemuio.parse_hexdump`, failing with :class:`CephClusterError`."""
+    from hotluks.qemu.qemuio import parse_hexdump as parse
+
+    try:
+        return parse(dump, offset, length)
+    except ValueError as exc:
+        raise CephClusterError(str(exc)) from None
+
 
 def cluster_env(cluster: CephCluster) -> Mapping[str, str]:
     """Environment lines a human (or another test) uses to reach the cluster."""
