@@ -18,6 +18,7 @@ import pytest
 from hotluks.errors import LuksError
 from hotluks.luks import luks2
 from hotluks.luks.volume import open_header
+from hotluks.testing.luks_mutations import set_at
 
 pytestmark = pytest.mark.cryptsetup
 
@@ -137,17 +138,7 @@ def _json(change: Callable[[dict[str, Any]], None], copies: str = "both") -> Cal
     return apply
 
 
-def _put(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    def change(doc: dict[str, Any]) -> None:
-        *parents, last = path.split("/")
-        node = doc
-        for p in parents:
-            node = node[p]
-        if value is KeyError:
-            del node[last]
-        else:
-            node[last] = value
-    return change
+_put = set_at
 
 
 def _clone_keyslot(offset: str) -> Callable[[dict[str, Any]], None]:

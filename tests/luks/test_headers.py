@@ -15,6 +15,7 @@ from hotluks.luks import create, luks1, luks2
 from hotluks.luks.kdf import KdfParams
 from hotluks.luks.keyslots import unlock_header
 from hotluks.luks.volume import open_header
+from hotluks.testing.luks_mutations import set_at
 
 HDR = 0x4000
 
@@ -104,17 +105,7 @@ def test_luks2_higher_seqid_wins(luks2_blob: bytes) -> None:
     assert hdr.seqid == 7 and hdr.flags == ("allow-discards",)
 
 
-def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    def apply(doc: dict[str, Any]) -> None:
-        *parents, last = path.split("/")
-        node = doc
-        for p in parents:
-            node = node[p]
-        if value is KeyError:
-            del node[last]
-        else:
-            node[last] = value
-    return apply
+_set = set_at
 
 
 def _second_keyslot(offset: str) -> Callable[[dict[str, Any]], None]:
