@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,20 @@ class MasterKey:
 
     def __repr__(self) -> str:  # never show key bytes
         return f"MasterKey(keyid={self.keyid!r}, key=<{len(self.key)} bytes>)"
+
+
+@dataclass(frozen=True)
+class VMIdentity:
+    """Who a VM is, independent of how it was reached.
+
+    ``key`` names the VM (a libvirt domain UUID, or the QEMU process behind a bare QMP
+    socket): journals and locks are keyed by it, so every socket of one QEMU and every
+    URI alias of one domain share them. ``instance`` names the running QEMU process
+    (pid and start time): a record written under another instance is ``lost``.
+    """
+
+    key: str
+    instance: str
 
 
 class EventQueue:
@@ -91,6 +105,14 @@ class MonitorBackend(ABC):
     def vm_key(self) -> str:
         """A stable identifier for the VM, used for locks and journals."""
         return f"{self.name}-{self.vm}"
+
+    async def identity(self) -> VMIdentity:
+        """The VM and its running QEMU instance (see :class:`VMIdentity`)."""
+        return VMIdentity(self.vm_key, "")
+
+    async def execute_with_fds(self, command: str, arguments: QMPArgs | None, fds: Sequence[int]) -> Any:
+        """Run one QMP command passing open descriptors (SCM_RIGHTS); only when ``passes_fds``."""
+        raise BackendError(f"the {self.name} backend cannot pass file descriptors")
 
     @contextlib.contextmanager
     def events(self, names: Iterable[str] = ()) -> Iterator[EventQueue]:

@@ -49,7 +49,7 @@ async def pass_file(backend: MonitorBackend, arguments: dict[str, Any]) -> dict[
     except OSError as exc:  # reported like QEMU's own open failure, so the plan rolls back
         raise QMPCommandError("blockdev-add", "GenericError", f"Could not open '{path}': {exc.strerror}") from None
     try:
-        reply = await backend.execute_with_fds("add-fd", {"opaque": tag(node)}, [fd])  # type: ignore[attr-defined]
+        reply = await backend.execute_with_fds("add-fd", {"opaque": tag(node)}, [fd])
     finally:
         os.close(fd)
     return {**arguments, "filename": f"/dev/fdset/{int(reply['fdset-id'])}"}
