@@ -7,11 +7,13 @@ import contextlib
 import functools
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
-from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, QMPCommandError
-from hotluks.errors import BackendError
+from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, QMPCommandError, VMIdentity
+from hotluks.backends.identity import peer_pid, process_instance, qemu_pid_from_vcpus, vm_uuid
+from hotluks.errors import BackendError, NotRunning
 
 
 def socket_path(vm: str) -> Path | None:
@@ -19,8 +21,11 @@ def socket_path(vm: str) -> Path | None:
     if vm.startswith("unix:"):
         return Path(vm[5:])
     path = Path(vm)
-    if path.is_socket():
-        return path
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            return path
+    except (OSError, ValueError):  # no such path, too long, a loop, NUL: not a socket
+        pass
     return None
 
 
@@ -62,6 +67,8 @@ class QMPBackend(MonitorBackend):
         self.timeout = timeout
         self._client: Any = None
         self._pump: asyncio.Task[None] | None = None
+        self._peer_pid: int | None = None
+        self._identity: VMIdentity | None = None
 
     @property
     def vm_key(self) -> str:
@@ -92,9 +99,13 @@ class QMPBackend(MonitorBackend):
                 if loop.time() + 0.05 >= deadline:
                     raise self._busy_error() from None
                 await asyncio.sleep(0.05)  # another client is being served and one more is waiting
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                sock.close()
+                raise NotRunning(f"no QEMU listens on QMP socket {self.path}: {exc.strerror}") from None
             except OSError as exc:
                 sock.close()
                 raise BackendError(f"cannot connect to QMP socket {self.path}: {exc.strerror or exc}") from None
+        self._peer_pid = peer_pid(sock)  # the process that listens: QEMU itself for -qmp unix:…,server=on
         client = _client_class()(f"hotluks:{self.path.name}")
         client.logger.disabled = True  # qemu.qmp logs traffic at debug level; it may carry secrets
         try:
@@ -118,6 +129,27 @@ class QMPBackend(MonitorBackend):
         self._client = client
         self._pump = loop.create_task(self._pump_events())
         return self
+
+    async def identity(self) -> VMIdentity:
+        """The VM's UUID (else its QEMU process) and the QEMU process behind this socket.
+
+        The process is the socket's peer (``SO_PEERCRED``), else the owner of the vCPU
+        threads; both name the same QEMU for every ``-qmp`` socket it serves.
+        """
+        if self._identity is None:
+            instance = process_instance(self._peer_pid) if self._peer_pid is not None else None
+            if instance is None:
+                pid = await qemu_pid_from_vcpus(self)
+                instance = process_instance(pid) if pid is not None else None
+            uuid = await vm_uuid(self)
+            if uuid is not None:
+                key = uuid
+            elif instance is not None:
+                key = f"qemu-pid{instance}"
+            else:  # a QEMU we cannot see (another pid namespace): the socket is all we know
+                key = self.vm_key
+            self._identity = VMIdentity(key, instance or "")
+        return self._identity
 
     def _busy_error(self) -> BackendError:
         return BackendError(

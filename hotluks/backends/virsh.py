@@ -2,7 +2,12 @@
 
 Commands never travel in argv: each one is fed on stdin to virsh's shell mode
 (``virsh -q -c URI`` reading ``qemu-monitor-command DOM 'JSON'``), so secrets in
-an ``object-add`` do not show in ``ps``. ``argv_visible`` is therefore False.
+an ``object-add`` do not show in ``ps``. Shell mode keeps a readline history in
+``$XDG_CACHE_HOME/libvirt/virsh/history`` (default ``~/.cache``), written when virsh
+exits; ``VIRSH_HISTSIZE=0`` alone would truncate the user's own history there. So
+every virsh we run gets a private, empty cache directory (removed on ``close``) and
+a history size of 0, and none of the variables that make virsh or libvirt log
+commands (``VIRSH_LOG_FILE``, ``VIRSH_DEBUG``, ``LIBVIRT_DEBUG``, ``LIBVIRT_LOG_*``).
 
 Events: ``events()`` starts a ``virsh`` shell running ``qemu-monitor-event
 --loop`` when the block is entered, i.e. before the command that triggers the
@@ -24,17 +29,40 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import termios
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from hotluks.backends.base import Event, EventQueue, MasterKey, MonitorBackend, QMPArgs
-from hotluks.backends.libvirt import DEFAULT_URI, command_json, parse_reply, private_secret_message, probe_master_key
+from hotluks.backends.base import Event, EventQueue, MasterKey, MonitorBackend, QMPArgs, VMIdentity
+from hotluks.backends.libvirt_shared import (
+    DEFAULT_URI,
+    SECRET_USAGES,
+    command_json,
+    domain_identity,
+    no_domain,
+    not_running,
+    parse_reply,
+    private_secret_message,
+    probe_master_key,
+    secret_uuid,
+    shape_event,
+)
 from hotluks.errors import BackendError, InputError, SecretError
 
 VIRSH = "virsh"
 READY_MARK = "hotluks-watch-ready"
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+#: environment variables that make virsh or the libvirt client log what they send
+LOGGING_VARIABLES = ("VIRSH_LOG_FILE", "VIRSH_DEBUG", "VSH_LOG_FILE", "VSH_DEBUG", "LIBVIRT_DEBUG",
+                     "LIBVIRT_LOG_OUTPUTS", "LIBVIRT_LOG_FILTERS")
+
+
+def quiet_environment(cache_dir: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a virsh that keeps no history and logs nothing of what it sends."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in LOGGING_VARIABLES}
+    env["XDG_CACHE_HOME"] = cache_dir  # the history file lands here, in a directory we remove
+    env["VIRSH_HISTSIZE"] = "0"  # and stays empty
+    return env
 
 
 def shell_quote(text: str) -> str:
@@ -120,15 +148,7 @@ def parse_event_line(line: str, domain: str) -> Event | None:
     prefix = f"{domain}': "
     if not rest.startswith(prefix):
         return None
-    details = rest[len(prefix):].strip()
-    data: Any = {}
-    if details and details != "<null>":
-        try:
-            data = json.loads(details)
-        except ValueError:
-            data = {}
-    return {"event": match.group(1), "data": data if isinstance(data, dict) else {},
-            "timestamp": {"seconds": int(match.group(2)), "microseconds": int(match.group(3))}}
+    return shape_event(match.group(1), int(match.group(2)), int(match.group(3)), rest[len(prefix):].strip())
 
 
 class _Watcher:
@@ -153,7 +173,7 @@ class _Watcher:
         try:
             self.proc = subprocess.Popen(
                 [backend.virsh, "-q", "-c", backend.uri], stdin=subprocess.PIPE, stdout=slave,
-                stderr=subprocess.PIPE, start_new_session=True)
+                stderr=subprocess.PIPE, start_new_session=True, env=backend.environment())
         finally:
             os.close(slave)
         assert self.proc.stdin is not None
@@ -209,8 +229,7 @@ class VirshBackend(MonitorBackend):
 
     name = "virsh"
     passes_fds = True
-    #: commands (and any secret inside them) are not visible in the process list
-    argv_visible = False
+    stores_secrets = True
 
     def __init__(self, domain: str, uri: str = DEFAULT_URI, *, master_key: MasterKey | None = None,
                  timeout: float = 10.0, probe_master_key: bool = True, virsh: str | None = None):
@@ -222,8 +241,16 @@ class VirshBackend(MonitorBackend):
         self._probe_key = probe_master_key and master_key is None
         self.virsh = virsh or shutil.which(VIRSH) or VIRSH
         self._watchers: list[_Watcher] = []
-        #: the domain's name as libvirt knows it (set by connect)
+        self._cache_dir: tempfile.TemporaryDirectory[str] | None = None
+        #: the domain's name and UUID as libvirt knows them (set by connect)
         self.domain_name: str | None = None
+        self.domain_uuid: str | None = None
+
+    def environment(self) -> dict[str, str]:
+        """virsh's environment: a private cache directory (history), no logging variables."""
+        if self._cache_dir is None:
+            self._cache_dir = tempfile.TemporaryDirectory(prefix="hotluks-virsh-")
+        return quiet_environment(self._cache_dir.name)
 
     @property
     def vm_key(self) -> str:
@@ -235,7 +262,8 @@ class VirshBackend(MonitorBackend):
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.virsh, "-q", "-c", self.uri, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, pass_fds=tuple(fds))
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, pass_fds=tuple(fds),
+                env=self.environment())
         except OSError as exc:
             raise BackendError(f"cannot run {self.virsh}: {exc.strerror}; install libvirt-clients") from None
         try:
@@ -254,15 +282,27 @@ class VirshBackend(MonitorBackend):
         if err.strip():
             message = virsh_error(err)
             if "failed to get domain" in message or "Domain not found" in message:
-                raise InputError(f"no libvirt domain named {self.vm!r} on {self.uri}")
+                raise no_domain(self.vm, self.uri)
             raise BackendError(f"virsh cannot reach domain {self.vm!r} on {self.uri}: {message}")
         info = dominfo_fields("".join(command_outputs(out)))
         if info.get("State") in ("shut off", "crashed"):
-            raise InputError(f"libvirt domain {self.vm!r} on {self.uri} is not running")
+            raise not_running(self.vm, self.uri)
         self.domain_name = info.get("Name") or None
+        self.domain_uuid = secret_uuid(info.get("UUID", ""))
         if self._probe_key:
             self.master_key = await probe_master_key(self)
         return self
+
+    async def identity(self) -> VMIdentity:
+        """The domain's UUID and its running QEMU (see :func:`domain_identity`)."""
+        _, out, err = await self._run(f"domid --domain {shell_quote(self.vm)}\n")
+        text = "".join(command_outputs(out)).strip()
+        if self.domain_uuid is None:
+            raise BackendError(f"virsh did not report the UUID of domain {self.vm!r}")
+        domain_id = int(text) if text.isdigit() else None
+        if domain_id is None and err.strip():
+            raise BackendError(f"virsh cannot reach domain {self.vm!r} on {self.uri}: {virsh_error(err)}")
+        return await domain_identity(self, self.domain_uuid, domain_id)
 
     async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
         return await self.execute_with_fds(command, arguments, ())
@@ -304,7 +344,7 @@ class VirshBackend(MonitorBackend):
         """Value of a libvirt secret by UUID or usage (``secret-get-value`` prints it on stdout)."""
         import base64
 
-        uuid = ref if _UUID_RE.match(ref) else await self._secret_uuid_by_usage(ref)
+        uuid = secret_uuid(ref) or await self._secret_uuid_by_usage(ref)
         if uuid is None:
             return None
         _, out, err = await self._run(f"secret-get-value --secret {shell_quote(uuid)}\n")
@@ -343,7 +383,7 @@ class VirshBackend(MonitorBackend):
             ident = use.findtext("volume") or use.findtext("name") or use.findtext("target") or ""
             if ident == usage:
                 found.setdefault(use.get("type", ""), uuid_text.strip())
-        for kind in ("volume", "ceph", "iscsi", "tls", "vtpm"):
+        for kind in SECRET_USAGES:
             if kind in found:
                 return found[kind]
         return None
@@ -352,3 +392,6 @@ class VirshBackend(MonitorBackend):
         for watcher in list(self._watchers):
             watcher.stop()
         self._watchers.clear()
+        if self._cache_dir is not None:
+            self._cache_dir.cleanup()
+            self._cache_dir = None

@@ -156,9 +156,6 @@ class Operator:
                                                              machine=await self.machine()))
             values = await self._secret_values(plan, secrets or {})
             sealing = self._sealing_key()
-            if plan.secrets and sealing is None and getattr(self.backend, "argv_visible", False):
-                raise RefusedError(f"the {self.backend.name} backend would put secrets on a command line; "
-                                   "it needs the domain's master key (libvirt's masterKey0) or --master-key")
             note = "skipped (--no-preflight)"
             passphrase = pick_passphrase(disk, values)
             if passphrase is not None:
