@@ -31,7 +31,7 @@ class InvalidDisk(InputError):
 
 
 class XMLError(InvalidDisk):
-    """The <disk> XML is malformed, fails the schema, or is semantically invalid."""
+    """The ``<disk>`` XML is malformed, fails the schema, or is semantically invalid."""
 
     def __init__(self, message: str, line: int | None = None, source: str | None = None):
         self.line = line

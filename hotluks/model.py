@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal
 
 SourceKind = Literal["file", "block", "network"]
@@ -179,11 +179,16 @@ class Disk:
 
     @classmethod
     def from_xml(cls, text_or_path: str | bytes | Path) -> Disk:
-        """Parse and validate a ``<disk>`` given as XML text/bytes or a file path."""
+        """Parse and validate a ``<disk>`` given as XML text/bytes or a file path.
+
+        Raises only :class:`hotluks.errors.InvalidDisk` (``XMLError`` for the XML itself).
+        """
         from hotluks.xmlparse import parse_disk, read_disk_file
 
-        if isinstance(text_or_path, Path):
-            return read_disk_file(text_or_path)
+        if isinstance(text_or_path, bytearray | memoryview):
+            text_or_path = bytes(text_or_path)
+        if isinstance(text_or_path, PurePath):
+            return read_disk_file(Path(text_or_path))
         if isinstance(text_or_path, str) and text_or_path.strip() and not text_or_path.lstrip().startswith("<"):
             return read_disk_file(Path(text_or_path))
         return parse_disk(text_or_path)

@@ -9,12 +9,14 @@ grammar cannot express are checked afterwards. Every error is an
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from hotluks.errors import InputError, XMLError
+from hotluks.errors import InvalidDisk, XMLError
 from hotluks.model import (
     Address,
     Auth,
@@ -63,27 +65,55 @@ def _parser() -> etree.XMLParser:
 
 
 def read_disk_file(path: Path) -> Disk:
-    """Read and parse a ``<disk>`` XML file (``-`` is not special here)."""
+    """Read and parse a ``<disk>`` XML file (``-`` is not special here); only regular files.
+
+    Opened non-blocking, so a FIFO or a device is refused instead of waiting for a writer.
+    """
+    shown = str(path).encode("utf-8", "backslashreplace").decode()
     try:
-        size = path.stat().st_size
-        if size > MAX_XML_BYTES:
-            raise XMLError(f"input is {size} bytes; a <disk> must be under {MAX_XML_BYTES} bytes", source=str(path))
-        with path.open("rb") as fh:  # bounded: /dev/zero or a FIFO reports size 0
-            data = fh.read(MAX_XML_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory") from None
+        raise InvalidDisk(f"{shown}: no such file") from None
     except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    return parse_disk(data, source=str(path))
+        raise InvalidDisk(f"{shown}: permission denied") from None
+    except IsADirectoryError:
+        raise InvalidDisk(f"{shown}: is a directory") from None
+    except OSError as exc:  # ENAMETOOLONG, ELOOP, ENOTDIR, ...
+        raise InvalidDisk(f"{shown}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeError):  # NUL byte, unencodable characters
+        raise InvalidDisk(f"{shown}: not a usable file name") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise InvalidDisk(f"{shown}: is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidDisk(f"{shown}: not a regular file (a <disk> is read from a file)")
+        if info.st_size > MAX_XML_BYTES:
+            raise XMLError(f"input is {info.st_size} bytes; a <disk> must be under {MAX_XML_BYTES} bytes",
+                           source=shown)
+        data = b""
+        while len(data) <= MAX_XML_BYTES:  # bounded even if the file grows meanwhile
+            chunk = os.read(fd, MAX_XML_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise InvalidDisk(f"{shown}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return parse_disk(data, source=shown)
 
 
 def parse_disk(data: str | bytes, *, source: str | None = None) -> Disk:
     """Parse ``<disk>`` XML text into a validated :class:`Disk`."""
     from lxml import etree
 
-    raw = data.encode() if isinstance(data, str) else data
+    if not isinstance(data, (str, bytes)):
+        raise InvalidDisk(f"a <disk> is XML text or bytes, not {type(data).__name__}")
+    try:
+        raw = data.encode() if isinstance(data, str) else data
+    except UnicodeEncodeError:
+        raise XMLError("input is not valid Unicode text (lone surrogate)", source=source) from None
     if len(raw) > MAX_XML_BYTES:
         raise XMLError(f"input is {len(raw)} bytes; a <disk> must be under {MAX_XML_BYTES} bytes", source=source)
     if not raw.strip():

@@ -22,7 +22,7 @@ from hotluks.errors import (
     ConflictError,
     DetachTimeoutError,
     IncompleteError,
-    InputError,
+    NotAttached,
     RefusedError,
     RolledBackError,
     SecretError,
@@ -295,8 +295,8 @@ class Operator:
         async with self._lock():
             record = self.journal.load(target_dev)
             if record is None:
-                raise InputError(f"hotluks has no record of target {target_dev} in {self.backend.vm} "
-                                 "(see `hotluks status`)")
+                raise NotAttached(f"hotluks has no record of target {target_dev} in {self.backend.vm} "
+                                  "(see `hotluks status`)")
             if record.status not in ("attached", "detaching"):
                 raise RefusedError(f"target {target_dev} has an interrupted {record.status} operation; "
                                    "run `hotluks repair` first")
