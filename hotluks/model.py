@@ -11,6 +11,8 @@ from enum import Enum
 from pathlib import Path, PurePath
 from typing import Literal
 
+from hotluks.secrets import SecretRef as SecretRef  # re-exported: the disk model names its secrets
+
 SourceKind = Literal["file", "block", "network"]
 Protocol = Literal["rbd", "nbd", "iscsi"]
 Bus = Literal["virtio", "scsi", "usb"]
@@ -30,23 +32,6 @@ class LuksFormat(str, Enum):
     LUKS = "luks"
     LUKS2 = "luks2"
     LUKS_ANY = "luks-any"
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """A libvirt secret named by uuid or usage. ``kind`` is passphrase, ceph or iscsi."""
-
-    kind: Literal["passphrase", "ceph", "iscsi"]
-    uuid: str | None = None
-    usage: str | None = None
-
-    @property
-    def key(self) -> str:
-        """How users name this secret on the command line (``--secret KEY=FILE``)."""
-        return self.uuid if self.uuid is not None else str(self.usage)
-
-    def describe(self) -> str:
-        return f"{self.kind} secret {'uuid' if self.uuid else 'usage'} {self.key}"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotluks.errors import BackendError
+from hotluks.secrets import MasterKey
+
+__all__ = ["Event", "EventQueue", "MasterKey", "MonitorBackend", "QMPArgs", "QMPCommandError", "VMIdentity"]
 
 QMPArgs = Mapping[str, Any]
 Event = dict[str, Any]
@@ -27,17 +30,6 @@ class QMPCommandError(BackendError):
         self.error_class = error_class
         self.desc = desc
         super().__init__(f"{command}: {desc}")
-
-
-@dataclass(frozen=True)
-class MasterKey:
-    """A 32-byte AES key the VM was started with as a ``secret`` object ``keyid``."""
-
-    keyid: str
-    key: bytes
-
-    def __repr__(self) -> str:  # never show key bytes
-        return f"MasterKey(keyid={self.keyid!r}, key=<{len(self.key)} bytes>)"
 
 
 @dataclass(frozen=True)
