@@ -93,8 +93,8 @@ class Source:
 
 
 @dataclass(frozen=True)
-class Header:
-    """The detached LUKS header (hotluks' extension): a raw source of its own."""
+class DetachedHeader:
+    """The detached LUKS header (hotluks' extension ``<header>``): a raw source of its own."""
 
     source: Source
 
@@ -106,7 +106,7 @@ class Encryption:
     format: LuksFormat
     engine: Engine
     secrets: tuple[SecretRef, ...]
-    header: Header | None = None
+    header: DetachedHeader | None = None
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from hotluks.model import (
     Address,
     Auth,
     Bus,
+    DetachedHeader,
     Disk,
     DriveAddress,
     DriverOptions,
     Encryption,
     Engine,
-    Header,
     Host,
     ImageFormat,
     LuksFormat,
@@ -354,7 +354,7 @@ class _DiskBuilder:
         if header_el is not None:
             hkind = cast(SourceKind, header_el.get("type"))
             hsource_el = _child(header_el, "source")
-            header = Header(source=self.source(hsource_el, hkind, "header"))
+            header = DetachedHeader(source=self.source(hsource_el, hkind, "header"))
             if header.source.describe() == source.describe():
                 raise self.fail(f"the detached header and the payload are the same volume ({source.describe()})",
                                 hsource_el)

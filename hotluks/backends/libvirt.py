@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, VMIdentity
@@ -176,21 +176,26 @@ class LibvirtBackend(MonitorBackend):
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self._dispatch_event, shape_event(event, seconds, micros, details))
 
-    async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
+    async def _monitor(self, command: str, arguments: QMPArgs | None, call: Callable[[Any, str], Any]) -> Any:
+        """``call(domain, command_json)`` in a worker thread, bounded by the timeout; libvirt errors typed."""
         import libvirt
-        import libvirt_qemu
 
         if self._dom is None:
             raise BackendError("libvirt backend is not connected")
-        text = command_json(command, arguments)
+        dom, text = self._dom, command_json(command, arguments)
         try:
             async with asyncio.timeout(self.timeout):
-                reply = await asyncio.to_thread(libvirt_qemu.qemuMonitorCommand, self._dom, text, 0)
+                return await asyncio.to_thread(call, dom, text)
         except TimeoutError:
             raise BackendError(f"{command}: no answer from libvirt within {self.timeout:.0f}s") from None
         except libvirt.libvirtError as exc:
             # libvirt's message names the failure (domain gone, daemon gone); it never echoes our JSON
             raise BackendError(f"{command}: libvirt failed on domain {self.vm!r}: {libvirt_message(exc)}") from None
+
+    async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
+        import libvirt_qemu
+
+        reply = await self._monitor(command, arguments, lambda dom, text: libvirt_qemu.qemuMonitorCommand(dom, text, 0))
         return parse_reply(command, str(reply))
 
     async def execute_with_fds(self, command: str, arguments: QMPArgs | None, fds: Sequence[int]) -> Any:
@@ -202,20 +207,10 @@ class LibvirtBackend(MonitorBackend):
         the descriptor (``add-fd`` → ``/dev/fdset/N``). Our copies stay open: the
         caller closes them.
         """
-        import libvirt
         import libvirt_qemu
 
-        if self._dom is None:
-            raise BackendError("libvirt backend is not connected")
-        text = command_json(command, arguments)
-        try:
-            async with asyncio.timeout(self.timeout):
-                reply, returned = await asyncio.to_thread(
-                    libvirt_qemu.qemuMonitorCommandWithFiles, self._dom, text, list(fds), 0)
-        except TimeoutError:
-            raise BackendError(f"{command}: no answer from libvirt within {self.timeout:.0f}s") from None
-        except libvirt.libvirtError as exc:
-            raise BackendError(f"{command}: libvirt failed on domain {self.vm!r}: {libvirt_message(exc)}") from None
+        reply, returned = await self._monitor(
+            command, arguments, lambda dom, text: libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, list(fds), 0))
         for fd in returned or ():
             with contextlib.suppress(OSError):
                 os.close(fd)

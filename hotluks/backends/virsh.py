@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import pty
 import re
@@ -31,14 +30,13 @@ import signal
 import subprocess
 import tempfile
 import termios
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from hotluks.backends.base import Event, EventQueue, MasterKey, MonitorBackend, QMPArgs, VMIdentity
+from hotluks.backends.base import EventQueue, MasterKey, MonitorBackend, QMPArgs, VMIdentity
 from hotluks.backends.libvirt_shared import (
     DEFAULT_URI,
     SECRET_USAGES,
-    command_json,
     domain_identity,
     no_domain,
     not_running,
@@ -46,111 +44,28 @@ from hotluks.backends.libvirt_shared import (
     private_secret_message,
     probe_master_key,
     secret_uuid,
-    shape_event,
 )
-from hotluks.errors import BackendError, InputError, SecretError
+from hotluks.backends.virsh_shell import (
+    LOGGING_VARIABLES,
+    PROMPT,
+    command_outputs,
+    dominfo_fields,
+    monitor_line,
+    parse_event_line,
+    quiet_environment,
+    reply_from_output,
+    shell_quote,
+    virsh_error,
+    virsh_json,
+)
+from hotluks.errors import BackendError, SecretError
+
+__all__ = ["LOGGING_VARIABLES", "PROMPT", "READY_MARK", "VirshBackend", "command_outputs", "dominfo_fields",
+           "monitor_line", "parse_event_line", "quiet_environment", "reply_from_output", "shell_quote",
+           "virsh_error", "virsh_json"]
 
 VIRSH = "virsh"
 READY_MARK = "hotluks-watch-ready"
-#: environment variables that make virsh or the libvirt client log what they send
-LOGGING_VARIABLES = ("VIRSH_LOG_FILE", "VIRSH_DEBUG", "VSH_LOG_FILE", "VSH_DEBUG", "LIBVIRT_DEBUG",
-                     "LIBVIRT_LOG_OUTPUTS", "LIBVIRT_LOG_FILTERS")
-
-
-def quiet_environment(cache_dir: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a virsh that keeps no history and logs nothing of what it sends."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in LOGGING_VARIABLES}
-    env["XDG_CACHE_HOME"] = cache_dir  # the history file lands here, in a directory we remove
-    env["VIRSH_HISTSIZE"] = "0"  # and stays empty
-    return env
-
-
-def shell_quote(text: str) -> str:
-    """Quote one argument for virsh's shell parser (single quotes; ' becomes '\\'').
-
-    virsh reads its input through readline, which would act on control
-    characters (TAB completes, DEL erases): those are refused.
-    """
-    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
-        raise InputError("a virsh argument cannot contain control characters")
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-def virsh_json(command: str, arguments: QMPArgs | None) -> str:
-    """The command as ASCII JSON without control characters (DEL escaped too), safe for readline."""
-    return command_json(command, arguments).replace("\x7f", "\\u007f")
-
-
-def monitor_line(domain: str, command: str, fds: Sequence[int] = ()) -> str:
-    """The shell-mode line that runs one QMP command (passing ``fds`` of virsh's own process)."""
-    pass_fds = f" --pass-fds {','.join(str(int(fd)) for fd in fds)}" if fds else ""
-    return f"qemu-monitor-command --domain {shell_quote(domain)}{pass_fds} --cmd {shell_quote(command)}\n"
-
-
-PROMPT = "virsh # "
-
-
-def command_outputs(stdout: str) -> list[str]:
-    """What each shell-mode command printed, in order.
-
-    With stdin not a terminal, virsh still prints its prompt and echoes each input
-    line (``virsh # CMD\n``) before the command's output, and the next prompt may
-    follow the output on the same line.
-    """
-    if PROMPT not in stdout:
-        return [stdout]
-    outputs = []
-    for segment in stdout.split(PROMPT)[1:]:
-        echo, newline, output = segment.partition("\n")
-        if newline and echo.strip():
-            outputs.append(output)
-    return outputs
-
-
-def reply_from_output(command: str, stdout: str) -> str:
-    """The JSON reply among virsh's shell-mode output."""
-    for output in command_outputs(stdout):
-        for line in output.splitlines():
-            text = line.strip()
-            if not text.startswith("{"):
-                continue
-            try:
-                data = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(data, dict) and ("return" in data or "error" in data):
-                return text
-    raise BackendError(f"{command}: virsh printed no monitor reply")
-
-
-def dominfo_fields(text: str) -> dict[str, str]:
-    """``Key:   value`` lines of ``virsh dominfo``."""
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip():
-            fields[key.strip()] = value.strip()
-    return fields
-
-
-def virsh_error(stderr: str) -> str:
-    """virsh's error lines, joined (they never contain our command text)."""
-    lines = [ln.removeprefix("error: ").strip() for ln in stderr.splitlines() if ln.startswith("error:")]
-    return "; ".join(lines) or stderr.strip()[-500:] or "unknown error"
-
-
-def parse_event_line(line: str, domain: str) -> Event | None:
-    """``event NAME at S.US for domain 'DOM': DATA`` → a QMP-shaped event (None if not one)."""
-    match = re.match(r"^event (\S+) at (\d+)\.(\d+) for domain '", line)
-    if match is None:
-        return None
-    rest = line[match.end():]
-    prefix = f"{domain}': "
-    if not rest.startswith(prefix):
-        return None
-    return shape_event(match.group(1), int(match.group(2)), int(match.group(3)), rest[len(prefix):].strip())
-
-
 class _Watcher:
     """One ``virsh qemu-monitor-event --loop`` shell whose stdout is a pty, read by the asyncio loop."""
 
