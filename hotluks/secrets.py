@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 REDACTED = "<redacted>"
 MAX_SECRET_BYTES = 64 * 1024
+#: how long a secret pipe may stay silent before reading it fails
+READ_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -69,23 +71,58 @@ class SecretValue:
     __str__ = __repr__
 
 
-def read_secret_file(path: str | Path) -> SecretValue:
-    """Read a secret file byte for byte (as cryptsetup's --key-file does); ``-`` is stdin."""
+def read_secret_file(path: str | Path, *, wait: float = READ_WAIT) -> SecretValue:
+    """Read a secret file byte for byte (as cryptsetup's --key-file does); ``-`` is stdin.
+
+    A pipe (``<(pass show vm)``) works; a FIFO nobody writes to is empty, and one whose
+    writer stays silent fails after ``wait`` seconds, instead of blocking for ever.
+    """
     import sys
 
+    shown = str(path).encode("utf-8", "backslashreplace").decode()
     try:
         if str(path) == "-":
             data = sys.stdin.buffer.read(MAX_SECRET_BYTES + 1)
         else:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_SECRET_BYTES + 1)
+            data = _read_bounded(path, wait)
     except OSError as exc:
-        raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
+        raise SecretError(f"cannot read secret file {shown}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeError):  # NUL byte, unencodable name
+        raise SecretError(f"cannot read secret file {shown}: not a usable file name") from None
     if len(data) > MAX_SECRET_BYTES:
-        raise SecretError(f"secret file {path} is larger than {MAX_SECRET_BYTES} bytes")
+        raise SecretError(f"secret file {shown} is larger than {MAX_SECRET_BYTES} bytes")
     if not data:
-        raise SecretError(f"secret file {path} is empty")
+        raise SecretError(f"secret file {shown} is empty")
     return SecretValue(data)
+
+
+def _read_bounded(path: str | Path, wait: float) -> bytes:
+    """At most ``MAX_SECRET_BYTES + 1`` bytes, opened non-blocking, waiting at most ``wait`` s for data."""
+    import select
+    import stat
+    import time
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(21, "Is a directory")
+        deadline = time.monotonic() + wait
+        data = b""
+        while len(data) <= MAX_SECRET_BYTES:
+            try:
+                chunk = os.read(fd, MAX_SECRET_BYTES + 1 - len(data))
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(110, f"no data within {wait:g}s") from None
+                select.select([fd], [], [], left)
+                continue
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
 
 
 def parse_secret_spec(spec: str) -> tuple[str, str]:
