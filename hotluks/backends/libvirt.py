@@ -116,8 +116,8 @@ class LibvirtBackend(MonitorBackend):
 
     @property
     def vm_key(self) -> str:
-        """``libvirt-URI-NAME`` with the domain's real name (also when opened by UUID); same as virsh's."""
-        return f"libvirt-{self.uri}-{self.domain_name or self.vm}"
+        """The domain's UUID once connected (every URI alias, name or UUID alike), else ``libvirt-URI-NAME``."""
+        return self.domain_uuid or f"libvirt-{self.uri}-{self.domain_name or self.vm}"
 
     async def identity(self) -> VMIdentity:
         """The domain's UUID and its running QEMU (asked each time: a domain restarts under one connection)."""

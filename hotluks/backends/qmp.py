@@ -72,7 +72,12 @@ class QMPBackend(MonitorBackend):
 
     @property
     def vm_key(self) -> str:
-        """The socket's real path: ``unix:x.sock``, ``./x.sock`` and a symlink name one VM alike."""
+        """The VM's identity key once connected (every socket of one QEMU alike), else the socket's real path."""
+        if self._identity is not None:
+            return self._identity.key
+        return self._socket_key()
+
+    def _socket_key(self) -> str:
         return f"{self.name}-{os.path.realpath(self.path)}"
 
     async def connect(self) -> QMPBackend:
@@ -128,6 +133,11 @@ class QMPBackend(MonitorBackend):
             raise BackendError(f"cannot connect to QMP socket {self.path}: {reason}") from None
         self._client = client
         self._pump = loop.create_task(self._pump_events())
+        try:
+            await self.identity()  # journals and locks are keyed by the VM, not by this socket
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def identity(self) -> VMIdentity:
@@ -147,7 +157,7 @@ class QMPBackend(MonitorBackend):
             elif instance is not None:
                 key = f"qemu-pid{instance}"
             else:  # a QEMU we cannot see (another pid namespace): the socket is all we know
-                key = self.vm_key
+                key = self._socket_key()
             self._identity = VMIdentity(key, instance or "")
         return self._identity
 

@@ -169,8 +169,8 @@ class VirshBackend(MonitorBackend):
 
     @property
     def vm_key(self) -> str:
-        """``libvirt-URI-NAME`` with the domain's real name (also when opened by UUID); same as libvirt's."""
-        return f"libvirt-{self.uri}-{self.domain_name or self.vm}"
+        """The domain's UUID once connected (every URI alias, name or UUID alike), else ``libvirt-URI-NAME``."""
+        return self.domain_uuid or f"libvirt-{self.uri}-{self.domain_name or self.vm}"
 
     async def _run(self, stdin_text: str, fds: Sequence[int] = ()) -> tuple[int, str, str]:
         """Run ``virsh -q -c URI`` in shell mode with ``stdin_text``; (status, stdout, stderr)."""

@@ -53,3 +53,24 @@ def test_a_socket_nobody_listens_on_is_not_running(tmp_path: Path) -> None:
             asyncio.run(open_backend(str(copy)))
     with pytest.raises(DomainNotFound):
         asyncio.run(open_backend(f"{tmp_path}/no-such.sock"))
+
+
+def test_second_qmp_socket_sees_and_detaches_what_the_first_attached(tmp_path: Path) -> None:
+    """The README's advice (a second -qmp socket for hotluks) no longer hides records."""
+    import json
+
+    from hotluks.testing.vms import make_disk, run_cli, start_vm
+
+    state = tmp_path / "state"
+    disk = make_disk(tmp_path / "disks", "attached-luks", "vdb")
+    with start_vm() as vm:  # root ports for the hot-plug, two -qmp sockets
+        first, second = vm.qmp_path, vm.extra_sockets[0]
+        attach = run_cli("attach", first, disk.xml_path, *disk.cli_secret(), "--state-dir", state)
+        assert attach.returncode == 0, attach.stderr
+        status = run_cli("status", f"unix:{second}", "--state-dir", state, "--json")
+        assert status.returncode == 0, status.stderr
+        assert [d["target"] for d in json.loads(status.stdout)["disks"]] == ["vdb"]
+        detach = run_cli("detach", second, "--target", "vdb", "--state-dir", state)
+        assert detach.returncode == 0, detach.stderr
+        again = run_cli("status", first, "--state-dir", state, "--json")
+        assert json.loads(again.stdout)["disks"] == []

@@ -174,7 +174,7 @@ def test_monitor_commands_taint_the_domain(domain: TransientDomain, backend_name
 
 
 def test_domain_by_uuid(domain: TransientDomain, backend_name: str, arun: Run) -> None:
-    """A UUID works like the name, and both give the same lock/journal key on either backend."""
+    """A UUID works like the name, and both give the same lock/journal key (the UUID) on either backend."""
     async def main() -> tuple[Any, set[str]]:
         keys = set()
         for vm in (domain.uuid, domain.name):
@@ -186,4 +186,4 @@ def test_domain_by_uuid(domain: TransientDomain, backend_name: str, arun: Run) -
 
     status, keys = arun(main())
     assert status["status"] == "prelaunch"
-    assert keys == {f"libvirt-{domain.uri}-{domain.name}"}
+    assert keys == {domain.uuid}
