@@ -29,6 +29,7 @@ from hotluks.backends.libvirt_shared import (
     command_json,
     decode_master_key,
     domain_identity,
+    domain_key,
     no_domain,
     not_running,
     parse_reply,
@@ -117,7 +118,7 @@ class LibvirtBackend(MonitorBackend):
     @property
     def vm_key(self) -> str:
         """The domain's UUID once connected (every URI alias, name or UUID alike), else ``libvirt-URI-NAME``."""
-        return self.domain_uuid or f"libvirt-{self.uri}-{self.domain_name or self.vm}"
+        return domain_key(self.domain_uuid, self.uri, self.domain_name or self.vm)
 
     async def identity(self) -> VMIdentity:
         """The domain's UUID and its running QEMU (asked each time: a domain restarts under one connection)."""

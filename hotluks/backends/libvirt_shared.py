@@ -26,6 +26,14 @@ MASTER_KEY_ID = "masterKey0"
 SECRET_USAGES = ("volume", "ceph", "iscsi", "tls", "vtpm")
 
 
+def domain_key(uuid: str | None, uri: str, name: str) -> str:
+    """Journals and locks of a domain: its UUID (every name, UUID spelling and URI alias alike).
+
+    Before the UUID is known (not connected), ``libvirt-URI-NAME``.
+    """
+    return normalize_uuid(uuid) if uuid is not None else f"libvirt-{uri}-{name}"
+
+
 def no_domain(vm: str, uri: str) -> DomainNotFound:
     return DomainNotFound(f"no libvirt domain named {vm!r} on {uri}")
 

@@ -38,6 +38,7 @@ from hotluks.backends.libvirt_shared import (
     DEFAULT_URI,
     SECRET_USAGES,
     domain_identity,
+    domain_key,
     no_domain,
     not_running,
     parse_reply,
@@ -170,7 +171,7 @@ class VirshBackend(MonitorBackend):
     @property
     def vm_key(self) -> str:
         """The domain's UUID once connected (every URI alias, name or UUID alike), else ``libvirt-URI-NAME``."""
-        return self.domain_uuid or f"libvirt-{self.uri}-{self.domain_name or self.vm}"
+        return domain_key(self.domain_uuid, self.uri, self.domain_name or self.vm)
 
     async def _run(self, stdin_text: str, fds: Sequence[int] = ()) -> tuple[int, str, str]:
         """Run ``virsh -q -c URI`` in shell mode with ``stdin_text``; (status, stdout, stderr)."""
