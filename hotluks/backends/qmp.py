@@ -143,14 +143,15 @@ class QMPBackend(MonitorBackend):
     async def identity(self) -> VMIdentity:
         """The VM's UUID (else its QEMU process) and the QEMU process behind this socket.
 
-        The process is the socket's peer (``SO_PEERCRED``), else the owner of the vCPU
-        threads; both name the same QEMU for every ``-qmp`` socket it serves.
+        The process is the owner of the VM's vCPU threads (``query-cpus-fast``), which is
+        QEMU itself whatever sits between us (a proxy, a socket another process created);
+        when those threads are not visible here, the socket's peer (``SO_PEERCRED``).
         """
         if self._identity is None:
-            instance = process_instance(self._peer_pid) if self._peer_pid is not None else None
-            if instance is None:
-                pid = await qemu_pid_from_vcpus(self)
-                instance = process_instance(pid) if pid is not None else None
+            pid = await qemu_pid_from_vcpus(self)
+            instance = process_instance(pid) if pid is not None else None
+            if instance is None and self._peer_pid is not None:
+                instance = process_instance(self._peer_pid)
             uuid = await vm_uuid(self)
             if uuid is not None:
                 key = uuid

@@ -74,3 +74,22 @@ def test_second_qmp_socket_sees_and_detaches_what_the_first_attached(tmp_path: P
         assert detach.returncode == 0, detach.stderr
         again = run_cli("status", first, "--state-dir", state, "--json")
         assert json.loads(again.stdout)["disks"] == []
+
+
+def test_a_proxy_in_between_does_not_change_the_identity() -> None:
+    """The socket's peer is then the proxy, not QEMU: the vCPU threads still name the QEMU."""
+    from hotluks.testing.qmpproxy import QMPProxy
+
+    with start_qemu(qmp_sockets=2) as vm, QMPProxy(vm.extra_sockets[0]) as proxy:
+        assert asyncio.run(_identity(proxy.path)) == asyncio.run(_identity(vm.qmp_path))
+
+
+def test_without_visible_vcpu_threads_the_socket_peer_names_the_qemu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hotluks.backends.qmp as qmp
+
+    async def invisible(backend: object) -> None:
+        return None
+
+    with start_qemu() as vm:
+        monkeypatch.setattr(qmp, "qemu_pid_from_vcpus", invisible)
+        assert asyncio.run(_identity(vm.qmp_path)).instance == f"{vm.pid}-{start_time(vm.pid)}"  # SO_PEERCRED
