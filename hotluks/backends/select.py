@@ -52,7 +52,8 @@ async def open_backend(vm: str, *, uri: str | None = None, backend: str | None =
                        master_key: MasterKey | None = None, timeout: float = 10.0) -> MonitorBackend:
     """A connected backend for ``vm`` (``unix:/path``, a socket path, or a libvirt domain name).
 
-    An unknown domain raises :class:`InputError` naming the domain and the URI.
+    An unknown domain or socket raises :class:`DomainNotFound`, a stopped one :class:`NotRunning`
+    (both name the VM; both are :class:`InputError`, exit 2).
     """
     from hotluks.backends.libvirt import DEFAULT_URI
 
