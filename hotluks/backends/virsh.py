@@ -8,6 +8,8 @@ exits; ``VIRSH_HISTSIZE=0`` alone would truncate the user's own history there. S
 every virsh we run gets a private, empty cache directory (removed on ``close``) and
 a history size of 0, and none of the variables that make virsh or libvirt log
 commands (``VIRSH_LOG_FILE``, ``VIRSH_DEBUG``, ``LIBVIRT_DEBUG``, ``LIBVIRT_LOG_*``).
+``LIBVIRT_AUTOSTART=0`` keeps virsh from spawning a session daemon that would inherit
+that private directory: with a ``qemu:///session`` URI the daemon must already run.
 
 Events: ``events()`` starts a ``virsh`` shell running ``qemu-monitor-event
 --loop`` when the block is entered, i.e. before the command that triggers the

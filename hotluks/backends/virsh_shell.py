@@ -16,7 +16,7 @@ from hotluks.errors import BackendError, InputError
 
 #: environment variables that make virsh or the libvirt client log what they send
 LOGGING_VARIABLES = ("VIRSH_LOG_FILE", "VIRSH_DEBUG", "VSH_LOG_FILE", "VSH_DEBUG", "LIBVIRT_DEBUG",
-                     "LIBVIRT_LOG_OUTPUTS", "LIBVIRT_LOG_FILTERS")
+                     "LIBVIRT_LOG_OUTPUTS", "LIBVIRT_LOG_FILTERS", "LIBVIRT_GNUTLS_DEBUG", "LIBVIRT_LIBSSH_DEBUG")
 
 
 def quiet_environment(cache_dir: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -24,6 +24,8 @@ def quiet_environment(cache_dir: str, base: Mapping[str, str] | None = None) -> 
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in LOGGING_VARIABLES}
     env["XDG_CACHE_HOME"] = cache_dir  # the history file lands here, in a directory we remove
     env["VIRSH_HISTSIZE"] = "0"  # and stays empty
+    # a session daemon virsh would spawn would inherit that cache directory: never spawn one
+    env["LIBVIRT_AUTOSTART"] = "0"
     return env
 
 

@@ -161,4 +161,5 @@ def test_quiet_environment_drops_logging_and_moves_history() -> None:
 
     base = {"HOME": "/root", "PATH": "/usr/bin", **dict.fromkeys(LOGGING_VARIABLES, "/tmp/log")}
     env = quiet_environment("/run/private", base)
-    assert env == {"HOME": "/root", "PATH": "/usr/bin", "XDG_CACHE_HOME": "/run/private", "VIRSH_HISTSIZE": "0"}
+    assert env == {"HOME": "/root", "PATH": "/usr/bin", "XDG_CACHE_HOME": "/run/private", "VIRSH_HISTSIZE": "0",
+                   "LIBVIRT_AUTOSTART": "0"}
