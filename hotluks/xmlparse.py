@@ -72,33 +72,20 @@ def read_disk_file(path: Path) -> Disk:
     shown = str(path).encode("utf-8", "backslashreplace").decode()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise InvalidDisk(f"{shown}: no such file") from None
-    except PermissionError:
-        raise InvalidDisk(f"{shown}: permission denied") from None
-    except IsADirectoryError:
-        raise InvalidDisk(f"{shown}: is a directory") from None
-    except OSError as exc:  # ENAMETOOLONG, ELOOP, ENOTDIR, ...
-        raise InvalidDisk(f"{shown}: {exc.strerror or exc}") from None
+    except OSError as exc:  # ENOENT, EACCES, EISDIR, ENAMETOOLONG, ELOOP, ENOTDIR, ...
+        raise InvalidDisk(f"{shown}: {(exc.strerror or str(exc)).lower()}") from None
     except (ValueError, UnicodeError):  # NUL byte, unencodable characters
         raise InvalidDisk(f"{shown}: not a usable file name") from None
     try:
         info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise InvalidDisk(f"{shown}: is a directory")
         if not stat.S_ISREG(info.st_mode):
-            raise InvalidDisk(f"{shown}: not a regular file (a <disk> is read from a file)")
+            what = "is a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a <disk> is read from a file)"
+            raise InvalidDisk(f"{shown}: {what}")
         if info.st_size > MAX_XML_BYTES:
-            raise XMLError(f"input is {info.st_size} bytes; a <disk> must be under {MAX_XML_BYTES} bytes",
-                           source=shown)
-        data = b""
-        while len(data) <= MAX_XML_BYTES:  # bounded even if the file grows meanwhile
-            chunk = os.read(fd, MAX_XML_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
+            raise XMLError(f"input is {info.st_size} bytes; a <disk> must be under {MAX_XML_BYTES} bytes", source=shown)
+        data = os.read(fd, MAX_XML_BYTES + 1)  # bounded even if the file grew meanwhile
     except OSError as exc:
-        raise InvalidDisk(f"{shown}: {exc.strerror or exc}") from None
+        raise InvalidDisk(f"{shown}: {(exc.strerror or str(exc)).lower()}") from None
     finally:
         os.close(fd)
     return parse_disk(data, source=shown)
