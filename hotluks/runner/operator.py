@@ -7,7 +7,6 @@ the VM's block nodes, objects and devices.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -22,10 +21,9 @@ from hotluks.errors import (
     ConflictError,
     DetachTimeoutError,
     IncompleteError,
-    InputError,
+    NotAttached,
     RefusedError,
     RolledBackError,
-    SecretError,
 )
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
@@ -37,7 +35,7 @@ from hotluks.runner.journal import Journal, JournalStep, Record, default_state_d
 from hotluks.runner.lock import vm_lock
 from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight
 from hotluks.runner.vmstate import VMSnapshot, machine_type, plan_context, probe_capabilities, snapshot
-from hotluks.secrets import SecretValue, lookup
+from hotluks.secrets import SecretValue, resolve
 
 log = logging.getLogger(__name__)
 
@@ -119,20 +117,7 @@ class Operator:
         return (key.keyid, key.key) if key is not None else None
 
     async def _secret_values(self, plan: Plan, given: Mapping[str, SecretValue]) -> dict[str, SecretValue]:
-        values = dict(given)
-        for binding in plan.secrets:
-            if lookup(values, binding) is not None:
-                continue
-            raw = await self.backend.secret_value(binding.ref.key)
-            if raw is None:
-                where = " or define it as a libvirt secret" if self.backend.name != "qmp" else ""
-                raise SecretError(f"no value for {binding.ref.describe()}: pass --secret {binding.ref.key}=FILE{where}")
-            if binding.encoding == "base64":
-                # libvirt holds a Ceph key decoded (`secret-set-value --base64 KEY`); hotluks holds
-                # it as the base64 text `ceph auth get-key` prints, like a --secret file
-                raw = base64.b64encode(raw)
-            values[binding.ref.key] = SecretValue(raw)
-        return values
+        return await resolve(plan.secrets, given, self.backend)
 
     # -- attach ----------------------------------------------------------------
     async def attach(self, disk: Disk, secrets: Mapping[str, SecretValue] | None = None, *,
@@ -156,9 +141,6 @@ class Operator:
                                                              machine=await self.machine()))
             values = await self._secret_values(plan, secrets or {})
             sealing = self._sealing_key()
-            if plan.secrets and sealing is None and getattr(self.backend, "argv_visible", False):
-                raise RefusedError(f"the {self.backend.name} backend would put secrets on a command line; "
-                                   "it needs the domain's master key (libvirt's masterKey0) or --master-key")
             note = "skipped (--no-preflight)"
             passphrase = pick_passphrase(disk, values)
             if passphrase is not None:
@@ -298,8 +280,8 @@ class Operator:
         async with self._lock():
             record = self.journal.load(target_dev)
             if record is None:
-                raise InputError(f"hotluks has no record of target {target_dev} in {self.backend.vm} "
-                                 "(see `hotluks status`)")
+                raise NotAttached(f"hotluks has no record of target {target_dev} in {self.backend.vm} "
+                                  "(see `hotluks status`)")
             if record.status not in ("attached", "detaching"):
                 raise RefusedError(f"target {target_dev} has an interrupted {record.status} operation; "
                                    "run `hotluks repair` first")
