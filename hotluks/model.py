@@ -109,9 +109,14 @@ class Source:
 
 @dataclass(frozen=True)
 class Header:
-    """The detached LUKS header (hotluks' extension): a raw source of its own."""
+    """The detached LUKS header (hotluks' extension): a raw source of its own.
+
+    ``fingerprint`` is the pinned header identity (lowercase sha256 hex,
+    :mod:`hotluks.luks.fingerprint`), or None when the header is not pinned.
+    """
 
     source: Source
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

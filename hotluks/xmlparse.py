@@ -324,7 +324,9 @@ class _DiskBuilder:
         if header_el is not None:
             hkind = cast(SourceKind, header_el.get("type"))
             hsource_el = _child(header_el, "source")
-            header = Header(source=self.source(hsource_el, hkind, "header"))
+            pin_el = header_el.find("fingerprint")
+            pin = (pin_el.text or "").strip().lower() if pin_el is not None else None
+            header = Header(source=self.source(hsource_el, hkind, "header"), fingerprint=pin)
             if header.source.describe() == source.describe():
                 raise self.fail(f"the detached header and the payload are the same volume ({source.describe()})",
                                 hsource_el)

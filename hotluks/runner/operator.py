@@ -35,7 +35,7 @@ from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner.fdpass import pass_file, remove_fdsets, tagged_fdsets, wants_fd
 from hotluks.runner.journal import Journal, JournalStep, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
-from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight
+from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight, verify_pin
 from hotluks.runner.vmstate import VMSnapshot, machine_type, plan_context, probe_capabilities, snapshot
 from hotluks.secrets import SecretValue, lookup
 
@@ -165,6 +165,8 @@ class Operator:
                 check_passphrase_encoding(disk, passphrase)
             if preflight and passphrase is not None:
                 note = await run_preflight(disk, passphrase, values, timeout)
+            else:  # a pinned header is checked even without the passphrase preflight
+                note = await verify_pin(disk, values, timeout) or note
             commands = [bound_command(step, values, sealing) for step in plan.steps]
             result = AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,
                                   top_node=plan.top_node, shape=disk.shape, preflight=note, dry_run=dry_run)
