@@ -64,10 +64,10 @@ class AsyncSession:
         self.operator = operator
 
     async def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-                     dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
+                     dry_run: bool = False, timeout: float = 30.0, pin: bool = False) -> AttachResult:
         disk = disk if isinstance(disk, Disk) else Disk.from_xml(disk)
         return await self.operator.attach(disk, _secret_values(secrets), preflight=preflight, dry_run=dry_run,
-                                          timeout=timeout)
+                                          timeout=timeout, pin=pin)
 
     async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return await self.operator.detach(disk_or_target, timeout=timeout)
@@ -146,8 +146,8 @@ class Session:
         return self._session.operator.master_key is not None or self._session.backend.master_key is not None
 
     def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-               dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
-        return self._loop.run_until_complete(self._session.attach(disk, secrets, preflight, dry_run, timeout))
+               dry_run: bool = False, timeout: float = 30.0, pin: bool = False) -> AttachResult:
+        return self._loop.run_until_complete(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin))
 
     def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return self._loop.run_until_complete(self._session.detach(disk_or_target, timeout))

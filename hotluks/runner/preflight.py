@@ -112,20 +112,36 @@ def _ceph_key(source: Source, values: Mapping[str, SecretValue]) -> bytes | None
     return None
 
 
+async def read_header(source: Source, values: Mapping[str, SecretValue] | None = None,
+                      timeout: float = 60.0) -> LuksHeader:
+    """Read and parse the LUKS header on ``source`` (PreflightError when hotluks cannot read it)."""
+    if not checkable(source):
+        raise PreflightError(f"preflight: hotluks cannot read the header on {source.describe()}")
+    try:
+        return await asyncio.to_thread(_read, source, _ceph_key(source, values or {}), timeout)
+    except LuksError as exc:
+        raise PreflightError(f"preflight: {source.describe()}: {exc}; nothing was sent to the VM") from None
+
+
+def _read(source: Source, ceph_key: bytes | None, timeout: float) -> LuksHeader:
+    from hotluks import luks
+
+    if source.is_local:
+        try:
+            return luks.open_header(str(source.path))
+        except OSError as exc:
+            raise PreflightError(f"preflight: cannot read {source.describe()}: {exc.strerror}") from None
+    from hotluks.rbd_read import read_rbd_head
+
+    return luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES, key=ceph_key, timeout=timeout))
+
+
 def _check(source: Source, passphrase: bytes | None, ceph_key: bytes | None = None, timeout: float = 60.0,
            pin: str | None = None) -> None:
     """Read the header once; check the pin first (no KDF work on a swapped header), then the passphrase."""
     from hotluks import luks
 
-    if source.is_local:
-        try:
-            header = luks.open_header(str(source.path))
-        except OSError as exc:
-            raise PreflightError(f"preflight: cannot read {source.describe()}: {exc.strerror}") from None
-    else:
-        from hotluks.rbd_read import read_rbd_head
-
-        header = luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES, key=ceph_key, timeout=timeout))
+    header = _read(source, ceph_key, timeout)
     if pin is not None:
         check_fingerprint(header, pin, source.describe())
     if passphrase is not None:

@@ -112,3 +112,34 @@ def test_keyslot_changes_keep_the_pin(vm: QemuProcess, monitor: Monitor, initial
     proc = run_cli("detach", vm.qmp_path, "--target", "vdc", "--state-dir", state_dir)
     assert proc.returncode == 0, proc.stderr
     assert monitor.snapshot() == initial
+
+
+def test_attach_pin_records_on_first_use_and_refuses_a_swap(vm: QemuProcess, monitor: Monitor, initial: Snapshot,
+                                                            tmp_path: Path, state_dir: Path) -> None:
+    disk = make_disk(tmp_path / "d", "detached-header-raw", "vdd")
+    assert disk.header is not None
+    expected = fingerprint(luks.open_header(disk.header)).value
+    common = [vm.qmp_path, disk.xml_path, *disk.cli_secret(), "--state-dir", state_dir]
+
+    proc = run_cli("attach", *common, "--pin", "--json")  # first use: pins
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["header-fingerprint"] == expected
+    status = run_cli("status", vm.qmp_path, "--state-dir", state_dir, "--json")
+    assert json.loads(status.stdout)["disks"][0]["header-fingerprint"] == expected
+    assert f"header pinned: sha256:{expected}" in run_cli("status", vm.qmp_path, "--state-dir", state_dir).stdout
+    pins = list((state_dir / "pins").glob("*.json"))
+    assert len(pins) == 1 and (pins[0].stat().st_mode & 0o077) == 0
+    assert not leaks(disk.passphrase, [proc.stdout, proc.stderr, status.stdout, pins[0].read_bytes()])
+    assert run_cli("detach", vm.qmp_path, "--target", "vdd", "--state-dir", state_dir).returncode == 0
+
+    proc = run_cli("attach", *common, "--pin")  # same header again: matches the pin
+    assert proc.returncode == 0, proc.stderr
+    assert run_cli("detach", vm.qmp_path, "--target", "vdd", "--state-dir", state_dir).returncode == 0
+    assert monitor.snapshot() == initial
+
+    _swap_header(disk.header, disk.passphrase)
+    proc = run_cli("attach", *common, "--pin")
+    assert proc.returncode == 2, proc.stderr
+    assert "pinned on first use" in proc.stderr and expected in proc.stderr
+    assert monitor.snapshot() == initial
+    assert json.loads(run_cli("status", vm.qmp_path, "--state-dir", state_dir, "--json").stdout)["disks"] == []
