@@ -78,6 +78,8 @@ class Source:
     auth: Auth | None = None
     config_file: str | None = None
     line: int | None = None
+    tls: bool = False  # nbd ``tls='yes'``: x509 client credentials from the TLS directory
+    tls_hostname: str | None = None  # libvirt's ``tlsHostname``: the name to check in the server certificate
 
     @property
     def is_local(self) -> bool:

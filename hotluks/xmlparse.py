@@ -277,8 +277,15 @@ class _DiskBuilder:
             raise self.fail(f"{protocol} source needs a <host>", el)
         if protocol in ("nbd", "iscsi") and len(hosts) > 1:
             raise self.fail(f"{protocol} source takes exactly one <host> (libvirt's rule)", el.findall("host")[1])
-        if el.get("tls") == "yes":
-            raise self.fail("tls='yes' is not supported yet: hotluks would connect without TLS, so it refuses", el)
+        tls = el.get("tls") == "yes"
+        if tls and protocol != "nbd":
+            raise self.fail(f"tls='yes' is only supported for nbd (not {protocol}): hotluks would connect "
+                            "without TLS, so it refuses", el)
+        if el.get("tlsHostname") is not None and not tls:
+            raise self.fail("tlsHostname needs tls='yes'", el)
+        if tls and hosts and hosts[0].socket is not None and el.get("tlsHostname") is None:
+            raise self.fail("tls='yes' over a UNIX socket needs tlsHostname='…' (the name in the server's "
+                            "certificate)", el)
         if protocol != "rbd" and config_el is not None:
             raise self.fail("<config file=…> is only for rbd sources", config_el)
         auth = None
@@ -301,6 +308,8 @@ class _DiskBuilder:
             auth=auth,
             config_file=config_el.get("file") if config_el is not None else None,
             line=_line(el),
+            tls=tls,
+            tls_hostname=el.get("tlsHostname"),
         )
 
     def host(self, el: etree._Element) -> Host:

@@ -33,11 +33,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from hotluks.plan.planner import build_plan
+    from hotluks.headers.tls import nbd_tls_dir
+    from hotluks.plan.planner import PlanContext, build_plan
     from hotluks.render.listing import render_listing
     from hotluks.render.qmp import plan_json
 
-    plan = build_plan(load_disk(args.disk))
+    plan = build_plan(load_disk(args.disk), context=PlanContext(nbd_tls_dir=nbd_tls_dir()))
     if args.json:
         print_json(plan_json(plan))
     else:
@@ -46,10 +47,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_cold_cmdline(args: argparse.Namespace) -> int:
+    from hotluks.headers.tls import nbd_tls_dir
     from hotluks.plan.planner import PlanContext, build_plan
     from hotluks.render.cmdline import as_shell, cold_boot_args
 
-    plan = build_plan(load_disk(args.disk), context=PlanContext(pci_root_bus=args.pci_root_bus))
+    plan = build_plan(load_disk(args.disk), context=PlanContext(pci_root_bus=args.pci_root_bus,
+                                                                nbd_tls_dir=nbd_tls_dir()))
     inline = read_secrets(args.secret) if args.inline_secrets else None
     argv = cold_boot_args(plan, secret_files(args.secret), inline)
     if args.format == "json":

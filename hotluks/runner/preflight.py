@@ -31,7 +31,7 @@ def header_source(disk: Disk) -> Source | None:
 
 
 def checkable(source: Source) -> bool:
-    return source.is_local or source.is_rbd
+    return source.is_local or source.protocol in ("rbd", "nbd", "iscsi")
 
 
 async def run_preflight(disk: Disk, passphrase: SecretValue,
@@ -102,8 +102,8 @@ def check_fingerprint(header_bytes_source: LuksHeader | str | bytes, expected: s
 
 
 def _ceph_key(source: Source, values: Mapping[str, SecretValue]) -> bytes | None:
-    """The cephx key (base64 text) of an rbd source's ``<auth>``, if given."""
-    if not source.is_rbd or source.auth is None:
+    """The cephx key (base64 text) of an rbd source's ``<auth>`` (or an iSCSI CHAP password), if given."""
+    if source.auth is None:
         return None
     ref = source.auth.secret
     for key in (ref.uuid, ref.usage):
@@ -131,6 +131,12 @@ def _read(source: Source, ceph_key: bytes | None, timeout: float) -> LuksHeader:
             return luks.open_header(str(source.path))
         except OSError as exc:
             raise PreflightError(f"preflight: cannot read {source.describe()}: {exc.strerror}") from None
+    if source.protocol in ("nbd", "iscsi"):
+        from hotluks.headers.tls import nbd_tls_dir
+        from hotluks.nbd_read import read_network_head
+
+        return luks.open_header(read_network_head(source, HEADER_PROBE_BYTES, tls_dir=nbd_tls_dir(),
+                                                  password=ceph_key, timeout=timeout))
     from hotluks.rbd_read import read_rbd_head
 
     return luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES, key=ceph_key, timeout=timeout))

@@ -76,9 +76,9 @@ def test_preflight_refuses_swapped_header_with_same_passphrase(tmp_path: Path) -
     assert "matches" in (asyncio.run(verify_pin(good)) or "")
 
 
-def test_pinned_header_that_cannot_be_read_is_refused() -> None:
+def test_pinned_header_that_cannot_be_read_is_refused(tmp_path: Path) -> None:
     disk = Disk.from_xml(_xml("", PIN, kind="network",
-                              source="<source protocol='iscsi' name='iqn.2026-12.test:t/1'><host name='127.0.0.1' "
-                                     "port='3260'/></source>"))
-    with pytest.raises(PreflightError, match="pinned but hotluks cannot read it"):
+                              source=f"<source protocol='nbd' name='hdr'><host transport='unix' "
+                                     f"socket='{tmp_path}/no-such.sock'/></source>"))
+    with pytest.raises(PreflightError, match="cannot read nbd hdr"):
         asyncio.run(verify_pin(disk))
