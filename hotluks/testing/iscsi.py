@@ -32,19 +32,27 @@ class IscsiTarget:
                 f"<auth username='{self.username}'><secret type='iscsi' usage='{secret_usage}'/></auth></source>")
 
     def stop(self, timeout: float = 10.0) -> None:
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        """Ask tgtd to shut down (it ignores SIGTERM while it has targets), else kill it by PID."""
+        for args in (["--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1", "--force"],
+                     ["--op", "delete", "--mode", "system"]):
+            subprocess.run(["tgtadm", "-C", str(self.control_port), *args], capture_output=True, timeout=30)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                break
+                if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:  # our child: reap it
+                    break
+            except ChildProcessError:
+                try:
+                    os.kill(self.pid, 0)
+                except ProcessLookupError:
+                    break
             time.sleep(0.05)
         else:
             os.kill(self.pid, signal.SIGKILL)
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
         for leftover in (f"/var/run/tgtd/socket.{self.control_port}", f"/var/run/tgtd/socket.{self.control_port}.lock"):
             Path(leftover).unlink(missing_ok=True)
 
