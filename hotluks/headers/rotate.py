@@ -237,7 +237,12 @@ async def update_libvirt_secret(backend: Any, ref: str, value: bytes) -> None:
     if backend.name == "libvirt":
         await asyncio.to_thread(_set_with_libvirt, backend.uri, ref, value)
     elif backend.name == "virsh":
-        await asyncio.to_thread(_set_with_virsh, backend.uri, ref, value)
+        import re
+
+        uuid = ref if re.fullmatch(r"[0-9a-fA-F-]{32,36}", ref) else await backend._secret_uuid_by_usage(ref)
+        if uuid is None:
+            raise SecretError(f"libvirt has no secret {ref!r} to update")
+        await asyncio.to_thread(_set_with_virsh, backend.uri, uuid, value)
     else:
         raise SecretError(f"the passphrase came from the {backend.name} backend, which cannot update secrets")
 
