@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "hotluks.cli.vm",
     "hotluks.cli.luks",
     "hotluks.cli.rotate",
+    "hotluks.cli.serve",
     "hotluks.cli.demo",
 )
 

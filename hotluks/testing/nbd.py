@@ -1,6 +1,7 @@
 """Test fixtures: x509 credentials made with openssl, and a header NBD server (qemu-nbd).
 
-The server is the recipe the README gives operators: ``qemu-nbd --snapshot`` exports a
+The server runs the recipe ``hotluks header serve`` runs (:mod:`hotluks.headers.serve`):
+``qemu-nbd --snapshot`` exports a
 throwaway writable overlay in front of the header file (QEMU's luks driver insists on
 write permission on its header), so no client can change the header file itself; TLS with
 ``verify-peer`` and an ``authz-simple`` object admit exactly one client certificate DN.
@@ -109,24 +110,18 @@ def serve_header(image: Path, workdir: Path, *, export: str = "hdr", tls: X509Se
     With ``tls``, clients must present a certificate of that CA; with ``allow_dn``
     (e.g. ``"CN=vm-1"``) only that distinguished name is admitted.
     """
+    from hotluks.headers.serve import serve_argv
+
     workdir.mkdir(parents=True, exist_ok=True)
     pidfile = workdir / f"qemu-nbd-{export}.pid"
-    args = ["qemu-nbd", "--fork", "--pid-file", str(pidfile), "--persistent", "--shared", "8", "--snapshot",
-            "-f", "raw", "-x", export]
-    if tls is not None:
-        args += ["--object", f"tls-creds-x509,id=srvtls,dir={tls.server},endpoint=server,verify-peer=on",
-                 "--tls-creds", "srvtls"]
-        if allow_dn is not None:
-            args += ["--object", f"authz-simple,id=srvauthz,identity={allow_dn.replace(',', ',,')}",
-                     "--tls-authz", "srvauthz"]
     port = sock = None
     if unix:
         sock = workdir / f"{export}.sock"
-        args += ["-k", str(sock)]
     else:
         port = free_port()
-        args += ["-b", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.run([*args, str(image)], capture_output=True, timeout=30)  # --fork: returns when serving
+    args = serve_argv(str(image), tls_dir=str(tls.server) if tls else None, allow_dn=allow_dn, export=export,
+                      port=port or 0, socket=str(sock) if sock else None, fork=True, pid_file=str(pidfile))
+    proc = subprocess.run(args, capture_output=True, timeout=30)  # --fork: returns when serving
     if proc.returncode != 0:
         raise RuntimeError(f"qemu-nbd failed: {proc.stderr.decode(errors='replace')[-500:]}")
     return NbdServer(int(pidfile.read_text().strip()), export, port, sock)

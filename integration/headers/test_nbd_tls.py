@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,17 @@ import pytest
 from hotluks.nbd_read import image_opts
 from hotluks.qemu.launcher import QemuProcess
 from hotluks.testing.nbd import NbdServer, X509Set, make_x509, serve_header
-from hotluks.testing.vms import Monitor, Snapshot, TestDisk, leaks, make_disk, qemu_io_read, run_cli, start_vm
+from hotluks.testing.vms import (
+    Monitor,
+    Snapshot,
+    TestDisk,
+    hotluks_cmd,
+    leaks,
+    make_disk,
+    qemu_io_read,
+    run_cli,
+    start_vm,
+)
 
 pytestmark = pytest.mark.qemu
 GOOD, BAD = "hotluks-vm-good", "hotluks-vm-intruder"
@@ -144,3 +155,34 @@ def test_cold_boot_arguments_start_a_qemu_that_reads_it(served: tuple[TestDisk, 
             assert qemu_io_read(mon, cold, "hl-vdb-luks") == "ok"
     finally:
         cold.stop()
+
+
+def test_header_serve_command_serves_one_authorised_client(x509: X509Set, tmp_path: Path) -> None:
+    """``hotluks header serve`` (foreground qemu-nbd, the same recipe) admits only the allowed DN."""
+    from hotluks.model import Host, Source
+    from hotluks.nbd_read import NetworkReadError, read_network_head
+    from hotluks.testing.nbd import free_port
+
+    staging = make_disk(tmp_path / "staging", "detached-header-raw", "vdy")
+    assert staging.header is not None
+    port = free_port()
+    server = subprocess.Popen(hotluks_cmd("header", "serve", staging.header, "--tls-dir", x509.server,
+                                          "--allow-dn", f"CN={GOOD}", "--listen", f"127.0.0.1:{port}"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        source = Source(kind="network", protocol="nbd", name="hdr", hosts=(Host("127.0.0.1", port),), tls=True)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                head = read_network_head(source, 1 << 20, tls_dir=str(x509.client(GOOD)), timeout=10)
+                break
+            except NetworkReadError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        assert head == staging.header.read_bytes()[:1 << 20]
+        with pytest.raises(NetworkReadError, match="cannot read nbd hdr"):
+            read_network_head(source, 4096, tls_dir=str(x509.client(BAD)), timeout=10)
+    finally:
+        server.terminate()  # by PID: the CLI exec'd qemu-nbd in place
+        server.wait(timeout=10)
