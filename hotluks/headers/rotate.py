@@ -197,8 +197,9 @@ async def rotate(backend: Any, disk: Disk, new_passphrase: bytes, secrets: Mappi
         backups = state_dir / "backups"
         backups.mkdir(mode=0o700, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        files = _Files(path, backups / f"{journal.dir.name}-{disk.target_dev}-{stamp}-{os.getpid()}.luksheader",
-                       path.with_name(f".{path.name}.rotate{os.getpid()}"))
+        real = Path(os.path.realpath(path))  # replace the file a symlink points to, not the link
+        files = _Files(real, backups / f"{journal.dir.name}-{disk.target_dev}-{stamp}-{os.getpid()}.luksheader",
+                       real.with_name(f".{real.name}.rotate{os.getpid()}"))
         committed = False
         try:
             removed, added, value = await asyncio.to_thread(_prepare, files, old, new_passphrase, fault)
@@ -208,7 +209,7 @@ async def rotate(backend: Any, disk: Disk, new_passphrase: bytes, secrets: Mappi
             committed = True
             if fault is not None:
                 fault("verify-committed")
-            await asyncio.to_thread(_verify_committed, path, old, new_passphrase, value)
+            await asyncio.to_thread(_verify_committed, real, old, new_passphrase, value)
             if from_libvirt:
                 if fault is not None:
                     fault("update-secret")
@@ -221,7 +222,7 @@ async def rotate(backend: Any, disk: Disk, new_passphrase: bytes, secrets: Mappi
                                           f"{exc}; {path} is unchanged") from None
                 raise
             try:
-                await asyncio.to_thread(header_restore, path, files.backup, force=True)
+                await asyncio.to_thread(header_restore, real, files.backup, force=True)
             except Exception as restore_exc:
                 raise IncompleteError(f"rotation of {disk.target_dev} failed ({exc}) and restoring {path} from "
                                       f"{files.backup} failed too: {restore_exc}; restore it with `hotluks luks "

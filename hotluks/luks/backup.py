@@ -122,7 +122,7 @@ def header_restore(device: PathLike, backup_file: PathLike, *, header: PathLike 
     """
     hdr, data = read_backup(backup_file)
     new = fingerprint(hdr).value
-    target = Path(header if header is not None else device)
+    target = Path(os.path.realpath(header if header is not None else device))  # through symlinks
     previous: str | None = None
     try:
         previous = fingerprint(open_header(target)).value

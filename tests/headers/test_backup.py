@@ -83,3 +83,17 @@ def test_restore_rejects_a_non_header(tmp_path: Path) -> None:
     (tmp_path / "junk").write_bytes(bytes(4096))
     with pytest.raises(LuksFormatError, match="not a valid LUKS header backup"):
         header_restore(dev, tmp_path / "junk")
+
+
+def test_restore_through_a_symlink_replaces_the_file_not_the_link(tmp_path: Path) -> None:
+    payload = tmp_path / "payload"
+    payload.write_bytes(bytes(1 << 20))
+    real = tmp_path / "real-header"
+    luks.format_volume(payload, PASS, type="luks1", header=real, kdf=luks.make_kdf("pbkdf2", iterations=1000),
+                       key_size=256)
+    link = tmp_path / "header"
+    link.symlink_to(real)
+    header_backup(payload, tmp_path / "bk", header=link)
+    luks.add_key(link, PASS, b"another", kdf=luks.make_kdf("pbkdf2", iterations=1000))
+    assert header_restore(payload, tmp_path / "bk", header=link).atomic
+    assert link.is_symlink() and len(luks.open_header(real).keyslots) == 1
