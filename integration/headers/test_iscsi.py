@@ -16,7 +16,17 @@ import pytest
 
 from hotluks.qemu.launcher import QemuProcess
 from hotluks.testing.iscsi import IscsiTarget, start_target
-from hotluks.testing.vms import Monitor, Snapshot, TestDisk, leaks, make_disk, qemu_io_read, run_cli
+from hotluks.testing.vms import (
+    Monitor,
+    Snapshot,
+    TestDisk,
+    leaks,
+    make_disk,
+    qemu_io_read,
+    run_cli,
+    start_vm,
+    write_master_key,
+)
 
 pytestmark = pytest.mark.qemu
 CHAP = b"chap-secret-for-hotluks-1"
@@ -98,3 +108,21 @@ def test_wrong_chap_secret_is_refused_or_rolled_back(target: tuple[TestDisk, Isc
     assert "(blockdev-add hl-vdb-hdr-proto) failed" in error and "rolled back" in error, error
     assert monitor.snapshot() == initial
     assert not leaks(b"not-the-chap-secret-999", [proc.stdout, proc.stderr])
+
+
+def test_chap_secret_is_sealed_under_the_master_key(target: tuple[TestDisk, IscsiTarget], tmp_path: Path) -> None:
+    disk, _ = target
+    key = write_master_key(tmp_path / "master.key")
+    sealed_vm = start_vm(master_key=key)
+    try:
+        with Monitor(sealed_vm.extra_sockets[0]) as mon:
+            proc = run_cli("attach", sealed_vm.qmp_path, disk.xml_path, *_secrets(disk, tmp_path / "chap"),
+                           "--state-dir", tmp_path / "state", "--master-key", key, "--json")
+            assert proc.returncode == 0, proc.stderr
+            for obj in ("hl-vdb-key", "hl-vdb-auth"):  # QEMU decrypted both with masterKey0
+                assert mon.cmd("qom-get", {"path": f"/objects/{obj}", "property": "keyid"}) == "masterKey0"
+            assert qemu_io_read(mon, sealed_vm, json.loads(proc.stdout)["top-node"]) == "ok"
+            assert run_cli("detach", sealed_vm.qmp_path, "--target", "vdb", "--state-dir",
+                           tmp_path / "state").returncode == 0
+    finally:
+        sealed_vm.stop()
