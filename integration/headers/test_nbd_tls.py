@@ -186,3 +186,31 @@ def test_header_serve_command_serves_one_authorised_client(x509: X509Set, tmp_pa
     finally:
         server.terminate()  # by PID: the CLI exec'd qemu-nbd in place
         server.wait(timeout=10)
+
+
+def test_header_and_payload_both_over_nbd_tls(served: tuple[TestDisk, NbdServer], x509: X509Set, vm: QemuProcess,
+                                              monitor: Monitor, initial: Snapshot, tmp_path: Path,
+                                              state_dir: Path) -> None:
+    """One client credentials object serves both nbd nodes (the payload from a second server)."""
+    disk, header_server = served
+    assert disk.payload is not None
+    payload_server = serve_header(disk.payload, tmp_path / "payload-server", export="data", tls=x509,
+                                  allow_dn=f"CN={GOOD}")
+    try:
+        xml = disk.xml.replace("<disk type='file'", "<disk type='network'")
+        start = xml.index("<source file=")
+        end = xml.index("/>", start) + 2
+        xml = (xml[:start] + f"<source protocol='nbd' name='data' tls='yes'>{payload_server.host_xml()}</source>"
+               + xml[end:])
+        disk.xml_path.write_text(xml)
+        env = {"HOTLUKS_NBD_TLS_DIR": str(x509.client(GOOD))}
+        proc = run_cli("attach", vm.qmp_path, disk.xml_path, *disk.cli_secret(), "--state-dir", state_dir, "--json",
+                       env=env)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert [s["name"] for s in result["steps"]].count("hl-vdb-tls") == 1
+        assert qemu_io_read(monitor, vm, result["top-node"]) == "ok"
+        assert run_cli("detach", vm.qmp_path, "--target", "vdb", "--state-dir", state_dir).returncode == 0
+        assert monitor.snapshot() == initial
+    finally:
+        payload_server.stop()
