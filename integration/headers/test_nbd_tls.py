@@ -214,3 +214,29 @@ def test_header_and_payload_both_over_nbd_tls(served: tuple[TestDisk, NbdServer]
         assert monitor.snapshot() == initial
     finally:
         payload_server.stop()
+
+
+def test_pinned_nbd_header_is_checked_through_nbd(served: tuple[TestDisk, NbdServer], x509: X509Set,
+                                                  vm: QemuProcess, monitor: Monitor, initial: Snapshot,
+                                                  tmp_path: Path, state_dir: Path) -> None:
+    """The pin of a network header is checked on the bytes read through NBD, before any QMP mutation."""
+    from hotluks import luks
+    from hotluks.luks.fingerprint import fingerprint
+
+    disk, _ = served
+    env = {"HOTLUKS_NBD_TLS_DIR": str(x509.client(GOOD))}
+    right = fingerprint(luks.open_header(tmp_path / "served" / "header.img")).value
+    other = make_disk(tmp_path / "other", "detached-header-raw", "vdx", passphrase=disk.passphrase + b"x")
+    assert other.header is not None
+    wrong = fingerprint(luks.open_header(other.header)).value
+    base = disk.xml
+    for pin, code in ((wrong, 2), (right, 0)):
+        disk.xml_path.write_text(base.replace("<driver type='raw'/></header>", "<driver type='raw'/><fingerprint "
+                                              f"type='sha256'>{pin}</fingerprint></header>"))
+        proc = run_cli("attach", vm.qmp_path, disk.xml_path, *disk.cli_secret(), "--state-dir", state_dir, env=env)
+        assert proc.returncode == code, proc.stderr
+        if code == 2:
+            assert "not the pinned" in proc.stderr
+            assert monitor.snapshot() == initial
+    assert run_cli("detach", vm.qmp_path, "--target", "vdb", "--state-dir", state_dir).returncode == 0
+    assert monitor.snapshot() == initial
