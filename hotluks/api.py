@@ -22,12 +22,15 @@ import asyncio
 from collections.abc import Generator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.model import Disk
 from hotluks.runner.operator import AttachResult, DetachResult, Operator
 from hotluks.secrets import SecretValue
+
+if TYPE_CHECKING:
+    from hotluks.headers.rotate import RotateResult
 
 SecretsArg = Mapping[str, bytes | str | SecretValue] | None
 
@@ -77,6 +80,15 @@ class AsyncSession:
 
     async def repair(self, timeout: float = 30.0) -> list[dict[str, Any]]:
         return await self.operator.repair(timeout=timeout)
+
+    async def rotate(self, disk: Disk | str | Path, new_passphrase: bytes,
+                     secrets: SecretsArg = None) -> RotateResult:
+        """Change the passphrase of an attached disk's header file (:mod:`hotluks.headers.rotate`)."""
+        from hotluks.headers.rotate import rotate
+
+        disk = disk if isinstance(disk, Disk) else Disk.from_xml(disk)
+        return await rotate(self.backend, disk, new_passphrase, _secret_values(secrets),
+                            state_dir=self.operator.journal.dir.parent)
 
     async def close(self) -> None:
         await self.backend.close()
@@ -157,6 +169,9 @@ class Session:
 
     def repair(self, timeout: float = 30.0) -> list[dict[str, Any]]:
         return self._loop.run_until_complete(self._session.repair(timeout))
+
+    def rotate(self, disk: Disk | str | Path, new_passphrase: bytes, secrets: SecretsArg = None) -> RotateResult:
+        return self._loop.run_until_complete(self._session.rotate(disk, new_passphrase, secrets))
 
     def close(self) -> None:
         if not self._loop.is_closed():

@@ -90,3 +90,21 @@ def test_a_fault_at_any_step_leaves_the_old_passphrase(vm: QemuProcess, monitor:
     assert not list(disk.header.parent.glob(".*rotate*"))  # no half-written copy left beside the header
     assert qemu_io_read(monitor, vm, top) == "ok"
     assert run_cli("detach", vm.qmp_path, "--target", "vdc", "--state-dir", state_dir).returncode == 0
+
+
+def test_rotate_through_the_python_api(vm: QemuProcess, monitor: Monitor, initial: Snapshot, tmp_path: Path,
+                                       state_dir: Path) -> None:
+    import hotluks
+
+    disk = make_disk(tmp_path / "d", "detached-header-raw", "vdd")
+    assert disk.header is not None
+    with hotluks.connect(str(vm.qmp_path), state_dir=state_dir) as session:
+        top = session.attach(disk.disk(), secrets=disk.secrets()).top_node
+        result = session.rotate(disk.disk(), NEW, secrets=disk.secrets())
+        assert result.target == "vdd" and result.header == str(disk.header)
+        assert qemu_io_read(monitor, vm, top) == "ok"
+        session.detach("vdd")
+    luks.unlock(disk.header, NEW)
+    with pytest.raises(WrongPassphraseError):
+        luks.unlock(disk.header, disk.passphrase)
+    assert monitor.snapshot() == initial
