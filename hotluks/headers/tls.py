@@ -8,6 +8,7 @@ the VM's ``tls-creds-x509`` object and by preflight's own NBD read. Set it with 
 
 from __future__ import annotations
 
+import argparse
 import os
 
 DEFAULT_NBD_TLS_DIR = "/etc/pki/qemu"
@@ -17,3 +18,16 @@ ENV = "HOTLUKS_NBD_TLS_DIR"
 def nbd_tls_dir() -> str:
     """The x509 client directory for nbd ``tls='yes'`` sources (environment, else libvirt's default)."""
     return os.environ.get(ENV) or DEFAULT_NBD_TLS_DIR
+
+
+def add_option(parser: argparse.ArgumentParser) -> None:
+    """``--nbd-tls-dir DIR`` (sets ``HOTLUKS_NBD_TLS_DIR`` for this command)."""
+    parser.add_argument("--nbd-tls-dir", metavar="DIR", default=None,
+                        help=f"x509 client credentials for nbd tls='yes' (ca-cert.pem, client-cert.pem, "
+                             f"client-key.pem); default ${ENV} or {DEFAULT_NBD_TLS_DIR}")
+
+
+def apply_option(args: argparse.Namespace) -> None:
+    """Make ``--nbd-tls-dir`` the directory :func:`nbd_tls_dir` returns in this process."""
+    if getattr(args, "nbd_tls_dir", None):
+        os.environ[ENV] = os.path.abspath(args.nbd_tls_dir)

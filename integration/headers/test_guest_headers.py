@@ -52,11 +52,11 @@ def test_guest_reads_plaintext_through_an_nbd_tls_header(live_guest: BootedGuest
         disk.xml_path.write_text(
             xml[:start] + f"<header type='network'><source protocol='nbd' name='hdr' tls='yes'>{server.host_xml()}"
             "</source><driver type='raw'/></header>" + xml[end:])
-        env = {"HOTLUKS_NBD_TLS_DIR": str(x509.client(CN))}
         qmp, state = f"unix:{live_guest.qmp_paths[0]}", tmp_path / "state"
         with Monitor(live_guest.qmp_paths[1]) as oracle:
             before = oracle.snapshot()
-            proc = run_cli("attach", qmp, disk.xml_path, *disk.cli_secret(), "--state-dir", state, "--json", env=env)
+            proc = run_cli("attach", qmp, disk.xml_path, *disk.cli_secret(), "--state-dir", state, "--json",
+                           "--nbd-tls-dir", x509.client(CN))
             assert proc.returncode == 0, proc.stderr
             assert "nbd hdr opens" in json.loads(proc.stdout)["preflight"]
             agent = live_guest.agent

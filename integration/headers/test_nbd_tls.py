@@ -143,9 +143,8 @@ def test_unauthorised_certificate_is_refused_and_rolled_back(
 def test_cold_boot_arguments_start_a_qemu_that_reads_it(served: tuple[TestDisk, NbdServer], x509: X509Set,
                                                         tmp_path: Path) -> None:
     disk, _ = served
-    env = {"HOTLUKS_NBD_TLS_DIR": str(x509.client(GOOD))}
     proc = run_cli("cold-cmdline", disk.xml_path, *disk.cli_secret(), "--format", "json",
-                   "--pci-root-bus", "pcie.0", env=env)
+                   "--pci-root-bus", "pcie.0", "--nbd-tls-dir", x509.client(GOOD))
     assert proc.returncode == 0, proc.stderr
     argv = json.loads(proc.stdout)
     assert any('"qom-type":"tls-creds-x509"' in a for a in argv)
