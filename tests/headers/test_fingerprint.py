@@ -64,3 +64,20 @@ def test_normalise_accepts_prefixes_and_separators() -> None:
     for bad in ("", "ab" * 31, "zz" * 32, "ab" * 33):
         with pytest.raises(ValueError):
             normalise(bad)
+
+
+def test_cli_prints_the_xml_element_to_paste(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hotluks.cli.main import main
+    from hotluks.model import Disk
+
+    header = _header(tmp_path, "h")
+    assert main(["luks", "fingerprint", str(header), "--xml"]) == 0
+    element = capsys.readouterr().out.strip()
+    assert element == f"<fingerprint type='sha256'>{fingerprint(luks.open_header(header)).value}</fingerprint>"
+    disk = Disk.from_xml(
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/srv/p.raw'/>"
+        f"<encryption format='luks'><secret type='passphrase' usage='p'/><header type='file'><source file='{header}'/>"
+        f"{element}</header></encryption><target dev='vdb' bus='virtio'/></disk>")
+    assert disk.encryption is not None and disk.encryption.header is not None
+    assert disk.encryption.header.fingerprint == fingerprint(luks.open_header(header)).value
+    assert main(["luks", "fingerprint", str(tmp_path / "h.payload")]) == 2  # no LUKS header: exit 2
