@@ -148,6 +148,15 @@ def _commit(files: _Files) -> None:
         os.close(fd)
 
 
+def _restore_verified(path: Path, backup: Path, old: bytes) -> None:
+    """Put the backup back and check that the old passphrase opens the header again."""
+    from hotluks import luks
+    from hotluks.luks.backup import header_restore
+
+    header_restore(path, backup, force=True)
+    luks.unlock(path, old)
+
+
 def _verify_committed(path: Path, old: bytes, new: bytes, value: str) -> None:
     """Read the header file back: the new passphrase opens it, the old one does not, same identity."""
     from hotluks import luks
@@ -167,8 +176,12 @@ def _verify_committed(path: Path, old: bytes, new: bytes, value: str) -> None:
 
 async def rotate(backend: Any, disk: Disk, new_passphrase: bytes, secrets: Mapping[str, SecretValue], *,
                  state_dir: Path, lock_timeout: float = 120.0, fault: Fault | None = None) -> RotateResult:
-    """Rotate the passphrase of ``disk`` (attached by hotluks to the VM behind ``backend``)."""
-    from hotluks.luks.backup import header_restore
+    """Rotate the passphrase of ``disk`` (attached by hotluks to the VM behind ``backend``).
+
+    The old passphrase is taken from ``secrets`` (by the secret's uuid or usage), else from
+    the backend's secret store (libvirt), which then gets the new one. ``fault`` (for tests)
+    is called with each step name of :data:`STEPS` before that step runs.
+    """
     from hotluks.runner.journal import Journal
     from hotluks.runner.lock import vm_lock
 
@@ -222,7 +235,7 @@ async def rotate(backend: Any, disk: Disk, new_passphrase: bytes, secrets: Mappi
                                           f"{exc}; {path} is unchanged") from None
                 raise
             try:
-                await asyncio.to_thread(header_restore, real, files.backup, force=True)
+                await asyncio.to_thread(_restore_verified, real, files.backup, old)
             except Exception as restore_exc:
                 raise IncompleteError(f"rotation of {disk.target_dev} failed ({exc}) and restoring {path} from "
                                       f"{files.backup} failed too: {restore_exc}; restore it with `hotluks luks "
