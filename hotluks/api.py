@@ -31,13 +31,16 @@ import threading
 from collections.abc import Coroutine, Generator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.errors import InputError, InvalidDisk, SecretError
 from hotluks.model import Disk
 from hotluks.runner.operator import AttachResult, DetachResult, Operator
 from hotluks.secrets import SecretValue
+
+if TYPE_CHECKING:
+    from hotluks.headers.rotate import RotateResult
 
 SecretsArg = Mapping[str, bytes | str | SecretValue] | None
 T = TypeVar("T")
@@ -138,9 +141,9 @@ class AsyncSession:
         self.operator = operator
 
     async def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-                     dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
+                     dry_run: bool = False, timeout: float = 30.0, pin: bool = False) -> AttachResult:
         return await self.operator.attach(_disk(disk), _secret_values(secrets), preflight=bool(preflight),
-                                          dry_run=bool(dry_run), timeout=_seconds(timeout))
+                                          dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin))
 
     async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return await self.operator.detach(_target(disk_or_target), timeout=_seconds(timeout))
@@ -150,6 +153,14 @@ class AsyncSession:
 
     async def repair(self, timeout: float = 30.0) -> list[dict[str, Any]]:
         return await self.operator.repair(timeout=_seconds(timeout))
+
+    async def rotate(self, disk: Disk | str | Path, new_passphrase: bytes,
+                     secrets: SecretsArg = None) -> RotateResult:
+        """Change the passphrase of an attached disk's header file (:mod:`hotluks.headers.rotate`)."""
+        from hotluks.headers.rotate import rotate
+
+        return await rotate(self.backend, _disk(disk), new_passphrase, _secret_values(secrets),
+                            state_dir=self.operator.journal.dir.parent)
 
     async def close(self) -> None:
         await self.backend.close()
@@ -260,8 +271,8 @@ class Session:
         return self._session.operator.master_key is not None or self._session.backend.can_seal
 
     def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-               dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
-        return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout))
+               dry_run: bool = False, timeout: float = 30.0, pin: bool = False) -> AttachResult:
+        return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin))
 
     def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return self._runner.run(self._session.detach(disk_or_target, timeout))
@@ -271,6 +282,9 @@ class Session:
 
     def repair(self, timeout: float = 30.0) -> list[dict[str, Any]]:
         return self._runner.run(self._session.repair(timeout))
+
+    def rotate(self, disk: Disk | str | Path, new_passphrase: bytes, secrets: SecretsArg = None) -> RotateResult:
+        return self._runner.run(self._session.rotate(disk, new_passphrase, secrets))
 
     def close(self) -> None:
         if not self._runner.loop.is_closed():

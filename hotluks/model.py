@@ -63,6 +63,8 @@ class Source:
     auth: Auth | None = None
     config_file: str | None = None
     line: int | None = None
+    tls: bool = False  # nbd ``tls='yes'``: x509 client credentials from the TLS directory
+    tls_hostname: str | None = None  # libvirt's ``tlsHostname``: the name to check in the server certificate
 
     @property
     def is_local(self) -> bool:
@@ -94,9 +96,14 @@ class Source:
 
 @dataclass(frozen=True)
 class DetachedHeader:
-    """The detached LUKS header (hotluks' extension ``<header>``): a raw source of its own."""
+    """The detached LUKS header (hotluks' extension ``<header>``): a raw source of its own.
+
+    ``fingerprint`` is the pinned header identity (lowercase sha256 hex,
+    :mod:`hotluks.luks.fingerprint`), or None when the header is not pinned.
+    """
 
     source: Source
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -294,8 +294,15 @@ class _DiskBuilder:
             raise self.fail(f"{protocol} source needs a <host>", el)
         if protocol in ("nbd", "iscsi") and len(hosts) > 1:
             raise self.fail(f"{protocol} source takes exactly one <host> (libvirt's rule)", el.findall("host")[1])
-        if el.get("tls") == "yes":
-            raise self.fail("tls='yes' is not supported yet: hotluks would connect without TLS, so it refuses", el)
+        tls = el.get("tls") == "yes"
+        if tls and protocol != "nbd":
+            raise self.fail(f"tls='yes' is only supported for nbd (not {protocol}): hotluks would connect "
+                            "without TLS, so it refuses", el)
+        if el.get("tlsHostname") is not None and not tls:
+            raise self.fail("tlsHostname needs tls='yes'", el)
+        if tls and hosts and hosts[0].socket is not None and el.get("tlsHostname") is None:
+            raise self.fail("tls='yes' over a UNIX socket needs tlsHostname='…' (the name in the server's "
+                            "certificate)", el)
         if protocol != "rbd" and config_el is not None:
             raise self.fail("<config file=…> is only for rbd sources", config_el)
         auth = None
@@ -318,6 +325,8 @@ class _DiskBuilder:
             auth=auth,
             config_file=config_el.get("file") if config_el is not None else None,
             line=_line(el),
+            tls=tls,
+            tls_hostname=el.get("tlsHostname"),
         )
 
     def host(self, el: etree._Element) -> Host:
@@ -341,7 +350,9 @@ class _DiskBuilder:
         if header_el is not None:
             hkind = cast(SourceKind, header_el.get("type"))
             hsource_el = _child(header_el, "source")
-            header = DetachedHeader(source=self.source(hsource_el, hkind, "header"))
+            pin_el = header_el.find("fingerprint")
+            pin = (pin_el.text or "").strip().lower() if pin_el is not None else None
+            header = DetachedHeader(source=self.source(hsource_el, hkind, "header"), fingerprint=pin)
             if header.source.describe() == source.describe():
                 raise self.fail(f"the detached header and the payload are the same volume ({source.describe()})",
                                 hsource_el)

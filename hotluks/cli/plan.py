@@ -6,6 +6,8 @@ import argparse
 import json
 
 from hotluks.cli.common import add_secret_option, load_disk, print_json, read_secrets, secret_files
+from hotluks.headers.tls import add_option as tls_option
+from hotluks.headers.tls import apply_option as apply_tls_option
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -14,6 +16,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "Pure: no VM is touched. Secret values are never shown.")
     p.add_argument("disk", metavar="DISK.xml", help="libvirt-style <disk> XML file ('-' for stdin)")
     p.add_argument("--json", action="store_true", help='print {"steps": [{"execute", "arguments", "undo"}, ...]}')
+    tls_option(p)
     p.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("cold-cmdline", help="print -object/-blockdev/-device arguments for a cold boot",
@@ -29,15 +32,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--pci-root-bus", metavar="NAME", default="pci.0",
                    help="QEMU name of the PCI root bus, used for <address type='pci' bus='0'>: "
                         "pci.0 on -M pc (default), pcie.0 on -M q35")
+    tls_option(c)
     c.set_defaults(func=cmd_cold_cmdline)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from hotluks.plan.planner import build_plan
+    from hotluks.headers.tls import nbd_tls_dir
+    from hotluks.plan.planner import PlanContext, build_plan
     from hotluks.render.listing import render_listing
     from hotluks.render.qmp import plan_json
 
-    plan = build_plan(load_disk(args.disk))
+    apply_tls_option(args)
+    plan = build_plan(load_disk(args.disk), context=PlanContext(nbd_tls_dir=nbd_tls_dir()))
     if args.json:
         print_json(plan_json(plan))
     else:
@@ -46,10 +52,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_cold_cmdline(args: argparse.Namespace) -> int:
+    from hotluks.headers.tls import nbd_tls_dir
     from hotluks.plan.planner import PlanContext, build_plan
     from hotluks.render.cmdline import as_shell, cold_boot_args
 
-    plan = build_plan(load_disk(args.disk), context=PlanContext(pci_root_bus=args.pci_root_bus))
+    apply_tls_option(args)
+    plan = build_plan(load_disk(args.disk), context=PlanContext(pci_root_bus=args.pci_root_bus,
+                                                                nbd_tls_dir=nbd_tls_dir()))
     inline = read_secrets(args.secret) if args.inline_secrets else None
     argv = cold_boot_args(plan, secret_files(args.secret), inline)
     if args.format == "json":

@@ -25,6 +25,7 @@ from hotluks.errors import (
     RefusedError,
     RolledBackError,
 )
+from hotluks.headers.pins import PinStore, check_pin
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
 from hotluks.plan.planner import build_plan
@@ -33,7 +34,7 @@ from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner.fdpass import pass_file, remove_fdsets, tagged_fdsets, wants_fd
 from hotluks.runner.journal import Journal, JournalStep, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
-from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight
+from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight, verify_pin
 from hotluks.runner.vmstate import VMSnapshot, machine_type, plan_context, probe_capabilities, snapshot
 from hotluks.secrets import SecretValue, resolve
 
@@ -60,11 +61,13 @@ class AttachResult:
     dry_run: bool = False
     steps: list[StepReport] = field(default_factory=list)
     commands: list[dict[str, Any]] = field(default_factory=list)
+    header_fingerprint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": True, "vm": self.vm, "target": self.target, "device": self.device, "top-node": self.top_node,
             "shape": self.shape, "preflight": self.preflight, "dry-run": self.dry_run,
+            **({"header-fingerprint": self.header_fingerprint} if self.header_fingerprint else {}),
             "steps": [{"execute": s.execute, "name": s.name, "seconds": round(s.seconds, 6)} for s in self.steps],
             **({"commands": self.commands} if self.dry_run else {}),
         }
@@ -121,7 +124,8 @@ class Operator:
 
     # -- attach ----------------------------------------------------------------
     async def attach(self, disk: Disk, secrets: Mapping[str, SecretValue] | None = None, *,
-                     preflight: bool = True, dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
+                     preflight: bool = True, dry_run: bool = False, timeout: float = 30.0,
+                     pin: bool = False) -> AttachResult:
         """Attach ``disk``: refuse (exit 2), succeed, or roll back completely (exit 1).
 
         ``timeout`` bounds the wait for the guest to release the device if a rollback
@@ -142,18 +146,23 @@ class Operator:
             values = await self._secret_values(plan, secrets or {})
             sealing = self._sealing_key()
             note = "skipped (--no-preflight)"
+            pinned = await check_pin(disk, PinStore(self.journal.dir.parent / "pins"), values, timeout) if pin else None
             passphrase = pick_passphrase(disk, values)
             if passphrase is not None:
                 check_passphrase_encoding(disk, passphrase)
             if preflight and passphrase is not None:
                 note = await run_preflight(disk, passphrase, values, timeout)
+            else:  # a pinned header is checked even without the passphrase preflight
+                note = await verify_pin(disk, values, timeout) or note
             commands = [bound_command(step, values, sealing) for step in plan.steps]
             result = AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,
-                                  top_node=plan.top_node, shape=disk.shape, preflight=note, dry_run=dry_run)
+                                  top_node=plan.top_node, shape=disk.shape, preflight=note, dry_run=dry_run,
+                                  header_fingerprint=pinned.fingerprint if pinned else None)
             if dry_run:
                 result.commands = [redacted_command(step) for step in plan.steps]
                 return result
             record = Record.for_plan(self.backend.vm, plan)
+            record.header_fingerprint = pinned.fingerprint if pinned else None
             self.journal.save(record)
             log.info("attaching %s to %s as %s (%s, %d steps); preflight: %s", disk.target_dev, self.backend.vm,
                      plan.device_id, disk.shape, len(plan.steps), note)
@@ -172,6 +181,8 @@ class Operator:
                 record.steps[index].state = "done"  # saved with the next change
                 result.steps.append(StepReport(step.command, step.name, time.perf_counter() - started))
             self.journal.set_status(record, "attached")
+            if pinned is not None and pinned.first_use:
+                PinStore(self.journal.dir.parent / "pins").record(pinned.source, pinned.fingerprint)
             return result
 
     async def _roll_back(self, record: Record, failed: int, cause: BackendError, before: VMSnapshot,
@@ -314,7 +325,8 @@ class Operator:
             items = [{"kind": s.kind, "name": s.name, "present": s.name in present[s.kind]} for s in record.steps]
             consistent = all(i["present"] for i in items) if record.status == "attached" else False
             out.append({"target": record.target, "device": record.device, "shape": record.shape,
-                        "status": record.status, "consistent": consistent, "error": record.error, "items": items})
+                        "status": record.status, "consistent": consistent, "error": record.error, "items": items,
+                        "header-fingerprint": record.header_fingerprint})
         return out
 
     async def repair(self, *, timeout: float = 30.0) -> list[dict[str, Any]]:
