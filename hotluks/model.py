@@ -11,10 +11,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-SourceKind = Literal["file", "block", "network"]
-Protocol = Literal["rbd", "nbd", "iscsi"]
+SourceKind = Literal["file", "block", "network", "volume", "nvme", "dir", "vhostuser", "vhostvdpa"]
+Protocol = Literal["rbd", "nbd", "iscsi", "http", "https", "ftp", "ftps", "tftp", "gluster", "ssh", "vxhs", "nfs",
+                   "sheepdog"]
 Bus = Literal["virtio", "scsi", "usb"]
-ImageFormat = Literal["raw", "qcow2"]
+#: image formats libvirt names in ``<driver type=…>``; hotluks encrypts raw and qcow2 itself
+ImageFormat = Literal["raw", "qcow2", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks", "bochs", "cloop", "dmg",
+                      "parallels"]
+#: source kinds and network protocols the planner can attach
+PLANNABLE_KINDS = ("file", "block", "network", "nvme")
+PLANNABLE_PROTOCOLS = ("rbd", "nbd", "iscsi")
 
 
 class Engine(str, Enum):
@@ -78,6 +84,15 @@ class Source:
     auth: Auth | None = None
     config_file: str | None = None
     line: int | None = None
+    #: ``type='nvme'``: the controller's PCI address (``0000:01:00.0``) and the namespace
+    nvme_device: str | None = None
+    nvme_namespace: int | None = None
+    #: ``type='volume'``: ``(pool, volume)`` of a libvirt storage pool
+    pool_volume: tuple[str, str] | None = None
+    #: ``<slices><slice type='storage' offset= size=/>``: a byte range of the source
+    slice: tuple[int, int] | None = None
+    #: parsed libvirt features the planner cannot apply to this source (with why)
+    unsupported: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -104,6 +119,10 @@ class Source:
     def describe(self) -> str:
         if self.path is not None:
             return f"{self.kind} {self.path}"
+        if self.nvme_device is not None:
+            return f"nvme {self.nvme_device} namespace {self.nvme_namespace}"
+        if self.pool_volume is not None:
+            return f"volume {self.pool_volume[0]}/{self.pool_volume[1]}"
         return f"{self.protocol} {self.name or ''}".strip()
 
 
@@ -158,6 +177,17 @@ class DriverOptions:
     discard: str | None = None
     io: str | None = None
     detect_zeroes: str | None = None
+    #: write/read error actions (QEMU ``werror``/``rerror``)
+    error_policy: str | None = None
+    rerror_policy: str | None = None
+    copy_on_read: bool = False
+    #: virtio-blk: IOThread number (libvirt's ``iothreadN`` object), queue count and size
+    iothread: int | None = None
+    queues: int | None = None
+    queue_size: int | None = None
+    ioeventfd: bool | None = None
+    event_idx: bool | None = None
+    discard_no_unref: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +206,15 @@ class Disk:
     readonly: bool = False
     shareable: bool = False
     removable: bool = False
+    #: ``<iotune>`` as QEMU ``ThrottleLimits`` members (``("bps-total", 1048576)``, …)
+    iotune: tuple[tuple[str, int], ...] = ()
+    #: ``<blockio>`` as device properties (``("logical_block_size", 4096)``, …)
+    blockio: tuple[tuple[str, int], ...] = ()
+    boot_order: int | None = None
+    #: scsi-hd identity properties (``wwn``, ``vendor``, ``product``, ``rotation_rate``)
+    scsi_properties: tuple[tuple[str, str | int], ...] = ()
+    #: what the XML said that hotluks ignores (read-only state of ``virsh dumpxml``), one line each
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def from_xml(cls, text_or_path: str | bytes | Path) -> Disk:

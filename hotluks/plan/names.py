@@ -23,6 +23,9 @@ ROLES = {
     "payload-protocol": "proto",
     "payload-format": "fmt",
     "luks": "luks",
+    "copy-on-read": "cor",
+    "throttle-group": "tg",
+    "throttle": "throttle",
 }
 
 

@@ -146,7 +146,7 @@ CASES: dict[str, tuple[str, str]] = {
                          "removable='on' is for usb and scsi disks"),
     "missing-target": (xml("file", "<source file='/p'/>").replace("device='disk'>", "device='disk'><!--HERE-->"),
                        "Expecting an element target"),
-    "bad-alias": (xml("file", "<source file='/p'/>", TARGET, "<alias name='virtio-disk0'/><!--HERE-->"),
+    "bad-alias": (xml("file", "<source file='/p'/>", TARGET, "<alias name='ua disk/0'/><!--HERE-->"),
                   "does not match the <disk> schema"),
     "bad-format": (xml("file", "<source file='/p'/>", "<encryption format='plain'><!--HERE-->", SECRET,
                        "</encryption>", TARGET), "does not match the <disk> schema"),
