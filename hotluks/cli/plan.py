@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hotluks.cli.common import add_secret_option, load_disk, print_json, read_secrets, secret_files
+from hotluks.cli.common import add_secret_option, load_disk, read_secrets, secret_files
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description="Show the ordered QMP steps (with their undo) that attach DISK.xml. "
                                    "Pure: no VM is touched. Secret values are never shown.")
     p.add_argument("disk", metavar="DISK.xml", help="libvirt-style <disk> XML file ('-' for stdin)")
-    p.add_argument("--json", action="store_true", help='print {"steps": [{"execute", "arguments", "undo"}, ...]}')
+    p.add_argument("--json", action="store_true",
+                   help="print the plan as a hotluks/1 document (schema: hotluks/schemas/plan.json)")
     p.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("cold-cmdline", help="print -object/-blockdev/-device arguments for a cold boot",
@@ -23,6 +24,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--format", choices=("shell", "argv", "json"), default="shell",
                    help="shell: quoted for a POSIX shell (default); argv: one argument per line; "
                         "json: one JSON list of strings")
+    c.add_argument("--json", dest="json", action="store_true",
+                   help="a hotluks/1 document with the argument list (schema: hotluks/schemas/cold-cmdline.json)")
     add_secret_option(c)
     c.add_argument("--inline-secrets", action="store_true",
                    help="embed the secret values (from the --secret files) instead of referencing the files")
@@ -39,7 +42,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     plan = build_plan(load_disk(args.disk))
     if args.json:
-        print_json(plan_json(plan))
+        from hotluks.cli.output import emit
+
+        emit("plan", plan_json(plan))
     else:
         print(render_listing(plan))
     return 0
@@ -52,7 +57,11 @@ def cmd_cold_cmdline(args: argparse.Namespace) -> int:
     plan = build_plan(load_disk(args.disk), context=PlanContext(pci_root_bus=args.pci_root_bus))
     inline = read_secrets(args.secret) if args.inline_secrets else None
     argv = cold_boot_args(plan, secret_files(args.secret), inline)
-    if args.format == "json":
+    if args.json:
+        from hotluks.cli.output import emit
+
+        emit("cold-cmdline", {"target": plan.disk.target_dev, "argv": argv, "notes": list(plan.disk.notes)})
+    elif args.format == "json":
         print(json.dumps(argv))
     elif args.format == "argv":
         print("\n".join(argv))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,10 @@ def test_hostile_xml_through_the_cli(case: str, cli: Any, write_xml: Any) -> Non
     path: Path = write_xml(data)
     result = cli("plan", "--json", str(path))
     assert result.code == 2, result.err
-    assert result.out == ""
+    error = json.loads(result.out)
+    assert (error["format"], error["ok"], error["error"]["exit_code"]) == ("hotluks/1", False, 2)
+    assert error["error"]["message"] in result.err
+    _no_leak(result.out)
     assert result.err.startswith("hotluks: error: ") and result.err.count("\n") == 1
     assert fragment in result.err
     _no_leak(result.err)

@@ -5,6 +5,7 @@ Each case marks the offending line with ``<!--HERE-->``; the error must name exa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,10 @@ def test_invalid_through_cli(case: str, cli: Any, write_xml: Any) -> None:
     for command in (("plan", str(path)), ("plan", "--json", str(path)), ("cold-cmdline", str(path))):
         result = cli(*command)
         assert result.code == 2
-        assert result.out == ""
+        if "--json" in command:
+            assert json.loads(result.out)["error"]["message"] in result.err
+        else:
+            assert result.out == ""
         assert result.err.startswith(f"hotluks: error: {path}:{_line(text)}: ")
         assert fragment in result.err and "Traceback" not in result.err
 
