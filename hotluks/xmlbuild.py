@@ -144,7 +144,10 @@ class DiskBuilder:
                             if el.get(a) is not None), "?")
             raise self.fail(f"{owner} type='{kind}' needs <source {wanted}=…>, not <source {present}=…>", el)
         self.notes.extend(extras.source_notes_and_refusals(el, self.fail))
-        hosts = tuple(self.host(h) for h in el.findall("host"))
+        host_els = el.findall("host")
+        if len(host_els) > extras.MAX_HOSTS:
+            raise self.fail(f"{len(host_els)} <host> elements; at most {extras.MAX_HOSTS}", host_els[extras.MAX_HOSTS])
+        hosts = tuple(self.host(h) for h in host_els)
         auth_el = el.find("auth")
         config_el = el.find("config")
         slice_ = self.slice(el.find("slices"))
@@ -211,8 +214,6 @@ class DiskBuilder:
                 if protocol != "nbd":
                     raise self.fail("a UNIX-socket <host> is only supported for nbd", el)
                 extras.check_path(host.socket, host_el, self.fail)
-            if host.port == 0:
-                raise self.fail("<host port='0'> is not a port", host_el)
         for extra in (el.find("address"), el.find("ssl"), el.find("cookies")):
             if extra is not None and unsupported is None:
                 raise self.fail(f"<{extra.tag}> does not belong in a {protocol} source", extra)
@@ -249,8 +250,8 @@ class DiskBuilder:
         return int(offset or 0), int(size or 0)
 
     def host(self, el: etree._Element) -> Host:
-        port = el.get("port")
-        return Host(name=el.get("name"), port=int(port) if port else None, socket=el.get("socket"))
+        port = extras.uint_attr(el, "port", self.fail, minimum=1, maximum=65535)
+        return Host(name=el.get("name"), port=port, socket=el.get("socket"))
 
     def secret_ref(self, el: etree._Element, kind: Literal["passphrase", "ceph", "iscsi"]) -> SecretRef:
         uuid = el.get("uuid")
@@ -262,7 +263,11 @@ class DiskBuilder:
                    driver_el: etree._Element | None) -> Encryption:
         luks_format = LuksFormat(el.get("format"))
         engine = Engine(el.get("engine", "qemu"))
-        secrets = tuple(self.secret_ref(s, "passphrase") for s in el.findall("secret"))
+        secret_els = el.findall("secret")
+        if len(secret_els) > extras.MAX_LAYERS:
+            raise self.fail(f"{len(secret_els)} secrets (clone layers); at most {extras.MAX_LAYERS}",
+                            secret_els[extras.MAX_LAYERS])
+        secrets = tuple(self.secret_ref(s, "passphrase") for s in secret_els)
         if len(set(secrets)) != len(secrets):
             raise self.fail("the same secret is listed twice in <encryption>", el)
         header_el = el.find("header")

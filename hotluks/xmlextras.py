@@ -29,11 +29,15 @@ MAX_ISCSI_LUN = 16383
 MAX_SCSI_TARGET = 255
 MAX_SCSI_LUN = 16383
 MAX_SCSI_CONTROLLER = 255
+#: Ceph monitors per rbd source, and librbd clone layers (secrets) per disk: generous, but bounded
+MAX_HOSTS = 32
+MAX_LAYERS = 16
 #: Linux PATH_MAX / NAME_MAX
 PATH_MAX = 4095
 NAME_MAX = 255
 #: paths that name QEMU's (or the caller's) own descriptors or kernel state, never a disk
 INTERNAL_PATH_PREFIXES = ("/dev/fdset", "/dev/fd", "/proc", "/sys", "/dev/stdin", "/dev/stdout", "/dev/stderr")
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 _ASCII_UINT = re.compile(r"[0-9]+", re.ASCII)
 
 #: libvirt <iotune> child → QEMU ThrottleLimits member
@@ -93,6 +97,9 @@ def normalized_path(path: str) -> str:
 def path_problem(path: str) -> str | None:
     """Why no disk can have this path (too long, or QEMU's own descriptors / kernel state), else None."""
     raw = path.encode("utf-8", "surrogateescape")
+    odd = next((c for c in path if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in BIDI_CONTROLS), None)
+    if odd is not None:
+        return f"path has a control character (U+{ord(odd):04X}); hotluks refuses such paths so messages stay honest"
     if len(raw) > PATH_MAX:
         return f"path is {len(raw)} bytes; Linux paths are at most {PATH_MAX}"
     long_part = next((p for p in path.split("/") if len(p.encode("utf-8", "surrogateescape")) > NAME_MAX), None)

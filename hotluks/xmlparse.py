@@ -55,6 +55,8 @@ def read_disk_file(path: Path) -> Disk:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise InputError(f"{_shown(path)}: {_os_reason(exc)}") from None
+    except (UnicodeEncodeError, ValueError):  # lone surrogates, NUL bytes
+        raise InputError(f"{_shown(path)}: not a usable file name") from None
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):

@@ -43,7 +43,7 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "string-where-number": (b"<disk type='file'>" + BODY.encode()
                             + b"<address type='pci' slot='five'/></disk>", "schema"),
     "port-overflow": (b"<disk type='network'><source protocol='nbd' name='x'><host name='h' port='99999'/>"
-                      b"</source><target dev='vdb'/></disk>", "schema"),
+                      b"</source><target dev='vdb'/></disk>", "from 1 to 65535"),
     "unknown-element": (b"<disk type='file'>" + BODY.encode() + b"<iotune><total_bytes_per_fortnight>1"
                         b"</total_bytes_per_fortnight></iotune></disk>", "schema"),
     "unknown-attribute": (b"<disk type='file' frobnicate='no'>" + BODY.encode() + b"</disk>", "schema"),
