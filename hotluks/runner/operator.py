@@ -159,6 +159,9 @@ class Operator:
             if plan.secrets and sealing is None and getattr(self.backend, "argv_visible", False):
                 raise RefusedError(f"the {self.backend.name} backend would put secrets on a command line; "
                                    "it needs the domain's master key (libvirt's masterKey0) or --master-key")
+            if plan.secrets:
+                log.info("secrets: %s", f"sealed (AES-256-CBC under master key '{sealing[0]}')" if sealing
+                         else "not sealed (no master key: values travel in clear on the monitor socket)")
             note = "skipped (--no-preflight)"
             passphrase = pick_passphrase(disk, values)
             if passphrase is not None:
