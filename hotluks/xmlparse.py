@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,8 @@ MAX_XML_BYTES = 256 * 1024
 def _schema() -> etree.RelaxNG:
     from lxml import etree
 
-    with resources.files("hotluks.schema").joinpath("disk.rng").open("rb") as fh:
+    # a plain path, not importlib.resources: it would import zipfile on every start-up
+    with open(Path(__file__).with_name("schema") / "disk.rng", "rb") as fh:
         return etree.RelaxNG(etree.parse(fh, _parser()))
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import resources
 
 from hotluks.errors import InputError
 
 
 def example_names() -> list[str]:
     """The shipped examples (``hotluks/examples/*.xml``) by name, sorted."""
+    from importlib import resources
+
     files = resources.files("hotluks").joinpath("examples")
     return sorted(f.name[:-4] for f in files.iterdir() if f.name.endswith(".xml"))
 
@@ -37,6 +38,8 @@ def cmd_example(args: argparse.Namespace) -> int:
         else:
             print("\n".join(names))
         return 0
+    from importlib import resources
+
     name = args.name.removesuffix(".xml")
     if name not in names:
         raise InputError(f"no example named {args.name!r}; choose one of: {', '.join(names)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -24,6 +23,13 @@ COMMAND_MODULES = (
     "hotluks.cli.demo",
     "hotluks.cli.example",
 )
+#: which module registers a command, so that running one command imports and builds only its parser
+#: (anything not listed, and --help, builds the whole CLI)
+COMMAND_OWNERS = {
+    "plan": "hotluks.cli.plan", "cold-cmdline": "hotluks.cli.plan", "example": "hotluks.cli.example",
+}
+#: commands that never log: they skip importing and configuring logging (start-up time)
+QUIET_COMMANDS = frozenset({"plan", "cold-cmdline", "example"})
 DESCRIPTION = "Plug LUKS-encrypted disks (detached headers, librbd) into running QEMU VMs."
 
 
@@ -82,8 +88,8 @@ def _polish(parser: argparse.ArgumentParser) -> None:
                              help=argparse.SUPPRESS)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the full ``hotluks`` argument parser."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Return the ``hotluks`` argument parser: all commands, or only those of module ``only``."""
     parser = argparse.ArgumentParser(prog="hotluks", description=DESCRIPTION,
                                      epilog="Run `hotluks COMMAND --help` for a command's options; "
                                             "`man hotluks` for all of them.")
@@ -93,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in (only,) if only else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -109,12 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     from hotluks.cli.common import validate_args
 
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    word = next((a for a in argv if not a.startswith("-")), None)
+    owner = COMMAND_OWNERS.get(word or "") if "-h" not in argv and "--help" not in argv else None
+    parser = build_parser(owner)
     args = parser.parse_args(argv)
     if getattr(args, "global_json", False) and hasattr(args, "json"):
         args.json = True
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="hotluks: %(levelname)s: %(message)s")
+    if args.verbose or args.command not in QUIET_COMMANDS:
+        import logging
+
+        level = logging.WARNING - 10 * min(args.verbose, 2)
+        logging.basicConfig(level=level, format="hotluks: %(levelname)s: %(message)s")
     try:
         validate_args(args)
         code: int = args.func(args)

@@ -37,15 +37,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from hotluks.plan.planner import build_plan
-    from hotluks.render.listing import render_listing
-    from hotluks.render.qmp import plan_json
 
     plan = build_plan(load_disk(args.disk))
     if args.json:
         from hotluks.cli.output import emit
+        from hotluks.render.qmp import plan_json
 
         emit("plan", plan_json(plan))
     else:
+        from hotluks.render.listing import render_listing
+
         print(render_listing(plan))
     return 0
 
