@@ -22,6 +22,7 @@ ROLES = {
     "header-format": "hdr-fmt",
     "payload-protocol": "proto",
     "payload-format": "fmt",
+    "payload-slice": "slice",
     "luks": "luks",
     "copy-on-read": "cor",
     "throttle-group": "tg",

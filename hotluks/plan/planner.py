@@ -74,8 +74,6 @@ def check_sources(disk: Disk) -> None:
         where = f"line {src.line}: " if src.line else ""
         if src.unsupported is not None:
             raise UnsupportedError(f"{where}{src.unsupported}")
-        if src.slice is not None:
-            raise UnsupportedError(f"{where}<slices> (a byte range of {src.describe()}) is not supported")
         for path in (src.path, src.config_file, *(h.socket for h in src.hosts)):
             problem = path_problem(path) if path is not None else None
             if problem is not None:
@@ -172,7 +170,10 @@ class _GraphBuilder:
         if enc is not None and enc.header is not None:
             hsrc = enc.header.source
             hproto = self.node("header-protocol", self.protocol_args(hsrc, auth_ids.get(hsrc)))
-            header = self.node("header-format", {"driver": "raw", "file": hproto, **self.common()})
+            header_raw: dict[str, Any] = {"driver": "raw", "file": hproto, **self.common()}
+            if hsrc.slice is not None:
+                header_raw.update({"offset": hsrc.slice[0], "size": hsrc.slice[1]})
+            header = self.node("header-format", header_raw)
         else:
             header = None
 
@@ -180,6 +181,10 @@ class _GraphBuilder:
         if enc is not None and enc.engine is Engine.LIBRBD:
             protocol_args["encrypt"] = self.rbd_encrypt(enc.format, key_ids)
         proto = self.node("payload-protocol", protocol_args)
+        if disk.source.slice is not None:  # as libvirt: a raw node with offset/size over the storage
+            offset, size = disk.source.slice
+            proto = self.node("payload-slice", {"driver": "raw", "file": proto, "offset": offset, "size": size,
+                                                **self.common()})
 
         if enc is None or enc.engine is Engine.LIBRBD:
             top = self.node("payload-format", {"driver": disk.format, "file": proto, **self.common()})

@@ -92,3 +92,41 @@ def test_throttle_group_and_filters_undo_cleanly(images: Any, monitor_for: Any) 
 def test_plain_file_path_list(tmp_path: Path) -> None:
     """Guard: the tuned example stays plannable without QEMU (no I/O in planning)."""
     assert build_plan(Disk.from_xml(TUNED.format(path=tmp_path / "x"))).device_id == "hl-vdb"
+
+
+SLICED = """<disk type='file' device='disk'>
+  <driver name='qemu' type='raw'/>
+  <source file='{path}'>
+    <slices><slice type='storage' offset='1048576' size='{size}'/></slices>
+    <encryption format='luks' engine='qemu'><secret type='passphrase' uuid='{key}'/></encryption>
+  </source>
+  <target dev='vdc' bus='virtio'/>
+</disk>
+"""
+
+
+def test_luks_volume_in_a_slice_reads_the_plaintext(images: Any, monitor_for: Any) -> None:
+    """<slices>: a LUKS volume 1 MiB into a bigger file, opened through a raw offset/size node."""
+    from hotluks.render.qmp import bound_command
+    from hotluks.secrets import SecretValue
+
+    inner = images.raw("inner.luks", 4)
+    images.luks1(inner)
+    outer = images.raw("outer.img", 6)
+    with open(outer, "r+b") as fh:
+        fh.seek(1 << 20)
+        fh.write(inner.read_bytes())
+    size = inner.stat().st_size
+    images.write_pattern(f"driver=luks,key-secret=sec0,file.driver=raw,file.offset={1 << 20},file.size={size},"
+                         f"file.file.driver=file,file.file.filename={outer}")
+    key = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f"
+    plan = build_plan(Disk.from_xml(SLICED.format(path=outer, size=size, key=key)))
+    assert [s.role for s in plan.steps] == ["key", "payload-protocol", "payload-slice", "luks", "device"]
+    values = {key: SecretValue(images.passphrase)}
+    with start_qemu([], machine="pc") as proc:
+        qmp = monitor_for(proc)
+        for step in plan.steps:
+            cmd = bound_command(step, values, None)
+            qmp(cmd["execute"], cmd["arguments"])
+        out = qmp.qemu_io(plan.top_node, f"read -P {images.pattern:#x} 0 {images.length}")
+        assert f"read {images.length}/{images.length} bytes" in out and "verification failed" not in out, out

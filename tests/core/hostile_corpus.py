@@ -125,7 +125,7 @@ def structure_cases() -> dict[str, bytes]:
         "volume": "pool='p' volume='v'", "dir": "dir='/d'", "vhostuser": "path='/s'", "bogus": "file='/p'",
         "nvme-no-address": "type='pci' namespace='1'"}.items()}
     kinds["kind-https"] = disk(f"<source protocol='https' name='x'><host name='h'/></source>{TARGET}", "network")
-    kinds["kind-slices"] = plain(source="<source file='/p'><slices><slice type='storage' offset='0' size='9'/>"
+    kinds["kind-slices"] = plain(source="<source file='/p'><slices><slice type='storage' offset='0' size='0'/>"
                                         "</slices></source>")
     return {**unknown, **refused, **kinds}
 
