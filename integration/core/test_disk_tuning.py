@@ -130,3 +130,40 @@ def test_luks_volume_in_a_slice_reads_the_plaintext(images: Any, monitor_for: An
             qmp(cmd["execute"], cmd["arguments"])
         out = qmp.qemu_io(plan.top_node, f"read -P {images.pattern:#x} 0 {images.length}")
         assert f"read {images.length}/{images.length} bytes" in out and "verification failed" not in out, out
+
+
+def test_cli_attach_status_detach_of_a_tuned_disk(images: Any, tmp_path: Path) -> None:
+    """The runner journals and undoes the throttle group and filters like any other step."""
+    import json
+
+    from hotluks.cli.output import envelope
+    from hotluks.testing.vms import Monitor, run_cli, start_vm
+
+    vol = images.raw("runner.raw", 4)
+    xml = tmp_path / "tuned.xml"
+    xml.write_text(TUNED.format(path=vol).replace("<boot order='3'/>", ""))
+    state = tmp_path / "state"
+    proc = start_vm()
+    try:
+        mon = Monitor(proc.extra_sockets[0])
+        try:
+            before = mon.snapshot()
+            vm = f"unix:{proc.qmp_path}"
+            attached = run_cli("attach", vm, xml, "--state-dir", state, "--json")
+            assert attached.returncode == 0, attached.stderr
+            doc = envelope("attach", json.loads(attached.stdout))
+            group = next(s["name"] for s in doc["steps"] if s["name"].endswith("-tg"))
+            limits = mon.cmd("qom-get", {"path": f"/objects/{group}", "property": "limits"})
+            assert (limits["bps-read"], limits["iops-total"]) == (1048576, 500)
+            status = run_cli("status", vm, "--state-dir", state, "--json")
+            disk = json.loads(status.stdout)["disks"][0]
+            assert disk["consistent"] and {"hl-vdb-tg", "hl-vdb-throttle", "hl-vdb-cor"} <= {
+                i["name"] for i in disk["items"]}
+            detached = run_cli("detach", vm, "--target", "vdb", "--state-dir", state, "-v")
+            assert detached.returncode == 0, detached.stderr
+            after = mon.snapshot()
+            assert (after.nodes, after.objects, after.devices) == (before.nodes, before.objects, before.devices)
+        finally:
+            mon.close()
+    finally:
+        proc.stop()
