@@ -7,9 +7,11 @@ parses the dumped element, notes what it ignores, and plans it.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
@@ -38,7 +40,7 @@ def daemon() -> Iterator[LibvirtDaemon]:
 
 @pytest.fixture
 def dom(daemon: LibvirtDaemon) -> Iterator[TransientDomain]:
-    with start_domain(daemon.uri, paused=True) as d:
+    with start_domain(daemon.uri, paused=True, root_ports=6) as d:
         yield d
 
 
@@ -65,6 +67,9 @@ def shapes(root: Path, uuid: str) -> dict[str, str]:
         "scsi-plain": f"""<disk type='file' device='disk'><driver name='qemu' type='raw'/>
             <source file='{root}/plain.img'/><target dev='sdb' bus='scsi'/><readonly/>
             <address type='drive' controller='0' bus='0' target='0' unit='3'/></disk>""",
+        "block-luks": f"""<disk type='block' device='disk'><driver name='qemu' type='raw' cache='none'
+            io='native'/><source dev='{{loop}}'/>{enc.replace(uuid, '{block_uuid}')}
+            <target dev='vde' bus='virtio'/></disk>""",
         "virtio-blockio": f"""<disk type='file' device='disk'><driver name='qemu' type='raw' copy_on_read='on'/>
             <source file='{root}/tuned.img'/><target dev='vdd' bus='virtio'/>
             <blockio logical_block_size='512' physical_block_size='4096'/></disk>""",
@@ -79,12 +84,22 @@ def test_dumpxml_disk_of_each_shape_parses(dom: TransientDomain) -> None:
         _image(root / "enc.qcow2", "qcow2", True)
         _image(root / "plain.img", "raw", False)
         _image(root / "tuned.img", "raw", False)
+        _image(root / "block.img", "luks", True)
         secret = define_secret(dom.uri, "volume", str(root / "luks.img"), PASSPHRASE)
+        cleanups: list[Any] = []
         try:
             conn = libvirt.open(dom.uri)
             try:
                 domain = conn.lookupByUUIDString(dom.uuid)
                 wanted = shapes(root, secret.uuid)
+                loop = _loop(root / "block.img")
+                if loop is None:
+                    del wanted["block-luks"]
+                else:
+                    block_secret = define_secret(dom.uri, "volume", loop, PASSPHRASE)
+                    cleanups.append(block_secret.undefine)
+                    cleanups.append(lambda: subprocess.run(["losetup", "-d", loop], capture_output=True))
+                    wanted["block-luks"] = wanted["block-luks"].format(loop=loop, block_uuid=block_secret.uuid)
                 for xml in wanted.values():
                     domain.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
                 dumped = etree.fromstring(domain.XMLDesc(0).encode())
@@ -92,6 +107,8 @@ def test_dumpxml_disk_of_each_shape_parses(dom: TransientDomain) -> None:
                 conn.close()
         finally:
             secret.undefine()
+            for cleanup in reversed(cleanups):
+                cleanup()
         disks = {d.find("target").get("dev"): etree.tostring(d) for d in dumped.iter("disk")}
         assert set(disks) >= {"vdb", "vdc", "sdb", "vdd"}
         for dev, xml in disks.items():
@@ -107,3 +124,15 @@ def test_dumpxml_disk_of_each_shape_parses(dom: TransientDomain) -> None:
         scsi = build_plan(Disk.from_xml(disks["sdb"])).steps[-1].arguments
         assert (scsi["bus"], scsi["lun"]) == ("scsi0.0", 3)
         assert dict(Disk.from_xml(disks["vdd"]).blockio)["physical_block_size"] == 4096
+        if "vde" in disks:
+            block = Disk.from_xml(disks["vde"])
+            assert block.source.kind == "block" and block.shape == "attached-luks"
+            assert build_plan(block).steps[1].arguments["driver"] == "host_device"
+
+
+def _loop(path: Path) -> str | None:
+    """A loop device over ``path``, or None where loop devices are unavailable."""
+    if shutil.which("losetup") is None:
+        return None
+    proc = subprocess.run(["losetup", "--find", "--show", str(path)], capture_output=True, text=True, timeout=30)
+    return proc.stdout.strip() if proc.returncode == 0 else None
