@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.qemu]
 
 TUNED = """<disk type='file' device='disk'>
   <driver name='qemu' type='raw' cache='none' discard='unmap' detect_zeroes='unmap' error_policy='report'
-          rerror_policy='stop' copy_on_read='on' queues='2' queue_size='256'/>
+          rerror_policy='stop' copy_on_read='on' queues='2' queue_size='256'{iothread}/>
   <source file='{path}' index='3'/>
   <backingStore/>
   <target dev='vdb' bus='virtio'/>
@@ -40,12 +40,12 @@ TUNED = """<disk type='file' device='disk'>
 
 def test_tuned_disk_is_applied_by_qemu(images: Any, monitor_for: Any) -> None:
     vol = images.raw("tuned.raw", 8)
-    disk = Disk.from_xml(TUNED.format(path=vol))
+    disk = Disk.from_xml(TUNED.format(path=vol, iothread=" iothread='1'"))
     plan = build_plan(disk)
     assert [s.role for s in plan.steps] == ["payload-protocol", "payload-format", "copy-on-read",
                                             "throttle-group", "throttle", "device"]
     assert any("backingStore" in n for n in disk.notes) and any("virtio-disk1" in n for n in disk.notes)
-    with start_qemu([], machine="pc") as proc:
+    with start_qemu(["-object", "iothread,id=iothread1"], machine="pc") as proc:
         qmp = monitor_for(proc)
         for step in plan.steps:
             qmp(step.command, step.qmp()["arguments"])
@@ -64,9 +64,10 @@ def test_tuned_disk_is_applied_by_qemu(images: Any, monitor_for: Any) -> None:
         path = f"/machine/peripheral/{plan.device_id}"
         props = {p: qmp("qom-get", {"path": path, "property": p})
                  for p in ("werror", "rerror", "num-queues", "queue-size", "bootindex", "physical_block_size",
-                           "logical_block_size", "serial")}
+                           "logical_block_size", "serial", "iothread")}
         assert props == {"werror": "report", "rerror": "stop", "num-queues": 2, "queue-size": 256, "bootindex": 3,
-                         "physical_block_size": 4096, "logical_block_size": 512, "serial": "tuned"}
+                         "physical_block_size": 4096, "logical_block_size": 512, "serial": "tuned",
+                         "iothread": "/objects/iothread1"}
 
         # the device reads through the filters (HMP qemu-io drains, which bypasses throttling: no timing here)
         out = qmp.qemu_io(plan.top_node, "read 0 64k")
@@ -75,7 +76,7 @@ def test_tuned_disk_is_applied_by_qemu(images: Any, monitor_for: Any) -> None:
 
 
 def test_throttle_group_and_filters_undo_cleanly(images: Any, monitor_for: Any) -> None:
-    plan = build_plan(Disk.from_xml(TUNED.format(path=images.raw("undo.raw", 4))))
+    plan = build_plan(Disk.from_xml(TUNED.format(path=images.raw("undo.raw", 4), iothread="")))
     nodes = [s for s in plan.steps if s.kind != "device"]
     with start_qemu([], machine="pc") as proc:
         qmp = monitor_for(proc)
@@ -91,7 +92,7 @@ def test_throttle_group_and_filters_undo_cleanly(images: Any, monitor_for: Any) 
 
 def test_plain_file_path_list(tmp_path: Path) -> None:
     """Guard: the tuned example stays plannable without QEMU (no I/O in planning)."""
-    assert build_plan(Disk.from_xml(TUNED.format(path=tmp_path / "x"))).device_id == "hl-vdb"
+    assert build_plan(Disk.from_xml(TUNED.format(path=tmp_path / "x", iothread=""))).device_id == "hl-vdb"
 
 
 SLICED = """<disk type='file' device='disk'>
@@ -141,7 +142,7 @@ def test_cli_attach_status_detach_of_a_tuned_disk(images: Any, tmp_path: Path) -
 
     vol = images.raw("runner.raw", 4)
     xml = tmp_path / "tuned.xml"
-    xml.write_text(TUNED.format(path=vol).replace("<boot order='3'/>", ""))
+    xml.write_text(TUNED.format(path=vol, iothread="").replace("<boot order='3'/>", ""))
     state = tmp_path / "state"
     proc = start_vm()
     try:
