@@ -168,3 +168,26 @@ def test_cli_attach_status_detach_of_a_tuned_disk(images: Any, tmp_path: Path) -
             mon.close()
     finally:
         proc.stop()
+
+
+def test_cold_boot_arguments_of_a_tuned_disk(images: Any) -> None:
+    """`cold-cmdline` of the same disk starts a QEMU holding the throttle group with its limits."""
+    import json
+    import subprocess
+    import sys
+
+    xml = images.root / "tuned.xml"
+    xml.write_text(TUNED.format(path=images.raw("cold.raw", 4), iothread=""))
+    argv = json.loads(subprocess.run([sys.executable, "-m", "hotluks", "cold-cmdline", str(xml), "--format", "json"],
+                                     capture_output=True, text=True, check=True, timeout=60).stdout)
+    script = "".join(json.dumps(c) + "\n" for c in (
+        {"execute": "qmp_capabilities"},
+        {"execute": "qom-get", "arguments": {"path": "/objects/hl-vdb-tg", "property": "limits"}},
+        {"execute": "qom-get", "arguments": {"path": "/machine/peripheral/hl-vdb", "property": "bootindex"}},
+        {"execute": "quit"}))
+    proc = subprocess.run(["qemu-system-x86_64", "-M", "pc", "-S", "-display", "none", "-nodefaults", "-qmp", "stdio",
+                           *argv], input=script, capture_output=True, text=True, timeout=60)
+    replies = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"return"')]
+    assert len(replies) >= 3, proc.stdout + proc.stderr
+    limits, bootindex = replies[1]["return"], replies[2]["return"]
+    assert (limits["bps-read"], limits["iops-total-max-length"], bootindex) == (1048576, 5, 3)
