@@ -79,6 +79,9 @@ def _polish(parser: argparse.ArgumentParser) -> None:
         sub.formatter_class = HelpFormatter
         if not sub.description and help_text:
             sub.description = help_text[0].upper() + help_text[1:] + "."
+        for action in sub._actions:  # an option without help still shows its default
+            if action.help is None and action.default not in (None, False, [], argparse.SUPPRESS):
+                action.help = "(default: %(default)s)"
         existing = {opt for a in sub._actions for opt in a.option_strings}
         if "-v" not in existing and "--verbose" not in existing:
             sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,

@@ -62,6 +62,9 @@ def test_every_subcommand_has_a_description_and_shows_defaults(cli: Any, capsys:
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 30.0)" in out or "default 30" in out
     assert "(default: qemu:///system)" in out or "default qemu:///system" in out
+    with pytest.raises(SystemExit):
+        cli("luks", "format", "--help")
+    assert "(default: luks2)" in capsys.readouterr().out  # an option without help text shows its default too
 
 
 def test_verbose_after_the_subcommand(cli: Any, example: Path) -> None:
