@@ -1,6 +1,9 @@
 """CLI start-up: `hotluks plan` against the bare interpreter and `qemu-img --version`.
 
-    .venv/bin/python bench/bench_cli.py [--reps 30]
+    .venv/bin/python bench/bench_cli.py [--reps 30] [--python VENV/bin/python]
+
+``--python`` measures another interpreter, e.g. a venv where the built wheel is installed:
+the project's editable .venv pays an import hook in `site` that makes the floor slower.
 
 The commands run interleaved (one of each per round), so a busy machine slows them
 alike; the ratio to `python -c pass` is the median of the per-round ratios.
@@ -35,8 +38,9 @@ def once_ms(argv: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--python", default=sys.executable, help="interpreter with hotluks installed")
     args = parser.parse_args()
-    py = sys.executable
+    py = args.python
     commands = {
         "python -c pass (interpreter floor)": [py, "-c", "pass"],
         "qemu-img --version": ["qemu-img", "--version"],

@@ -6,9 +6,9 @@ Everything here is immutable data with no I/O. ``Disk.from_xml`` is the front do
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Literal
 
 SourceKind = Literal["file", "block", "network", "volume", "nvme", "dir", "vhostuser", "vhostvdpa"]
@@ -217,14 +217,14 @@ class Disk:
     notes: tuple[str, ...] = ()
 
     @classmethod
-    def from_xml(cls, text_or_path: str | bytes | Path) -> Disk:
+    def from_xml(cls, text_or_path: str | bytes | os.PathLike[str]) -> Disk:
         """Parse and validate a ``<disk>`` given as XML text/bytes or a file path."""
         from hotluks.xmlparse import parse_disk, read_disk_file
 
-        if isinstance(text_or_path, Path):
+        if isinstance(text_or_path, os.PathLike):  # pathlib is not imported: CLI start-up
             return read_disk_file(text_or_path)
         if isinstance(text_or_path, str) and text_or_path.strip() and not text_or_path.lstrip().startswith("<"):
-            return read_disk_file(Path(text_or_path))
+            return read_disk_file(text_or_path)
         return parse_disk(text_or_path)
 
     @property

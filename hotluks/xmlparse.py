@@ -9,8 +9,8 @@ grammar cannot express are checked afterwards. Every error is an
 from __future__ import annotations
 
 import functools
+import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hotluks.errors import InputError, XMLError
@@ -29,7 +29,7 @@ def _schema() -> etree.RelaxNG:
     from lxml import etree
 
     # a plain path, not importlib.resources: it would import zipfile on every start-up
-    with open(Path(__file__).with_name("schema") / "disk.rng", "rb") as fh:
+    with open(os.path.join(os.path.dirname(__file__), "schema", "disk.rng"), "rb") as fh:
         return etree.RelaxNG(etree.parse(fh, _parser()))
 
 
@@ -42,13 +42,12 @@ def _parser() -> etree.XMLParser:
     )
 
 
-def read_disk_file(path: Path) -> Disk:
+def read_disk_file(path: str | os.PathLike[str]) -> Disk:
     """Read and parse a ``<disk>`` XML file (``-`` is not special here).
 
     Only regular files are read: a FIFO, a device or a socket is refused before
     any read could block (the file is opened non-blocking and checked with fstat).
     """
-    import os
     import stat
 
     try:
@@ -75,7 +74,7 @@ def read_disk_file(path: Path) -> Disk:
     return parse_disk(data, source=_shown(path))
 
 
-def _shown(path: Path | str) -> str:
+def _shown(path: str | os.PathLike[str]) -> str:
     """A path as it may appear in a message: bounded, no control characters."""
     text = str(path).encode("utf-8", "backslashreplace").decode()
     text = "".join(c if c.isprintable() else "?" for c in text)

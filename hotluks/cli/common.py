@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +22,11 @@ MAX_SOCKET_PATH = 107
 
 def load_disk(path: str) -> Disk:
     """Parse DISK.xml (``-`` reads stdin)."""
-    from pathlib import Path
-
     from hotluks.xmlparse import MAX_XML_BYTES, parse_disk, read_disk_file
 
     if path == "-":
         return parse_disk(sys.stdin.buffer.read(MAX_XML_BYTES + 1), source="<stdin>")
-    return read_disk_file(Path(path))
+    return read_disk_file(path)
 
 
 def add_secret_option(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +51,8 @@ def read_secrets(specs: list[str]) -> dict[str, SecretValue]:
 
 
 def print_json(doc: Any) -> None:
+    import json
+
     json.dump(doc, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
@@ -84,6 +82,8 @@ def check_regular_file(path: str, what: str) -> None:
 
 
 def check_timeout(value: float, option: str = "--timeout") -> None:
+    import math
+
     if not math.isfinite(value) or value <= 0 or value > MAX_TIMEOUT:
         raise InputError(f"{option} {value!r}: give a number of seconds above 0 and at most {MAX_TIMEOUT:g}")
 

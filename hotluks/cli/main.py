@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from hotluks.errors import HotluksError
 
@@ -45,6 +46,33 @@ class HelpFormatter(argparse.HelpFormatter):
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return f"{text} (default: %(default)s)"
         return action.help
+
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        # argparse asks shutil for the terminal width (shutil pulls in bz2, lzma, fnmatch): ask os
+        super().__init__(prog, indent_increment, max_help_position, width or _terminal_width())
+
+
+def _terminal_width() -> int:
+    import os
+
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+        if not columns and sys.__stdout__ is not None:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (ValueError, OSError):
+        columns = 0
+    columns = columns or 80
+    return max(columns - 2, 20)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """hotluks' parsers (and every subparser) format help with :class:`HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 class VersionAction(argparse.Action):
@@ -93,14 +121,14 @@ def _polish(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Return the ``hotluks`` argument parser: all commands, or only those of module ``only``."""
-    parser = argparse.ArgumentParser(prog="hotluks", description=DESCRIPTION,
+    parser = ArgumentParser(prog="hotluks", description=DESCRIPTION,
                                      epilog="Run `hotluks COMMAND --help` for a command's options; "
                                             "`man hotluks` for all of them.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     parser.add_argument("--json", dest="global_json", action="store_true", default=False,
                         help="machine-readable output (format hotluks/1) for commands that have it")
     parser.add_argument("--version", action=VersionAction)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True
     for name in (only,) if only else COMMAND_MODULES:
         try:

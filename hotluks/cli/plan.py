@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from hotluks.cli.common import add_secret_option, load_disk, read_secrets, secret_files
 
@@ -63,6 +62,8 @@ def cmd_cold_cmdline(args: argparse.Namespace) -> int:
 
         emit("cold-cmdline", {"target": plan.disk.target_dev, "argv": argv, "notes": list(plan.disk.notes)})
     elif args.format == "json":
+        import json
+
         print(json.dumps(argv))
     elif args.format == "argv":
         print("\n".join(argv))
