@@ -20,7 +20,9 @@ ImageFormat = Literal["raw", "qcow2", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks
                       "parallels"]
 #: source kinds and network protocols the planner can attach
 PLANNABLE_KINDS = ("file", "block", "network", "nvme")
-PLANNABLE_PROTOCOLS = ("rbd", "nbd", "iscsi")
+PLANNABLE_PROTOCOLS = ("rbd", "nbd", "iscsi", "http", "https", "ftp", "ftps")
+#: network protocols QEMU reads through libcurl (read-only)
+CURL_PROTOCOLS = ("http", "https", "ftp", "ftps")
 
 
 class Engine(str, Enum):
@@ -91,6 +93,9 @@ class Source:
     pool_volume: tuple[str, str] | None = None
     #: ``<slices><slice type='storage' offset= size=/>``: a byte range of the source
     slice: tuple[int, int] | None = None
+    #: curl sources (http/https/ftp/ftps): ``?query`` of the URL, and ``<ssl verify=…>``
+    query: str | None = None
+    ssl_verify: bool | None = None
     #: parsed libvirt features the planner cannot apply to this source (with why)
     unsupported: str | None = None
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from hotluks import xmlextras as extras
 from hotluks.errors import XMLError
 from hotluks.model import (
+    CURL_PROTOCOLS,
     Address,
     Auth,
     Bus,
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
 SUPPORTED_BUSES = ("virtio", "scsi", "usb")
 BUS_BY_PREFIX = {"vd": "virtio", "sd": "scsi", "hd": "ide", "xvd": "xen", "ub": "usb"}
 ADDRESS_TYPE_BY_BUS = {"virtio": "pci", "scsi": "drive", "usb": "usb"}
-AUTH_SECRET_BY_PROTOCOL: dict[str, Literal["ceph", "iscsi"]] = {"rbd": "ceph", "iscsi": "iscsi"}
+# libvirt names the secret of an http(s)/ftp(s) <auth> type='iscsi' too
+AUTH_SECRET_BY_PROTOCOL: dict[str, Literal["ceph", "iscsi"]] = {
+    "rbd": "ceph", "iscsi": "iscsi", "http": "iscsi", "https": "iscsi", "ftp": "iscsi", "ftps": "iscsi"}
 
 
 def line_of(el: etree._Element) -> int | None:
@@ -189,12 +192,18 @@ class DiskBuilder:
                 raise self.fail("iscsi source name must end with /LUN (a number in ASCII digits)", el)
             if lun > extras.MAX_ISCSI_LUN:
                 raise self.fail(f"iscsi LUN {lun} is out of range (0 to {extras.MAX_ISCSI_LUN})", el)
+        elif protocol in CURL_PROTOCOLS:
+            if not name:
+                raise self.fail(f"{protocol} source needs name='path/on/the/server'", el)
+            if el.find("cookies") is not None:
+                unsupported = (f"line {line_of(el)}: <cookies> are not supported (libvirt hands them to QEMU as "
+                               "secrets; hotluks has no place for their values)")
         elif protocol != "nbd":
-            unsupported = (f"protocol='{protocol}' is not supported (hotluks attaches rbd, nbd and iscsi network "
-                           "sources)")
-        if protocol in ("nbd", "iscsi") and not hosts:
+            unsupported = (f"protocol='{protocol}' is not supported (hotluks attaches rbd, nbd, iscsi and "
+                           "http(s)/ftp(s) network sources)")
+        if protocol in ("nbd", "iscsi", *CURL_PROTOCOLS) and not hosts:
             raise self.fail(f"{protocol} source needs a <host>", el)
-        if protocol in ("nbd", "iscsi") and len(hosts) > 1:
+        if protocol in ("nbd", "iscsi", *CURL_PROTOCOLS) and len(hosts) > 1:
             raise self.fail(f"{protocol} source takes exactly one <host> (libvirt's rule)", el.findall("host")[1])
         if el.get("tls") == "yes":
             raise self.fail("tls='yes' is not supported yet: hotluks would connect without TLS, so it refuses", el)
@@ -214,9 +223,15 @@ class DiskBuilder:
                 if protocol != "nbd":
                     raise self.fail("a UNIX-socket <host> is only supported for nbd", el)
                 extras.check_path(host.socket, host_el, self.fail)
-        for extra in (el.find("address"), el.find("ssl"), el.find("cookies")):
+        curl = protocol in CURL_PROTOCOLS
+        for extra in (el.find("address"), None if curl else el.find("ssl"), None if curl else el.find("cookies")):
             if extra is not None and unsupported is None:
                 raise self.fail(f"<{extra.tag}> does not belong in a {protocol} source", extra)
+        if el.get("query") is not None and not curl:
+            raise self.fail("query= is only for http(s)/ftp(s) sources", el)
+        ssl_el = el.find("ssl")
+        if ssl_el is not None and protocol not in ("https", "ftps"):
+            raise self.fail(f"<ssl> is for https and ftps sources, not {protocol}", ssl_el)
         return Source(
             kind=kind,
             protocol=cast(Any, protocol),
@@ -226,6 +241,8 @@ class DiskBuilder:
             config_file=config_el.get("file") if config_el is not None else None,
             line=line_of(el),
             slice=slice_,
+            query=el.get("query"),
+            ssl_verify=None if ssl_el is None else ssl_el.get("verify") == "yes",
             unsupported=unsupported,
         )
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hotluks.errors import CapabilityError, ConflictError, InputError, UnsupportedError
-from hotluks.model import Disk, DriveAddress, Engine, LuksFormat, PCIAddress, Source, USBAddress
+from hotluks.model import CURL_PROTOCOLS, Disk, DriveAddress, Engine, LuksFormat, PCIAddress, Source, USBAddress
 from hotluks.plan.capabilities import Capabilities
 from hotluks.plan.names import Namer
 from hotluks.plan.steps import Plan, SecretBinding, Step
@@ -73,7 +73,10 @@ def check_sources(disk: Disk) -> None:
     for src in disk.sources():
         where = f"line {src.line}: " if src.line else ""
         if src.unsupported is not None:
-            raise UnsupportedError(f"{where}{src.unsupported}")
+            raise UnsupportedError(src.unsupported if src.unsupported.startswith("line ") else
+                                   f"{where}{src.unsupported}")
+        if src.protocol in CURL_PROTOCOLS and not disk.readonly:
+            raise UnsupportedError(f"{where}QEMU reads {src.protocol} sources read-only: add <readonly/>")
         for path in (src.path, src.config_file, *(h.socket for h in src.hosts)):
             problem = path_problem(path) if path is not None else None
             if problem is not None:
@@ -277,6 +280,16 @@ class _GraphBuilder:
                 args["server"] = {"type": "inet", "host": host.name, "port": str(host.port or 10809)}
             if src.name:
                 args["export"] = src.name
+        elif src.protocol in CURL_PROTOCOLS:
+            host = src.hosts[0]
+            port = f":{host.port}" if host.port else ""
+            query = f"?{src.query}" if src.query else ""
+            args["url"] = f"{src.protocol}://{host.name}{port}/{str(src.name).lstrip('/')}{query}"
+            if src.ssl_verify is not None:
+                args["sslverify"] = src.ssl_verify
+            if src.auth is not None:
+                args["username"] = src.auth.username
+                args["password-secret"] = auth_id
         else:  # iscsi
             host = src.hosts[0]
             iqn, lun = str(src.name).rsplit("/", 1)

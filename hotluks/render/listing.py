@@ -27,7 +27,8 @@ def describe_step(step: Step) -> str:
         where = f" on {args['bus']}" if "bus" in args else ""
         return f"device {args['driver']} {step.name}{where} → {args['drive']}"
     driver = args["driver"]
-    detail = args.get("filename") or args.get("image") or args.get("device") or args.get("file") or ""
+    detail = (args.get("filename") or args.get("image") or args.get("url") or args.get("device") or args.get("file")
+              or "")
     if driver == "luks":
         detail = f"{args['file']}" + (f" header={args['header']}" if "header" in args else "")
     if "encrypt" in args:

@@ -140,3 +140,20 @@ def test_vmdk_over_librbd_parses_and_plans() -> None:
                driver="type='vmdk'", kind="network")
     plan = build_plan(Disk.from_xml(xml))
     assert next(s for s in plan.steps if s.role == "payload-format").arguments["driver"] == "vmdk"
+
+
+def test_curl_sources() -> None:
+    xml = disk("<source protocol='https' name='/img/d.luks' query='t=1'><host name='web.example' port='8443'/>"
+               "<ssl verify='no'/><auth username='u'><secret type='iscsi' usage='web'/></auth></source><readonly/>",
+               kind="network")
+    plan = build_plan(Disk.from_xml(xml))
+    proto = next(s for s in plan.steps if s.role == "payload-protocol").arguments
+    assert proto["url"] == "https://web.example:8443/img/d.luks?t=1"
+    assert (proto["sslverify"], proto["username"], proto["read-only"]) == (False, "u", True)
+    assert proto["password-secret"] == next(s.name for s in plan.steps if s.role == "auth")
+    with pytest.raises(UnsupportedError, match="readonly"):
+        build_plan(Disk.from_xml(xml.replace("<readonly/>", "")))
+    with pytest.raises(UnsupportedError, match="cookies"):
+        build_plan(Disk.from_xml(xml.replace("<ssl verify='no'/>", "<cookies><cookie name='c'>v</cookie></cookies>")))
+    with pytest.raises(XMLError, match="<ssl> is for https"):
+        Disk.from_xml(xml.replace("protocol='https'", "protocol='http'"))
