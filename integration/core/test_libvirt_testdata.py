@@ -60,7 +60,7 @@ def test_every_encrypted_libvirt_disk_parses(tests_dir: Path) -> None:
             assert "line" in str(exc)
             not_plannable.append(case)
     assert parsed >= len(disks) - 2 and set(refused) <= negative
-    # what hotluks cannot attach, and says so: https (curl), <slices>, and type='volume' (a storage pool)
+    # what hotluks cannot attach, and says so: <cookies> (curl), and type='volume' (a storage pool)
     assert set(not_plannable) <= {"disk-network-source-curl-nbdkit", "disk-network-source-curl", "disk-slices",
                                   "luks-disks-source", "luks-disks-source-qcow2"}, not_plannable
     assert planned >= 35, (planned, not_plannable)
