@@ -158,3 +158,14 @@ def test_vm_names(cli: Any) -> None:
 def test_from_xml_raises_only_hotluks_errors(value: Any) -> None:
     with pytest.raises(HotluksError):
         Disk.from_xml(value)
+
+
+def test_bad_secret_and_master_key_paths_exit_2(cli: Any, tmp_path: Path, write_xml: Any) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    xml = str(write_xml(detached("/var/lib/h.img")))
+    for bad in (str(loop), str(tmp_path / ("k" * 300)), f"{xml}/x"):
+        secret = cli("cold-cmdline", xml, "--inline-secrets", "--secret", f"0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f={bad}")
+        assert secret.code == 2 and "cannot read secret file" in secret.err, secret.err
+        master = cli("attach", "unix:/nonexistent.sock", xml, "--master-key", bad)
+        assert master.code == 2 and "--master-key file" in master.err, master.err
