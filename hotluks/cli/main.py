@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from hotluks.errors import HotluksError
 
@@ -32,6 +32,7 @@ COMMAND_OWNERS = {
 #: commands that never log: they skip importing and configuring logging (start-up time)
 QUIET_COMMANDS = frozenset({"plan", "cold-cmdline", "example"})
 _command_run: str | None = None  # the command main() ran last (entry() decides how to exit)
+_json_requested = False  # --json on the command line: argparse's usage errors become JSON too
 DESCRIPTION = "Plug LUKS-encrypted disks (detached headers, librbd) into running QEMU VMs."
 
 
@@ -69,11 +70,19 @@ def _terminal_width() -> int:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """hotluks' parsers (and every subparser) format help with :class:`HelpFormatter`."""
+    """hotluks' parsers (and every subparser): :class:`HelpFormatter`, and usage errors as JSON under --json."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        if _json_requested:
+            from hotluks.cli.output import error_envelope, write
+
+            command = self.prog.removeprefix("hotluks").strip() or "hotluks"
+            write(error_envelope(command, argparse.ArgumentError(None, message), 2))
+        super().error(message)
 
 
 class VersionAction(argparse.Action):
@@ -148,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hotluks.cli.common import validate_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    global _json_requested
+    _json_requested = "--json" in argv
     word = next((a for a in argv if not a.startswith("-")), None)
     owner = COMMAND_OWNERS.get(word or "") if "-h" not in argv and "--help" not in argv else None
     parser = build_parser(owner)

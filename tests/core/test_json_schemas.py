@@ -107,3 +107,19 @@ def test_runner_results_in_the_envelope() -> None:
 def test_an_unknown_key_is_refused_by_the_schema(command: str) -> None:
     with pytest.raises(jsonschema.ValidationError):
         validate(command, {"format": FORMAT, "command": command, "ok": True, "top-node": "x"})
+
+
+def test_usage_errors_are_json_under_json(cli: Any) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli("attach", "--json")
+    assert info.value.code == 2
+
+
+def test_usage_error_document(capsys: pytest.CaptureFixture[str]) -> None:
+    from hotluks.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["luks", "dump", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    validate("luks dump", doc)
+    assert doc["error"]["exit_code"] == 2 and "DEVICE" in doc["error"]["message"]
