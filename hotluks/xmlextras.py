@@ -124,8 +124,8 @@ def driver_options(el: etree._Element | None, fail: Fail) -> DriverOptions:
     if el is None:
         return DriverOptions()
     for child in el:
-        raise fail(f"<driver><{child.tag}> is not supported (hotluks plugs one IOThread per disk via "
-                   "iothread=…)", child)
+        hint = " (use <driver iothread='N'>: one IOThread per disk)" if child.tag == "iothreads" else ""
+        raise fail(f"<driver><{child.tag}> is not supported{hint}", child)
     cache = el.get("cache")
     io = el.get("io")
     if io == "native" and cache not in ("none", "directsync"):
