@@ -27,11 +27,11 @@ def snake_keys(value: Any) -> Any:
     return value
 
 
-def envelope(command: str, payload: Mapping[str, Any], *, ok: bool = True) -> dict[str, Any]:
-    """The ``hotluks/1`` document for ``command`` around ``payload``."""
+def envelope(command: str, payload: Mapping[str, Any], *, ok: bool | None = None) -> dict[str, Any]:
+    """The ``hotluks/1`` document for ``command`` around ``payload`` (its own ``ok`` is kept, else True)."""
     body = snake_keys(payload)
-    body.pop("ok", None)
-    return {"format": FORMAT, "command": command, "ok": ok, **body}
+    own_ok = body.pop("ok", True)
+    return {"format": FORMAT, "command": command, "ok": bool(own_ok if ok is None else ok), **body}
 
 
 def error_envelope(command: str, exc: BaseException, exit_code: int) -> dict[str, Any]:

@@ -103,6 +103,17 @@ def test_runner_results_in_the_envelope() -> None:
     validate("repair", envelope("repair", repair))
 
 
+def test_demo_report_in_the_envelope_keeps_its_verdict() -> None:
+    from hotluks.demo import DemoReport, DemoStep
+
+    failed = DemoReport(steps=[DemoStep("guest reads plaintext", 1.5, ok=False, detail="mismatch")], error="boom")
+    doc = envelope("demo", failed.to_json())
+    validate("demo", doc)
+    assert doc["ok"] is False
+    passed = DemoReport(steps=[DemoStep("attach", 0.2, ok=True, lines=["7 QMP steps"])])
+    assert envelope("demo", passed.to_json())["ok"] is True
+
+
 @pytest.mark.parametrize("command", ["plan", "attach", "luks dump"])
 def test_an_unknown_key_is_refused_by_the_schema(command: str) -> None:
     with pytest.raises(jsonschema.ValidationError):
