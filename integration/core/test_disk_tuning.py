@@ -157,6 +157,9 @@ def test_cli_attach_status_detach_of_a_tuned_disk(images: Any, tmp_path: Path) -
             limits = mon.cmd("qom-get", {"path": f"/objects/{group}", "property": "limits"})
             assert (limits["bps-read"], limits["iops-total"]) == (1048576, 500)
             status = run_cli("status", vm, "--state-dir", state, "--json")
+            status_doc = envelope("status", json.loads(status.stdout))
+            for command, real in (("attach", doc), ("status", status_doc)):
+                _validate(command, real)  # the runner's real outputs fit the published schemas
             disk = json.loads(status.stdout)["disks"][0]
             assert disk["consistent"] and {"hl-vdb-tg", "hl-vdb-throttle", "hl-vdb-cor"} <= {
                 i["name"] for i in disk["items"]}
@@ -168,6 +171,19 @@ def test_cli_attach_status_detach_of_a_tuned_disk(images: Any, tmp_path: Path) -
             mon.close()
     finally:
         proc.stop()
+
+
+def _validate(command: str, doc: Any) -> None:
+    import json
+    from importlib import resources
+
+    import jsonschema
+    from referencing import Registry, Resource
+
+    schemas = {p.name: json.loads(p.read_text()) for p in resources.files("hotluks").joinpath("schemas").iterdir()
+               if p.name.endswith(".json")}
+    registry = Registry().with_resources((n, Resource.from_contents(d)) for n, d in schemas.items())
+    jsonschema.Draft202012Validator(schemas[f"{command}.json"], registry=registry).validate(doc)
 
 
 def test_cold_boot_arguments_of_a_tuned_disk(images: Any) -> None:
