@@ -6,17 +6,25 @@ Everything here is immutable data with no I/O. ``Disk.from_xml`` is the front do
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path, PurePath
 from typing import Literal
 
 from hotluks.secrets import SecretRef as SecretRef  # re-exported: the disk model names its secrets
 
-SourceKind = Literal["file", "block", "network"]
-Protocol = Literal["rbd", "nbd", "iscsi"]
+SourceKind = Literal["file", "block", "network", "volume", "nvme", "dir", "vhostuser", "vhostvdpa"]
+Protocol = Literal["rbd", "nbd", "iscsi", "http", "https", "ftp", "ftps", "tftp", "gluster", "ssh", "vxhs", "nfs",
+                   "sheepdog"]
 Bus = Literal["virtio", "scsi", "usb"]
-ImageFormat = Literal["raw", "qcow2"]
+#: image formats libvirt names in ``<driver type=…>``; hotluks encrypts raw and qcow2 itself
+ImageFormat = Literal["raw", "qcow2", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks", "bochs", "cloop", "dmg",
+                      "parallels"]
+#: source kinds and network protocols the planner can attach
+PLANNABLE_KINDS = ("file", "block", "network", "nvme")
+PLANNABLE_PROTOCOLS = ("rbd", "nbd", "iscsi", "http", "https", "ftp", "ftps")
+#: network protocols QEMU reads through libcurl (read-only)
+CURL_PROTOCOLS = ("http", "https", "ftp", "ftps")
 
 
 class Engine(str, Enum):
@@ -65,6 +73,18 @@ class Source:
     line: int | None = None
     tls: bool = False  # nbd ``tls='yes'``: x509 client credentials from the TLS directory
     tls_hostname: str | None = None  # libvirt's ``tlsHostname``: the name to check in the server certificate
+    #: ``type='nvme'``: the controller's PCI address (``0000:01:00.0``) and the namespace
+    nvme_device: str | None = None
+    nvme_namespace: int | None = None
+    #: ``type='volume'``: ``(pool, volume)`` of a libvirt storage pool
+    pool_volume: tuple[str, str] | None = None
+    #: ``<slices><slice type='storage' offset= size=/>``: a byte range of the source
+    slice: tuple[int, int] | None = None
+    #: curl sources (http/https/ftp/ftps): ``?query`` of the URL, and ``<ssl verify=…>``
+    query: str | None = None
+    ssl_verify: bool | None = None
+    #: parsed libvirt features the planner cannot apply to this source (with why)
+    unsupported: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -91,6 +111,10 @@ class Source:
     def describe(self) -> str:
         if self.path is not None:
             return f"{self.kind} {self.path}"
+        if self.nvme_device is not None:
+            return f"nvme {self.nvme_device} namespace {self.nvme_namespace}"
+        if self.pool_volume is not None:
+            return f"volume {self.pool_volume[0]}/{self.pool_volume[1]}"
         return f"{self.protocol} {self.name or ''}".strip()
 
 
@@ -150,6 +174,17 @@ class DriverOptions:
     discard: str | None = None
     io: str | None = None
     detect_zeroes: str | None = None
+    #: write/read error actions (QEMU ``werror``/``rerror``)
+    error_policy: str | None = None
+    rerror_policy: str | None = None
+    copy_on_read: bool = False
+    #: virtio-blk: IOThread number (libvirt's ``iothreadN`` object), queue count and size
+    iothread: int | None = None
+    queues: int | None = None
+    queue_size: int | None = None
+    ioeventfd: bool | None = None
+    event_idx: bool | None = None
+    discard_no_unref: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -168,9 +203,18 @@ class Disk:
     readonly: bool = False
     shareable: bool = False
     removable: bool = False
+    #: ``<iotune>`` as QEMU ``ThrottleLimits`` members (``("bps-total", 1048576)``, …)
+    iotune: tuple[tuple[str, int], ...] = ()
+    #: ``<blockio>`` as device properties (``("logical_block_size", 4096)``, …)
+    blockio: tuple[tuple[str, int], ...] = ()
+    boot_order: int | None = None
+    #: scsi-hd identity properties (``wwn``, ``vendor``, ``product``, ``rotation_rate``)
+    scsi_properties: tuple[tuple[str, str | int], ...] = ()
+    #: what the XML said that hotluks ignores (read-only state of ``virsh dumpxml``), one line each
+    notes: tuple[str, ...] = ()
 
     @classmethod
-    def from_xml(cls, text_or_path: str | bytes | Path) -> Disk:
+    def from_xml(cls, text_or_path: str | bytes | bytearray | memoryview | os.PathLike[str]) -> Disk:
         """Parse and validate a ``<disk>`` given as XML text/bytes or a file path.
 
         Raises only :class:`hotluks.errors.InvalidDisk` (``XMLError`` for the XML itself).
@@ -179,10 +223,10 @@ class Disk:
 
         if isinstance(text_or_path, bytearray | memoryview):
             text_or_path = bytes(text_or_path)
-        if isinstance(text_or_path, PurePath):
-            return read_disk_file(Path(text_or_path))
+        if isinstance(text_or_path, os.PathLike):  # pathlib is not imported: CLI start-up
+            return read_disk_file(text_or_path)
         if isinstance(text_or_path, str) and text_or_path.strip() and not text_or_path.lstrip().startswith("<"):
-            return read_disk_file(Path(text_or_path))
+            return read_disk_file(text_or_path)
         return parse_disk(text_or_path)
 
     @property

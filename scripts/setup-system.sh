@@ -41,6 +41,29 @@ SRC
     need_update=1
 fi
 
+# deb-src lines (one shared file, hotluks-src.sources): libvirt's source from bookworm-backports
+# gives the integration tests libvirt's own <disk> test data. Idempotent: an existing file only
+# gains the suites it lacks, so other callers can add theirs (e.g. bookworm for cryptsetup).
+ensure_deb_src() {
+    local f=/etc/apt/sources.list.d/hotluks-src.sources suite uri
+    if [ ! -e "$f" ]; then
+        uri=$(debian_uri)
+        [ -n "$uri" ] || { log "cannot find the Debian source URI for deb-src"; return 0; }
+        log "enabling deb-src ($*) from $uri"
+        printf 'Types: deb-src\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' \
+            "$uri" "$*" /usr/share/keyrings/debian-archive-keyring.gpg >"$f"
+        need_update=1
+        return 0
+    fi
+    for suite in "$@"; do
+        if ! grep -Eq "^Suites:(.*[[:space:]])?${suite}([[:space:]]|\$)" "$f"; then
+            sed -i "s/^Suites:.*/& ${suite}/" "$f"
+            need_update=1
+        fi
+    done
+}
+ensure_deb_src bookworm-backports
+
 stamp=/var/lib/apt/periodic/hotluks-update-stamp
 if [ "${need_update:-0}" = 1 ] || [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +720 2>/dev/null)" ]; then
     apt-get update -qq

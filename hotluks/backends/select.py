@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.errors import DomainNotFound, InputError
 
 BACKENDS = ("qmp", "libvirt", "virsh")
+log = logging.getLogger(__name__)
 #: longer than any socket path (108) or libvirt domain name QEMU accepts
 MAX_VM_NAME = 4096
 
@@ -59,6 +61,8 @@ async def open_backend(vm: str, *, uri: str | None = None, backend: str | None =
 
     kind = choose_backend(vm, backend, have_libvirt=libvirt_python_available())
     uri = uri or DEFAULT_URI
+    log.info("backend: %s for %s (%s)", kind, vm, "chosen with --backend" if backend else
+             "a QMP socket" if kind == "qmp" else f"libvirt domain at {uri}")
     if kind == "qmp":
         from hotluks.backends.qmp import QMPBackend, socket_path
 

@@ -81,13 +81,21 @@ def pbkdf2(hash_name: str, password: bytes, salt: bytes, iterations: int, length
 def argon2(kind: str, password: bytes, salt: bytes, *, time: int, memory_kib: int,
            cpus: int, length: int) -> bytes:
     """Argon2i / Argon2id (``kind``), memory in KiB, ``cpus`` lanes."""
-    from cryptography.hazmat.primitives.kdf import argon2 as a2
+    try:
+        from cryptography.hazmat.primitives.kdf import argon2 as a2
+    except ImportError:  # cryptography < 44 (Debian 12 ships 38.0.4)
+        a2 = None  # type: ignore[assignment]
 
     if kind not in ("argon2i", "argon2id"):
         raise LuksUnsupportedError(f"KDF {kind!r} is not supported")
     if not (1 <= time <= MAX_U32 and 1 <= cpus <= MAX_ARGON2_LANES and 8 * cpus <= memory_kib <= MAX_ARGON2_KIB):
         raise LuksUnsupportedError(f"{kind} parameters are out of range (time {time}, memory {memory_kib} KiB, "
                                    f"{cpus} lanes; memory at most {MAX_ARGON2_KIB} KiB as in cryptsetup)")
+    if not hasattr(a2, "Argon2i" if kind == "argon2i" else "Argon2id"):
+        import cryptography
+
+        raise LuksUnsupportedError(f"{kind} keyslots need the Python 'cryptography' package >= "
+                                   f"{47 if kind == 'argon2i' else 44}; this one is {cryptography.__version__}")
     try:
         if kind == "argon2i":
             return a2.Argon2i(salt=salt, length=length, iterations=time, lanes=cpus,

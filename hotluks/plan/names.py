@@ -23,7 +23,11 @@ ROLES = {
     "header-format": "hdr-fmt",
     "payload-protocol": "proto",
     "payload-format": "fmt",
+    "payload-slice": "slice",
     "luks": "luks",
+    "copy-on-read": "cor",
+    "throttle-group": "tg",
+    "throttle": "throttle",
 }
 
 

@@ -18,11 +18,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hotluks.errors import CapabilityError, ConflictError
-from hotluks.model import Disk, DriveAddress, Engine, LuksFormat, PCIAddress, Source, USBAddress
+from hotluks.errors import CapabilityError, ConflictError, InputError, UnsupportedError
+from hotluks.model import CURL_PROTOCOLS, Disk, DriveAddress, Engine, LuksFormat, PCIAddress, Source, USBAddress
 from hotluks.plan.capabilities import Capabilities
 from hotluks.plan.names import Namer
 from hotluks.plan.steps import Plan, SecretBinding, Step
+from hotluks.xmlextras import normalized_path, path_problem
 
 CACHE_MODES: dict[str, tuple[bool, bool, bool]] = {
     # mode: (cache.direct, cache.no-flush, device write-cache)
@@ -33,6 +34,8 @@ CACHE_MODES: dict[str, tuple[bool, bool, bool]] = {
     "unsafe": (False, True, True),
 }
 DEVICE_DRIVERS = {"virtio": "virtio-blk-pci", "scsi": "scsi-hd", "usb": "usb-storage"}
+#: libvirt error_policy → QEMU werror/rerror
+ERROR_ACTIONS = {"stop": "stop", "report": "report", "ignore": "ignore", "enospace": "enospc"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ def build_plan(disk: Disk, capabilities: Capabilities | None = None, context: Pl
     """Return the ordered steps that attach ``disk``. Pure: no I/O."""
     caps = capabilities or Capabilities()
     ctx = context or PlanContext()
+    check_sources(disk)
     check_capabilities(disk, caps)
     plan = _GraphBuilder(disk, ctx.nbd_tls_dir).build(ctx)
     clashes = sorted(set(plan.node_names + plan.object_ids + (plan.device_id,)) & ctx.existing_names)
@@ -67,6 +71,28 @@ def build_plan(disk: Disk, capabilities: Capabilities | None = None, context: Pl
     return plan
 
 
+def check_sources(disk: Disk) -> None:
+    """Refuse sources no plan can use, also for a :class:`Disk` built without XML (the API)."""
+    for src in disk.sources():
+        where = f"line {src.line}: " if src.line else ""
+        if src.unsupported is not None:
+            raise UnsupportedError(src.unsupported if src.unsupported.startswith("line ") else
+                                   f"{where}{src.unsupported}")
+        if src.protocol in CURL_PROTOCOLS and not disk.readonly:
+            raise UnsupportedError(f"{where}QEMU reads {src.protocol} sources read-only: add <readonly/>")
+        for path in (src.path, src.config_file, *(h.socket for h in src.hosts)):
+            problem = path_problem(path) if path is not None else None
+            if problem is not None:
+                raise InputError(f"{where}{problem}")
+    enc = disk.encryption
+    if enc is not None and enc.header is not None:
+        payload, header = disk.source, enc.header.source
+        if payload.path is not None and header.path is not None and \
+                normalized_path(payload.path) == normalized_path(header.path):
+            raise InputError(f"the detached header {header.path} and the payload {payload.path} are the same "
+                             "file")
+
+
 def check_capabilities(disk: Disk, caps: Capabilities) -> None:
     """Refuse up front what this QEMU cannot do, naming the requirement."""
     enc = disk.encryption
@@ -75,6 +101,9 @@ def check_capabilities(disk: Disk, caps: Capabilities) -> None:
         if not caps.has_driver(driver):
             raise CapabilityError(f"this QEMU ({caps.version_text}) has no '{driver}' block driver "
                                   f"(needed for {src.describe()}; install qemu-block-extra)")
+    for needed, why in (("throttle", disk.iotune), ("copy-on-read", disk.driver.copy_on_read)):
+        if why and not caps.has_driver(needed):
+            raise CapabilityError(f"this QEMU ({caps.version_text}) has no '{needed}' block driver")
     if enc is None:
         return
     if enc.header is not None and not caps.luks_detached_header:
@@ -94,6 +123,8 @@ def _protocol_driver(src: Source) -> str:
         return "file"
     if src.kind == "block":
         return "host_device"
+    if src.kind == "nvme":
+        return "nvme"
     return str(src.protocol)
 
 
@@ -121,6 +152,8 @@ class _GraphBuilder:
     def node(self, role: str, args: dict[str, Any]) -> str:
         name = self.names.name(role)
         full = {"node-name": name, **args}
+        if args.get("driver") == "qcow2" and self.disk.driver.discard_no_unref is not None:
+            full["discard-no-unref"] = self.disk.driver.discard_no_unref
         self.steps.append(Step("node", role, "blockdev-add", full, "blockdev-del", {"node-name": name}))
         return name
 
@@ -150,7 +183,10 @@ class _GraphBuilder:
         if enc is not None and enc.header is not None:
             hsrc = enc.header.source
             hproto = self.node("header-protocol", self.protocol_args(hsrc, auth_ids.get(hsrc)))
-            header = self.node("header-format", {"driver": "raw", "file": hproto, **self.common()})
+            header_raw: dict[str, Any] = {"driver": "raw", "file": hproto, **self.common()}
+            if hsrc.slice is not None:
+                header_raw.update({"offset": hsrc.slice[0], "size": hsrc.slice[1]})
+            header = self.node("header-format", header_raw)
         else:
             header = None
 
@@ -158,6 +194,10 @@ class _GraphBuilder:
         if enc is not None and enc.engine is Engine.LIBRBD:
             protocol_args["encrypt"] = self.rbd_encrypt(enc.format, key_ids)
         proto = self.node("payload-protocol", protocol_args)
+        if disk.source.slice is not None:  # as libvirt: a raw node with offset/size over the storage
+            offset, size = disk.source.slice
+            proto = self.node("payload-slice", {"driver": "raw", "file": proto, "offset": offset, "size": size,
+                                                **self.common()})
 
         if enc is None or enc.engine is Engine.LIBRBD:
             top = self.node("payload-format", {"driver": disk.format, "file": proto, **self.common()})
@@ -172,6 +212,17 @@ class _GraphBuilder:
         else:
             top = self.node("luks", {"driver": "luks", "file": proto, "key-secret": key_ids[0], **self.common()})
 
+        if disk.driver.copy_on_read:
+            top = self.node("copy-on-read", {"driver": "copy-on-read", "file": top, **self.common()})
+        if disk.iotune:
+            group = self.names.name("throttle-group")
+            limits = {key: value for key, value in disk.iotune}
+            # kind 'secret' is the runner's kind for any QOM object (object-add / object-del)
+            self.steps.append(Step("secret", "throttle-group", "object-add",
+                                   {"qom-type": "throttle-group", "id": group, "limits": limits},
+                                   "object-del", {"id": group}))
+            top = self.node("throttle", {"driver": "throttle", "throttle-group": group, "file": top,
+                                         **self.common()})
         device = self.device_args(top, ctx)
         self.steps.append(Step("device", "device", "device_add", device, "device_del", {"id": device["id"]}))
         return Plan(disk=disk, steps=tuple(self.steps))
@@ -213,6 +264,8 @@ class _GraphBuilder:
             args["filename"] = src.path
             if self.disk.driver.io is not None:
                 args["aio"] = self.disk.driver.io
+        elif src.kind == "nvme":
+            args.update({"device": src.nvme_device, "namespace": src.nvme_namespace})
         elif src.protocol == "rbd":
             pool, namespace, image = src.rbd_location()
             args["pool"] = pool
@@ -241,6 +294,16 @@ class _GraphBuilder:
                 args["tls-creds"] = self.tls_id
                 if src.tls_hostname:
                     args["tls-hostname"] = src.tls_hostname
+        elif src.protocol in CURL_PROTOCOLS:
+            host = src.hosts[0]
+            port = f":{host.port}" if host.port else ""
+            query = f"?{src.query}" if src.query else ""
+            args["url"] = f"{src.protocol}://{host.name}{port}/{str(src.name).lstrip('/')}{query}"
+            if src.ssl_verify is not None:
+                args["sslverify"] = src.ssl_verify
+            if src.auth is not None:
+                args["username"] = src.auth.username
+                args["password-secret"] = auth_id
         else:  # iscsi
             host = src.hosts[0]
             iqn, lun = str(src.name).rsplit("/", 1)
@@ -277,6 +340,21 @@ class _GraphBuilder:
             dev["serial"] = disk.serial
         if disk.shareable:
             dev["share-rw"] = True
-        if disk.driver.cache is not None:
-            dev["write-cache"] = "on" if CACHE_MODES[disk.driver.cache][2] else "off"
+        drv = disk.driver
+        if drv.cache is not None:
+            dev["write-cache"] = "on" if CACHE_MODES[drv.cache][2] else "off"
+        if drv.error_policy is not None:
+            dev["werror"] = ERROR_ACTIONS[drv.error_policy]
+        if drv.rerror_policy is not None:
+            dev["rerror"] = ERROR_ACTIONS[drv.rerror_policy]
+        if drv.iothread is not None:
+            dev["iothread"] = f"iothread{drv.iothread}"  # libvirt's IOThread object ids
+        for prop, value in (("num-queues", drv.queues), ("queue-size", drv.queue_size),
+                            ("ioeventfd", drv.ioeventfd), ("event_idx", drv.event_idx)):
+            if value is not None:
+                dev[prop] = value
+        dev.update(dict(disk.blockio))
+        dev.update(dict(disk.scsi_properties))
+        if disk.boot_order is not None:
+            dev["bootindex"] = disk.boot_order
         return dev

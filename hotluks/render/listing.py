@@ -17,8 +17,9 @@ SHAPE_TEXT = {
 
 def describe_step(step: Step) -> str:
     args = step.arguments
-    if step.kind == "secret" and step.secret is None:  # an object that holds no secret value (TLS creds)
-        return f"object {step.name} {args['qom-type']} {args.get('dir', '')}".rstrip()
+    if step.kind == "secret" and step.secret is None:  # an object without a secret value (TLS creds, throttle group)
+        limits = ", ".join(f"{k}={v}" for k, v in sorted(args.get("limits", {}).items()))
+        return f"object {step.name} {args['qom-type']} {args.get('dir', '')} {limits}".rstrip().replace("  ", " ")
     if step.kind == "secret":
         assert step.secret is not None
         return f"secret {step.name} ← {step.secret.ref.describe()}"
@@ -26,7 +27,8 @@ def describe_step(step: Step) -> str:
         where = f" on {args['bus']}" if "bus" in args else ""
         return f"device {args['driver']} {step.name}{where} → {args['drive']}"
     driver = args["driver"]
-    detail = args.get("filename") or args.get("image") or args.get("file") or ""
+    detail = (args.get("filename") or args.get("image") or args.get("url") or args.get("device") or args.get("file")
+              or "")
     if driver == "luks":
         detail = f"{args['file']}" + (f" header={args['header']}" if "header" in args else "")
     if "encrypt" in args:
@@ -42,4 +44,5 @@ def render_listing(plan: Plan) -> str:
     for i, step in enumerate(plan.steps, 1):
         lines.append(f"  {i:>2}. {step.command:<{width}}  {describe_step(step)}")
     lines.append(f"Undo: {', '.join(s.undo_command + ' ' + s.name for s in plan.undo_order())}")
+    lines += [f"Note: {note}" for note in disk.notes]
     return "\n".join(lines)

@@ -39,8 +39,9 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "bus": disk.bus,
         "shape": disk.shape,
         "device": plan.device_id,
-        "top-node": plan.top_node,
+        "top_node": plan.top_node,
         "secrets": [{"kind": b.ref.kind, "uuid": b.ref.uuid, "usage": b.ref.usage} for b in plan.secrets],
+        "notes": list(disk.notes),
         "steps": [
             {**redacted_command(step), "role": step.role, "undo": step.undo_qmp()}
             for step in plan.steps

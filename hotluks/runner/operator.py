@@ -145,6 +145,9 @@ class Operator:
                                                              machine=await self.machine()))
             values = await self._secret_values(plan, secrets or {})
             sealing = self._sealing_key()
+            if plan.secrets:
+                log.info("secrets: %s", f"sealed (AES-256-CBC under master key '{sealing[0]}')" if sealing
+                         else "not sealed (no master key: values travel in clear on the monitor socket)")
             note = "skipped (--no-preflight)"
             pinned = await check_pin(disk, PinStore(self.journal.dir.parent / "pins"), values, timeout) if pin else None
             passphrase = pick_passphrase(disk, values)

@@ -167,7 +167,7 @@ def test_cold_boot_reads_the_plaintext(name: str, images: Any, monitor_for: Any)
         assert len(used) == 1, json.dumps(qmp("query-block"))[:3000]
         inserted = used[0]["inserted"]
         top = inserted["node-name"]
-        assert top == plan["top-node"]
+        assert top == plan["top_node"]
         assert inserted["ro"] is scenario.read_only
         assert all(nodes[n]["ro"] is scenario.read_only for n in planned)
 

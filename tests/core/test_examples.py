@@ -37,7 +37,9 @@ def test_example_matches_golden_plan(example: Path, golden_dir: Path) -> None:
 def test_example_cli_json_equals_api(example: Path, cli: Any) -> None:
     result = cli("plan", str(example), "--json")
     assert result.code == 0, result.err
-    assert json.loads(result.out) == plan_json(build_plan(Disk.from_xml(example)))
+    doc = json.loads(result.out)
+    assert (doc.pop("format"), doc.pop("command"), doc.pop("ok")) == ("hotluks/1", "plan", True)
+    assert doc == plan_json(build_plan(Disk.from_xml(example)))
     listing = cli("plan", str(example))
     assert listing.code == 0 and listing.out.startswith("Plan for ")
 

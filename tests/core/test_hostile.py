@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,10 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "string-where-number": (b"<disk type='file'>" + BODY.encode()
                             + b"<address type='pci' slot='five'/></disk>", "schema"),
     "port-overflow": (b"<disk type='network'><source protocol='nbd' name='x'><host name='h' port='99999'/>"
-                      b"</source><target dev='vdb'/></disk>", "schema"),
-    "unknown-element": (b"<disk type='file'>" + BODY.encode() + b"<iotune><total_bytes_sec>1</total_bytes_sec>"
-                        b"</iotune></disk>", "schema"),
-    "unknown-attribute": (b"<disk type='file' snapshot='no'>" + BODY.encode() + b"</disk>", "schema"),
+                      b"</source><target dev='vdb'/></disk>", "from 1 to 65535"),
+    "unknown-element": (b"<disk type='file'>" + BODY.encode() + b"<iotune><total_bytes_per_fortnight>1"
+                        b"</total_bytes_per_fortnight></iotune></disk>", "schema"),
+    "unknown-attribute": (b"<disk type='file' frobnicate='no'>" + BODY.encode() + b"</disk>", "schema"),
     "namespaced-element": (b"<disk type='file' xmlns:x='urn:x'>" + BODY.encode() + b"<x:evil/></disk>", "schema"),
     "non-utf8-garbage": (bytes(range(128, 256)) * 8, "not well-formed"),
     "latin1-without-declaration": (b"<disk type='file'><source file='/caf\xe9'/><target dev='vdb'/></disk>",
@@ -76,7 +77,10 @@ def test_hostile_xml_through_the_cli(case: str, cli: Any, write_xml: Any) -> Non
     path: Path = write_xml(data)
     result = cli("plan", "--json", str(path))
     assert result.code == 2, result.err
-    assert result.out == ""
+    error = json.loads(result.out)
+    assert (error["format"], error["ok"], error["error"]["exit_code"]) == ("hotluks/1", False, 2)
+    assert error["error"]["message"] in result.err
+    _no_leak(result.out)
     assert result.err.startswith("hotluks: error: ") and result.err.count("\n") == 1
     assert fragment in result.err
     _no_leak(result.err)

@@ -286,7 +286,7 @@ def test_parse_secret_spec_rejects(spec: str) -> None:
 
 def test_plan_json_shape(golden_dir: Path) -> None:
     doc = plan_json(build_plan(Disk.from_xml(golden_dir.parents[2] / "xml" / "examples" / "librbd-layered.xml")))
-    assert (doc["target"], doc["bus"], doc["shape"], doc["device"], doc["top-node"]) == (
+    assert (doc["target"], doc["bus"], doc["shape"], doc["device"], doc["top_node"]) == (
         "vdi", "virtio", "librbd-layered", "hl-vdi", "hl-vdi-fmt")
     assert [s["kind"] for s in doc["secrets"]] == ["passphrase"] * 3 + ["ceph"]
     assert all(set(s) == {"execute", "arguments", "role", "undo"} for s in doc["steps"])

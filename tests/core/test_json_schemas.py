@@ -1,0 +1,136 @@
+"""Every ``--json`` output is one documented, versioned shape: validated against hotluks/schemas/*.json."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
+
+from hotluks.cli.output import FORMAT, envelope, schema_name
+from hotluks.runner.operator import AttachResult, DetachResult, StepReport
+
+SCHEMAS = {p.name: json.loads(p.read_text()) for p in resources.files("hotluks").joinpath("schemas").iterdir()
+           if p.name.endswith(".json")}
+REGISTRY = Registry().with_resources(
+    (name, Resource.from_contents(doc)) for name, doc in SCHEMAS.items())
+KEY = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f"
+
+
+def validate(command: str, doc: Any) -> None:
+    schema = SCHEMAS[schema_name(command)]
+    jsonschema.Draft202012Validator(schema, registry=REGISTRY).validate(doc)
+    assert doc["format"] == FORMAT and doc["command"] == command
+    _snake(doc)
+
+
+def _snake(value: Any, qmp: bool = False) -> None:
+    """hotluks' own keys are snake_case; QMP data (arguments, undo) keeps QEMU's spelling."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            assert qmp or "-" not in key, key
+            _snake(inner, qmp or key in ("arguments", "undo", "commands"))
+    elif isinstance(value, list):
+        for inner in value:
+            _snake(inner, qmp)
+
+
+def test_schemas_are_valid_and_cover_the_commands() -> None:
+    for doc in SCHEMAS.values():
+        jsonschema.Draft202012Validator.check_schema(doc)
+    assert set(SCHEMAS) >= {"plan.json", "cold-cmdline.json", "example.json", "attach.json", "detach.json",
+                            "status.json", "repair.json", "luks-dump.json", "error.json"}
+
+
+def test_plan_and_cold_cmdline_outputs(example: Path, cli: Any, tmp_path: Path) -> None:
+    plan = cli("plan", str(example), "--json")
+    validate("plan", json.loads(plan.out))
+    secrets = [f"--secret={k}={tmp_path / 'k'}" for k in (KEY, "usb-stick", "ceph-client", "chap",
+                                                           "0a81f5b2-8403-7b23-c8d6-21ccc2f80fb0",
+                                                           "0a81f5b2-8403-7b23-c8d6-21ccc2f80d70",
+                                                           "0a81f5b2-8403-7b23-c8d6-21ccc2f80d71")]
+    cold = cli("cold-cmdline", str(example), "--json", *secrets)
+    doc = json.loads(cold.out)
+    validate("cold-cmdline", doc)
+    if cold.code == 0:
+        assert doc["ok"] and doc["argv"][0] in ("-object", "-blockdev")
+
+
+def test_global_json_after_and_before(cli: Any, example: Path) -> None:
+    before = json.loads(cli("--json", "plan", str(example)).out)
+    after = json.loads(cli("plan", str(example), "--json").out)
+    assert before == after
+    validate("plan", before)
+
+
+def test_example_list(cli: Any) -> None:
+    validate("example", json.loads(cli("example", "--list", "--json").out))
+
+
+def test_errors_are_json_too(cli: Any, tmp_path: Path) -> None:
+    missing = cli("attach", "unix:/nonexistent.sock", str(tmp_path / "missing.xml"), "--json")
+    doc = json.loads(missing.out)
+    assert missing.code == 2 and doc["ok"] is False and "no such file" in doc["error"]["message"]
+    validate("attach", doc)
+    not_luks = tmp_path / "plain.img"
+    not_luks.write_bytes(b"\0" * 4096)
+    dump = cli("luks", "dump", str(not_luks), "--json")
+    doc = json.loads(dump.out)
+    assert dump.code == 2 and doc["error"]["type"].startswith("Luks")
+    validate("luks dump", doc)
+    bad_plan = cli("plan", "--json", str(tmp_path / "missing.xml"))
+    validate("plan", json.loads(bad_plan.out))
+
+
+def test_runner_results_in_the_envelope() -> None:
+    """attach/detach/status/repair payloads of the runner, wrapped as the CLI must print them."""
+    attach = AttachResult("vm1", "vdb", "hl-vdb", "hl-vdb-luks", "attached-luks", "passed", dry_run=False,
+                          steps=[StepReport("object-add", "hl-vdb-key", 0.001)])
+    validate("attach", envelope("attach", attach.to_json()))
+    dry = AttachResult("vm1", "vdb", "hl-vdb", "hl-vdb-luks", "attached-luks", "skipped", dry_run=True,
+                       commands=[{"execute": "device_add", "arguments": {"id": "hl-vdb", "drive": "x"}}])
+    validate("attach", envelope("attach", dry.to_json()))
+    validate("detach", envelope("detach", DetachResult("vm1", "vdb", "hl-vdb", ["hl-vdb"], 0.5).to_json()))
+    status = {"vm": "vm1", "disks": [{"target": "vdb", "device": "hl-vdb", "shape": "attached-luks",
+                                      "status": "attached", "consistent": True, "error": None,
+                                      "items": [{"kind": "node", "name": "hl-vdb-luks", "present": True}]}]}
+    validate("status", envelope("status", status))
+    repair = {"vm": "vm1", "actions": [{"target": "vdb", "action": "finished detach", "undone": ["hl-vdb"]}]}
+    validate("repair", envelope("repair", repair))
+
+
+def test_demo_report_in_the_envelope_keeps_its_verdict() -> None:
+    from hotluks.demo import DemoReport, DemoStep
+
+    failed = DemoReport(steps=[DemoStep("guest reads plaintext", 1.5, ok=False, detail="mismatch")], error="boom")
+    doc = envelope("demo", failed.to_json())
+    validate("demo", doc)
+    assert doc["ok"] is False
+    passed = DemoReport(steps=[DemoStep("attach", 0.2, ok=True, lines=["7 QMP steps"])])
+    assert envelope("demo", passed.to_json())["ok"] is True
+
+
+@pytest.mark.parametrize("command", ["plan", "attach", "luks dump"])
+def test_an_unknown_key_is_refused_by_the_schema(command: str) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        validate(command, {"format": FORMAT, "command": command, "ok": True, "top-node": "x"})
+
+
+def test_usage_errors_are_json_under_json(cli: Any) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli("attach", "--json")
+    assert info.value.code == 2
+
+
+def test_usage_error_document(capsys: pytest.CaptureFixture[str]) -> None:
+    from hotluks.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["luks", "dump", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    validate("luks dump", doc)
+    assert doc["error"]["exit_code"] == 2 and "DEVICE" in doc["error"]["message"]
