@@ -26,7 +26,7 @@ from typing import Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.model import Disk
-from hotluks.runner.operator import AttachResult, DetachResult, Operator
+from hotluks.runner.operator import AttachResult, DetachResult, Operator, RepairAction, StatusEntry
 from hotluks.secrets import SecretValue
 
 SecretsArg = Mapping[str, bytes | str | SecretValue] | None
@@ -72,10 +72,10 @@ class AsyncSession:
     async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return await self.operator.detach(disk_or_target, timeout=timeout)
 
-    async def status(self) -> list[dict[str, Any]]:
+    async def status(self) -> list[StatusEntry]:
         return await self.operator.status()
 
-    async def repair(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+    async def repair(self, timeout: float = 30.0) -> list[RepairAction]:
         return await self.operator.repair(timeout=timeout)
 
     async def close(self) -> None:
@@ -152,10 +152,10 @@ class Session:
     def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return self._loop.run_until_complete(self._session.detach(disk_or_target, timeout))
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[StatusEntry]:
         return self._loop.run_until_complete(self._session.status())
 
-    def repair(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+    def repair(self, timeout: float = 30.0) -> list[RepairAction]:
         return self._loop.run_until_complete(self._session.repair(timeout))
 
     def close(self) -> None:

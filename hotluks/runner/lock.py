@@ -32,7 +32,7 @@ async def vm_lock(lock_dir: Path, timeout: float = 60.0) -> AsyncIterator[None]:
     except TimeoutError:
         raise LockedError(f"another operation on this VM is still running (waited {timeout:.0f}s)") from None
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             while True:
                 try:

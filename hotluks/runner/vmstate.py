@@ -35,6 +35,8 @@ class VMSnapshot:
     objects: frozenset[str]
     devices: frozenset[str]
     device_types: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    #: fdset id → the opaque strings of its descriptors (queried only for backends that pass fds)
+    fdsets: Mapping[int, frozenset[str]] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def names(self) -> frozenset[str]:
@@ -63,18 +65,24 @@ def _children(listing: list[dict[str, Any]]) -> dict[str, str]:
 
 
 async def snapshot(backend: MonitorBackend) -> VMSnapshot:
-    """Block nodes, secret/other objects and peripheral devices (three queries, pipelined)."""
-    nodes, objects, devices = await asyncio.gather(
+    """Block nodes, secret/other objects, peripheral devices and (when the backend passes
+    descriptors) fdsets: three or four queries, pipelined."""
+    queries = [
         backend.execute("query-named-block-nodes", {"flat": True}),
         backend.execute("qom-list", {"path": "/objects"}),
         backend.execute("qom-list", {"path": "/machine/peripheral"}),
-    )
+    ]
+    if backend.passes_fds:
+        queries.append(backend.execute("query-fdsets"))
+    nodes, objects, devices, *fdsets = await asyncio.gather(*queries)
     types = _children(devices)
     return VMSnapshot(
         nodes=frozenset(str(n["node-name"]) for n in nodes),
         objects=frozenset(_children(objects)),
         devices=frozenset(types),
         device_types=types,
+        fdsets={int(s["fdset-id"]): frozenset(str(f.get("opaque", "")) for f in s.get("fds", []))
+                for s in (fdsets[0] if fdsets else [])},
     )
 
 
