@@ -29,7 +29,13 @@ from typing import Any, Literal
 from hotluks.errors import HotluksError
 from hotluks.plan.names import valid_name
 from hotluks.plan.steps import Plan
-from hotluks.runner.statedir import ensure_trusted_dir, read_regular, untrusted_reason, write_new
+from hotluks.runner.statedir import (
+    UntrustedStateDirError,
+    ensure_trusted_dir,
+    read_regular,
+    untrusted_reason,
+    write_new,
+)
 
 Status = Literal["attaching", "attached", "rolling-back", "detaching", "needs-repair"]
 StepState = Literal["pending", "started", "done", "undone"]
@@ -316,7 +322,7 @@ class Journal:
             return []
         reason = untrusted_reason(self.dir)
         if reason is not None:
-            raise HotluksError(f"refusing to read records from {self.dir}: {reason}")
+            raise UntrustedStateDirError(f"refusing to read records from {self.dir}: {reason}")
         return sorted(p.name[:-5] for p in self.dir.glob("*.json") if _TARGET.match(p.name[:-5]))
 
     def entries(self) -> Iterator[tuple[str, Record | CorruptRecordError]]:

@@ -127,8 +127,9 @@ class FaultInjector(MonitorBackend):
 
 
 @contextlib.contextmanager
-def journal_failing_at(write: int | None) -> Iterator[list[int]]:
-    """Make the ``write``-th journal write (save, append, remove; counted from 1) raise ENOSPC."""
+def journal_failing_at(write: int | None, *, onwards: bool = False) -> Iterator[list[int]]:
+    """Make the ``write``-th journal write (save, append, remove; counted from 1) raise ENOSPC
+    (with ``onwards``, every write from then on: a disk that stays full)."""
     count = [0]
     cls = journal_module.Journal
     originals = {name: getattr(cls, name) for name in ("save", "_append", "remove")}
@@ -138,7 +139,7 @@ def journal_failing_at(write: int | None) -> Iterator[list[int]]:
 
         def method(self: Any, *args: Any) -> Any:
             count[0] += 1
-            if count[0] == write:
+            if write is not None and (count[0] == write or (onwards and count[0] > write)):
                 raise OSError(errno.ENOSPC, "No space left on device (injected)")
             return real(self, *args)
         return method
