@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -48,18 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands that act on a VM: an interruption outside their event loop (which turns SIGINT/SIGTERM
+#: into rollback or repair itself) happens before anything was sent, so it exits 2, never 130
+VM_COMMANDS = frozenset({"attach", "detach", "status", "repair"})
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="hotluks: %(levelname)s: %(message)s")
+    vm_command = args.command in VM_COMMANDS
+    if vm_command:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         code: int = args.func(args)
     except HotluksError as exc:
         print(f"hotluks: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        if vm_command:
+            print("hotluks: error: interrupted before anything was sent to the VM; nothing changed",
+                  file=sys.stderr)
+            return 2
         print("hotluks: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
