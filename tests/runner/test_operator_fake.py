@@ -299,3 +299,36 @@ def test_incomplete_rollback_is_exit_3_with_a_record(tmp_path: Path) -> None:
         (entry,) = await Operator(fake, state_dir=tmp_path / "s").status()
         assert entry.status == "needs-repair" and entry.needs_repair
     run(go())
+
+
+@pytest.mark.parametrize("damage", ["removed", "read-only"])
+def test_state_dir_gone_or_read_only_mid_attach_rolls_back(tmp_path: Path, damage: str) -> None:
+    """The state directory disappears (or turns read-only) after step 2: rollback, exit 1, VM as before."""
+    fake = FakeQemu()
+    state = tmp_path / "s"
+
+    class Saboteur(FaultInjector):
+        async def execute(self, command: str, arguments: Any = None) -> Any:
+            if len(self.mutations) == 2 and not self.failed:
+                self.failed = True
+                journal_dir = next(state.glob("fake-vm-*"))
+                if damage == "removed":
+                    for path in journal_dir.iterdir():
+                        path.unlink()
+                    journal_dir.rmdir()
+                else:  # as root, permissions do not stop writes: make every write fail like EROFS
+                    os.chmod(journal_dir, 0o500)
+            return await super().execute(command, arguments)
+
+    async def go() -> None:
+        before = _names(fake)
+        op = Operator(Saboteur(fake, None), state_dir=state)
+        if damage == "read-only" and os.geteuid() == 0:
+            with journal_failing_at(3, onwards=True):
+                with pytest.raises(RolledBackError, match="as before"):
+                    await op.attach(make(tmp_path, "detached-header-raw"), SECRETS, preflight=False)
+        else:
+            with pytest.raises(RolledBackError, match="as before"):
+                await op.attach(make(tmp_path, "detached-header-raw"), SECRETS, preflight=False)
+        assert _names(fake) == before
+    run(go())
