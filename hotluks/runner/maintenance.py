@@ -59,7 +59,12 @@ class Maintenance:
             for target, entry in list(journal.entries()):
                 decision = tx.repair_step(entry, ident.instance)
                 if decision == "quarantine":
-                    aside = journal.quarantine(target)
+                    try:
+                        aside = journal.quarantine(target)
+                    except OSError as exc:
+                        actions.append(RepairAction(target, "incomplete", error=f"{entry}; cannot move it aside: "
+                                                    f"{exc.strerror or exc}"))
+                        continue
                     log.warning("%s; moved aside to %s", entry, aside)
                     actions.append(RepairAction(target, "quarantined", error=f"{entry}; moved aside to {aside.name}"))
                     continue
@@ -79,6 +84,7 @@ class Maintenance:
                     journal_quietly(lambda: journal.save(entry), [])
                     actions.append(RepairAction(target, "incomplete", outcome.undone, entry.error))
                     continue
-                journal.remove(target)
-                actions.append(RepairAction(target, verb, outcome.undone))
+                notes: list[str] = []
+                journal_quietly(lambda: journal.remove(target), notes)
+                actions.append(RepairAction(target, verb, outcome.undone, "; ".join(notes) or None))
         return actions

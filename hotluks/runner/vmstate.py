@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -13,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
-from hotluks.errors import RefusedError
+from hotluks.errors import HotluksError, RefusedError
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
 from hotluks.plan.planner import PlanContext
+from hotluks.runner.statedir import ensure_trusted_dir, read_regular, untrusted_reason, write_new
 
 HOTPLUG_BRIDGES = ("pcie-root-port", "pci-bridge", "pcie-pci-bridge", "ioh3420", "xio3130-downstream")
 SCSI_CONTROLLERS = ("virtio-scsi-pci", "virtio-scsi-pci-non-transitional", "virtio-scsi-pci-transitional",
@@ -119,7 +119,12 @@ async def probe_capabilities(backend: MonitorBackend, cache_dir: Path | None = N
 
 def _load_capabilities(path: Path) -> Capabilities | None:
     try:
-        doc = json.loads(path.read_text())
+        if untrusted_reason(path.parent) is not None:
+            return None  # a cache others could write is not read
+        data = read_regular(path, 1 << 16)
+        if data is None:
+            return None
+        doc = json.loads(data)
         version = doc["qemu_version"]
         drivers = doc["block_drivers"]
         return Capabilities(
@@ -130,7 +135,7 @@ def _load_capabilities(path: Path) -> Capabilities | None:
             rbd_encrypt_parent=bool(doc["rbd_encrypt_parent"]),
         )
     except (OSError, ValueError, TypeError, KeyError, IndexError):
-        return None  # absent or unreadable: probe again
+        return None  # absent, unreadable or not ours: probe again
 
 
 def _store_capabilities(path: Path, caps: Capabilities) -> None:
@@ -138,11 +143,9 @@ def _store_capabilities(path: Path, caps: Capabilities) -> None:
            "block_drivers": sorted(caps.block_drivers) if caps.block_drivers is not None else None,
            "rbd_encrypt_formats": sorted(caps.rbd_encrypt_formats), "rbd_encrypt_parent": caps.rbd_encrypt_parent}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, path)
-    except OSError:
+        ensure_trusted_dir(path.parent)
+        write_new(path.parent, path, json.dumps(doc).encode())
+    except (OSError, HotluksError):
         pass  # a cache only
 
 

@@ -332,3 +332,42 @@ def test_state_dir_gone_or_read_only_mid_attach_rolls_back(tmp_path: Path, damag
                 await op.attach(make(tmp_path, "detached-header-raw"), SECRETS, preflight=False)
         assert _names(fake) == before
     run(go())
+
+
+def test_a_file_that_cannot_be_opened_for_add_fd_is_a_failed_step(tmp_path: Path) -> None:
+    """A local OSError while opening the descriptor is the step's failure (no faked QEMU error): rollback."""
+    fake = FakeQemu(passes_fds=True)
+    disk = make(tmp_path, "detached-header-raw")
+    (tmp_path / "payload.img").unlink()
+
+    async def go() -> None:
+        before = _names(fake)
+        with pytest.raises(RolledBackError, match=r"add-fd fdset-\d+\) failed: FileNotFoundError") as info:
+            await Operator(fake, state_dir=tmp_path / "s").attach(disk, SECRETS, preflight=False)
+        assert "payload.img" in str(info.value) and "remove-fd" in str(info.value)
+        assert _names(fake) == before
+    run(go())
+
+
+def test_losing_the_vm_after_detach_removed_things_is_exit_3_not_2(tmp_path: Path) -> None:
+    fake = FakeQemu()
+
+    class Flaky(FaultInjector):
+        async def execute(self, command: str, arguments: Any = None) -> Any:
+            if command == "query-named-block-nodes" and "object-del" in self.mutations:
+                from hotluks.errors import BackendError
+
+                raise BackendError("connection to QEMU lost (injected)")
+            return await super().execute(command, arguments)
+
+    async def go() -> None:
+        await Operator(fake, state_dir=tmp_path / "s").attach(make(tmp_path, "attached-luks"), SECRETS,
+                                                              preflight=False)
+        with pytest.raises(IncompleteError, match="cannot verify") as info:
+            await Operator(Flaky(fake, None), state_dir=tmp_path / "s").detach("vdb")
+        assert info.value.exit_code == 3
+        (entry,) = await Operator(fake, state_dir=tmp_path / "s").status()
+        assert entry.status == "detaching" and entry.needs_repair
+        (action,) = await Operator(fake, state_dir=tmp_path / "s").repair()
+        assert action.action == "finished detach"
+    run(go())
