@@ -146,6 +146,11 @@ class Operator(Maintenance):
             start = tx.attach_start(existing, fingerprint, ident.instance, disk.target_dev)
             if start == "already-attached":
                 assert isinstance(existing, Record)
+                live = await snapshot(self.backend)
+                missing = [st.name for st in existing.steps if not tx.present(st, live)]
+                if missing:
+                    raise RefusedError(f"target {disk.target_dev} is recorded as attached but the VM lacks "
+                                       f"{', '.join(missing)}; `hotluks detach` it, then attach again")
                 top = next((s.arguments.get("drive") for s in existing.steps if s.kind == "device"), "")
                 return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=existing.device,
                                     top_node=str(top), shape=existing.shape, preflight=note, dry_run=dry_run,

@@ -371,3 +371,22 @@ def test_losing_the_vm_after_detach_removed_things_is_exit_3_not_2(tmp_path: Pat
         (action,) = await Operator(fake, state_dir=tmp_path / "s").repair()
         assert action.action == "finished detach"
     run(go())
+
+
+def test_an_attachment_with_parts_missing_is_not_already_attached(tmp_path: Path) -> None:
+    fake = FakeQemu()
+    disk = make(tmp_path, "attached-luks")
+
+    async def go() -> None:
+        op = Operator(fake, state_dir=tmp_path / "s")
+        await op.attach(disk, SECRETS, preflight=False)
+        fake.guest = "responsive"
+        await fake.execute("device_del", {"id": "hl-vdb"})  # someone else unplugged it
+        await asyncio.sleep(0.01)
+        (entry,) = await op.status()
+        assert entry.status == "attached" and not entry.consistent and entry.needs_repair
+        with pytest.raises(RefusedError, match="lacks hl-vdb"):
+            await op.attach(disk, SECRETS, preflight=False)
+        await op.detach("vdb")
+        assert (await op.attach(disk, SECRETS, preflight=False)).device == "hl-vdb"
+    run(go())
