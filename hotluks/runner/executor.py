@@ -93,9 +93,9 @@ async def undo(backend: MonitorBackend, journal: Journal, record: Record, steps:
                timeout: float, before: VMSnapshot | None = None) -> tx.UndoOutcome:
     """Undo, newest first, each of ``steps`` that exists in the VM, then verify against a fresh snapshot."""
     undone: list[str] = []
-    problems: list[str] = []
+    failed: list[tuple[JournalStep, str]] = []
     journal_notes: list[str] = []
-    pending = False
+    pending: str | None = None
     try:
         live = await snapshot(backend)
     except (BackendError, OSError) as exc:
@@ -110,21 +110,24 @@ async def undo(backend: MonitorBackend, journal: Journal, record: Record, steps:
             else:
                 await backend.execute(command, arguments)
         except tx.UnplugPendingError as exc:
-            problems.append(str(exc))
-            pending = True
+            pending = str(exc)
             break  # nothing below a device the guest still holds may be deleted
         except Exception as exc:  # noqa: BLE001 - a failed undo is reported, the others still run
-            problems.append(f"{command} {step.name}: {tx.describe_failure(exc)}")
+            failed.append((step, f"{command} {step.name}: {tx.describe_failure(exc)}"))
+            if step.kind == "device":
+                break  # the device may still hold its nodes: delete nothing under it
             continue
         undone.append(f"{command} {step.name}")
         journal_quietly(lambda: journal.mark(record, record.steps.index(step), "undone"), journal_notes)
-    diff = ""
-    if not any(p.startswith("cannot query") for p in problems):
-        try:
-            diff = tx.verify(record, await snapshot(backend), before)
-        except (BackendError, OSError) as exc:
-            diff = "" if problems else f"cannot verify ({tx.describe_failure(exc)})"
-    return tx.UndoOutcome(tuple(undone), tuple(problems), pending, diff, tuple(journal_notes))
+    try:
+        after = await snapshot(backend)
+    except (BackendError, OSError) as exc:
+        problems = [p for _, p in failed] + ([pending] if pending else [])
+        return tx.UndoOutcome(tuple(undone), tuple(problems), pending is not None,
+                              "" if problems else f"cannot verify ({tx.describe_failure(exc)})", tuple(journal_notes))
+    problems = tx.remaining_problems(failed, after) + ([pending] if pending else [])
+    return tx.UndoOutcome(tuple(undone), tuple(problems), pending is not None, tx.verify(record, after, before),
+                          tuple(journal_notes))
 
 
 async def undo_shielded(backend: MonitorBackend, journal: Journal, record: Record, steps: list[JournalStep],

@@ -58,6 +58,12 @@ def leftovers(record: Record, live: VMSnapshot) -> list[str]:
     return [s.name for s in record.steps if present(s, live)]
 
 
+def remaining_problems(failed: list[tuple[JournalStep, str]], after: VMSnapshot) -> list[str]:
+    """Failed undo commands that matter: those whose object is still there (a lost reply of an undo
+    that QEMU did run is no problem)."""
+    return [problem for step, problem in failed if present(step, after)]
+
+
 def verify(record: Record, after: VMSnapshot, before: VMSnapshot | None = None) -> str:
     """'' when the VM is "as before": nothing of ``record`` left and nothing of ``before`` gone.
 
@@ -179,6 +185,6 @@ def describe_failure(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["FD_TAG", "CorruptRecordError", "UNDO", "UnplugPendingError", "undo_command", "present", "undo_order", "leftovers", "verify",
+__all__ = ["FD_TAG", "CorruptRecordError", "UNDO", "UnplugPendingError", "undo_command", "present", "undo_order", "leftovers", "remaining_problems", "verify",
            "entry_status", "needs_repair", "attach_start", "repair_step", "UndoOutcome", "incomplete", "exit_code",
            "describe_failure", "is_lost"]

@@ -68,6 +68,8 @@ class FaultInjector(MonitorBackend):
         self.commands: list[str] = []  # every command this wrapper was asked to send, in order
         self.mutations: list[str] = []
         self.failed = False
+        #: the task a "cancel" case cancels (the caller's, as SIGINT or wait_for would); default: current
+        self.target_task: asyncio.Task[Any] | None = None
 
     @property
     def vm_key(self) -> str:
@@ -95,10 +97,10 @@ class FaultInjector(MonitorBackend):
 
     async def _cancel_me(self) -> None:
         self.failed = True
-        task = asyncio.current_task()
+        task = self.target_task or asyncio.current_task()
         assert task is not None
         task.cancel()
-        await asyncio.sleep(0)  # CancelledError is raised here, as at any await
+        await asyncio.sleep(0)  # CancelledError is raised here (in the caller's task), as at any await
 
     async def _call(self, command: str, arguments: QMPArgs | None, fds: Sequence[int] | None) -> Any:
         case = self.case
@@ -178,6 +180,7 @@ async def run_case(backend: MonitorBackend, disk: Disk, secrets: dict[str, Secre
     """Attach ``disk`` under ``case``, then repair without faults; the VM must end as it started."""
     before = await names(backend)
     faulty = FaultInjector(backend, case)
+    faulty.target_task = asyncio.current_task()
     op = Operator(faulty, state_dir=state_dir)
     detail = ""
     with journal_failing_at(case.at if case is not None and case.kind == "journal-oserror" else None):
@@ -188,9 +191,9 @@ async def run_case(backend: MonitorBackend, disk: Disk, secrets: dict[str, Secre
             code, detail = exc.exit_code, str(exc)
         except asyncio.CancelledError:
             code, detail = 2, "cancelled before the first mutation"
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+    task = asyncio.current_task()
+    while task is not None and task.uncancel():  # the case's cancellation is over
+        pass
     clean = Operator(backend, state_dir=state_dir)
     record = next(iter(await clean.status()), None)
     status = record.status if record is not None else None
@@ -199,5 +202,35 @@ async def run_case(backend: MonitorBackend, disk: Disk, secrets: dict[str, Secre
         await clean.detach(disk.target_dev, timeout=timeout)
     else:
         await clean.repair(timeout=timeout)
+    repaired = await names(backend) == before and not await clean.status()
+    return Outcome(code, status, as_before, repaired, detail), faulty
+
+
+async def run_detach_case(backend: MonitorBackend, disk: Disk, secrets: dict[str, SecretValue], state_dir: Path,
+                          case: Case | None, *, timeout: float = 5.0) -> tuple[Outcome, FaultInjector]:
+    """Attach ``disk`` cleanly, detach it under ``case``, then repair (and detach what is still attached)."""
+    before = await names(backend)
+    clean = Operator(backend, state_dir=state_dir)
+    await clean.attach(disk, secrets, preflight=False, timeout=timeout)
+    faulty = FaultInjector(backend, case)
+    faulty.target_task = asyncio.current_task()
+    detail = ""
+    with journal_failing_at(case.at if case is not None and case.kind == "journal-oserror" else None):
+        try:
+            await Operator(faulty, state_dir=state_dir).detach(disk.target_dev, timeout=timeout)
+            code = 0
+        except HotluksError as exc:
+            code, detail = exc.exit_code, str(exc)
+        except asyncio.CancelledError:
+            code, detail = 2, "cancelled before the detach began"
+    task = asyncio.current_task()
+    while task is not None and task.uncancel():
+        pass
+    record = next(iter(await clean.status()), None)
+    status = record.status if record is not None else None
+    as_before = await names(backend) == before
+    await clean.repair(timeout=timeout)
+    if any(s.status == "attached" for s in await clean.status()):
+        await clean.detach(disk.target_dev, timeout=timeout)
     repaired = await names(backend) == before and not await clean.status()
     return Outcome(code, status, as_before, repaired, detail), faulty

@@ -15,7 +15,7 @@ from hotluks.backends.qmp import QMPBackend
 from hotluks.qemu.launcher import QemuProcess
 from hotluks.secrets import SecretValue
 from hotluks.testing.fakeqemu import FakeQemu
-from hotluks.testing.faultmatrix import Case, FaultInjector, Outcome, cases, run_case
+from hotluks.testing.faultmatrix import Case, FaultInjector, Outcome, cases, run_case, run_detach_case
 from hotluks.testing.vms import Monitor, Snapshot, make_disk, target_for
 
 pytestmark = pytest.mark.qemu
@@ -61,4 +61,38 @@ def test_real_qemu_agrees_with_the_fake(vm: QemuProcess, monitor: Monitor, initi
     differ = {k: (on_fake[k], on_real[k]) for k in on_fake if on_fake[k].key() != on_real[k].key()}
     assert not differ, differ
     assert len(on_real) >= 15 and all(o.repaired for o in on_real.values())
+    assert monitor.snapshot() == initial
+
+
+def test_real_qemu_agrees_with_the_fake_on_detach(vm: QemuProcess, monitor: Monitor, initial: Snapshot,
+                                                  tmp_path: Path) -> None:
+    test_disk = make_disk(tmp_path, "detached-header-raw", "vdb")
+    disk = test_disk.disk()
+    secrets = {test_disk.secret_key: SecretValue(test_disk.passphrase)}
+
+    async def go() -> tuple[dict[str, Outcome], dict[str, Outcome]]:
+        fake = FakeQemu()
+        real = await QMPBackend(vm.qmp_path).connect()
+        try:
+            probes = []
+            for backend, state in ((fake, tmp_path / "fake-state"), (real, tmp_path / "real-state")):
+                await run_detach_case(backend, disk, secrets, state, None)
+                outcome, probe = await run_detach_case(backend, disk, secrets, state, None)
+                assert outcome.exit_code == 0 and outcome.repaired, outcome
+                probes.append(probe)
+            assert probes[0].commands == probes[1].commands
+            every = [c for c in cases(len(probes[0].mutations), probes[0].calls, len(probes[0].mutations) + 2)
+                     if c.kind != "undo-fails"]
+            on_fake, on_real = {}, {}
+            for case in every[::2]:
+                on_fake[str(case)] = (await run_detach_case(fake, disk, secrets, tmp_path / "fake-state", case))[0]
+                on_real[str(case)] = (await run_detach_case(real, disk, secrets, tmp_path / "real-state", case))[0]
+            return on_fake, on_real
+        finally:
+            await real.close()
+
+    on_fake, on_real = asyncio.run(go())
+    differ = {k: (on_fake[k], on_real[k]) for k in on_fake if on_fake[k].key() != on_real[k].key()}
+    assert not differ, differ
+    assert len(on_real) >= 10
     assert monitor.snapshot() == initial

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hotluks.testing.fakeqemu import FakeQemu
-from hotluks.testing.faultmatrix import Case, cases, first_mutation, run_case
+from hotluks.testing.faultmatrix import Case, cases, first_mutation, run_case, run_detach_case
 
 from .fakedisks import SECRETS, SHAPES, make
 
@@ -68,3 +68,36 @@ def test_fault_matrix(tmp_path: Path, shape: str, bus: str, fds: bool) -> None:
 
 def test_case_names_are_stable() -> None:
     assert str(Case("undo-fails", 3, "blockdev-del")) == "undo-fails@3:blockdev-del"
+
+
+async def _detach_matrix(tmp_path: Path, shape: str, fds: bool) -> int:
+    disk = make(tmp_path, shape)
+    fake = FakeQemu(passes_fds=fds)
+    state = tmp_path / "state"
+    await run_detach_case(fake, disk, SECRETS, state, None)
+    baseline, probe = await run_detach_case(fake, disk, SECRETS, state, None)
+    assert baseline.exit_code == 0 and baseline.as_before and baseline.repaired, baseline
+    writes = 1 + len(probe.mutations) + 1  # "detaching", a mark per undone step, the removal
+    every = [c for c in cases(len(probe.mutations), probe.calls, writes) if c.kind != "undo-fails"]
+    for case in every:
+        outcome, _ = await run_detach_case(fake, disk, SECRETS, state, case)
+        where = f"detach {shape}/fds={fds} {case}: {outcome}"
+        assert outcome.repaired, where
+        assert outcome.exit_code in (0, 2, 3), where
+        if outcome.exit_code == 0:
+            assert outcome.as_before and outcome.record in (None, "detaching"), where
+        if outcome.exit_code == 2:
+            assert case.kind == "journal-oserror" and case.at == 1 and outcome.record == "attached", where
+        if outcome.exit_code == 3:
+            assert not outcome.as_before and outcome.record == "detaching" and "repair" in outcome.detail, where
+        if case.kind.startswith("cancel"):
+            assert outcome.exit_code == 0, where  # a detach is an undo: it finishes, shielded
+        if case.kind == "fail-before":
+            assert outcome.exit_code == 3, where
+    return len(every)
+
+
+@pytest.mark.parametrize("fds", [False, True], ids=["paths", "fdsets"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_detach_fault_matrix(tmp_path: Path, shape: str, fds: bool) -> None:
+    assert asyncio.run(_detach_matrix(tmp_path, shape, fds)) > 20
