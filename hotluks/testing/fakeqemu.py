@@ -249,9 +249,10 @@ class FakeQemu(MonitorBackend):
             if base not in self.state.devices and bus not in ("pcie.0",):
                 raise _error("device_add", f"Bus '{bus}' not found")
             target = self.state.devices.get(base, {})
-            if target.get("driver") == "pcie-root-port" and any(d.get("bus") == bus
-                                                                for d in self.state.devices.values()):
-                raise _error("device_add", f"Bus '{bus}' does not support hotplugging")
+            occupant = next((k for k, d in self.state.devices.items() if d.get("bus") == bus), None)
+            if target.get("driver") == "pcie-root-port" and occupant is not None:
+                raise _error("device_add", f"PCI: slot 0 function 0 not available for {args.get('driver')}, "
+                                           f"in use by {self.state.devices[occupant].get('driver')},id={occupant}")
         self.state.devices[dev_id] = args
         return {}
 
