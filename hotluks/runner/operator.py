@@ -205,7 +205,9 @@ class Operator(Maintenance):
                          before: VMSnapshot, timeout: float) -> None:
         """Undo steps ``failed..0`` that exist in the VM; raise RolledBack (1) or Incomplete (3)."""
         step = record.steps[failed]
-        what = (f"step {failed + 1}/{len(record.steps)} ({step.execute} {step.name}) failed: "
+        when = "after" if step.state == "done" else "at"  # e.g. the journal failed once the last step was done
+        what = (f"{'step' if when == 'at' else 'after step'} {failed + 1}/{len(record.steps)} "
+                f"({step.execute} {step.name}) {'failed' if when == 'at' else 'the attach failed'}: "
                 f"{tx.describe_failure(cause)}{_requirement_hint(cause)}")
         notes: list[str] = []
         record.status, record.error = "rolling-back", what
@@ -220,9 +222,10 @@ class Operator(Maintenance):
             raise RolledBackError(f"{what}; {rolled}; the VM is as before{extra}") from _cause(cause)
         record.status = outcome.status()
         record.error = f"{what}; rollback incomplete: {outcome.summary()}"
-        journal_quietly(lambda: journal.save(record), notes)
-        lost = (f" (the journal could not be written: {'; '.join(notes)}; repair has no record of it)"
-                if notes else "")
+        final: list[str] = []
+        journal_quietly(lambda: journal.save(record), final)
+        lost = (f" (the journal could not be written: {'; '.join(final)}; repair has no record of it)"
+                if final else "")
         raise tx.incomplete(f"{record.error}; run `hotluks repair {self.backend.vm}`{lost}", outcome) from _cause(cause)
 
     # -- detach ----------------------------------------------------------------
