@@ -165,13 +165,6 @@ def incomplete(message: str, outcome: UndoOutcome) -> HotluksError:
     return UnplugPendingError(message) if outcome.pending_unplug else IncompleteError(message)
 
 
-def exit_code(mutated: bool, outcome: UndoOutcome | None) -> int:
-    """Phase-based exit code: 2 before the first mutation, then 1 (verified rollback) or 3."""
-    if not mutated:
-        return 2
-    return 1 if outcome is not None and outcome.clean else 3
-
-
 def describe_failure(exc: BaseException) -> str:
     """Why a step failed, in words (QEMU's text, a local error, an interruption)."""
     from hotluks.backends.base import QMPCommandError
@@ -186,5 +179,5 @@ def describe_failure(exc: BaseException) -> str:
 
 
 __all__ = ["FD_TAG", "CorruptRecordError", "UNDO", "UnplugPendingError", "undo_command", "present", "undo_order", "leftovers", "remaining_problems", "verify",
-           "entry_status", "needs_repair", "attach_start", "repair_step", "UndoOutcome", "incomplete", "exit_code",
+           "entry_status", "needs_repair", "attach_start", "repair_step", "UndoOutcome", "incomplete",
            "describe_failure", "is_lost"]
