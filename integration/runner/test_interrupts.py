@@ -61,7 +61,7 @@ def test_cancelling_attach_rolls_back(vm: QemuProcess, monitor: Monitor, initial
 
 
 def _attach_then_signal(vm: QemuProcess, tmp_path: Path, state_dir: Path, sig: signal.Signals,
-                        mutations_before: int) -> subprocess.CompletedProcess[str]:
+                        mutations_before: int, repeat: int = 1) -> subprocess.CompletedProcess[str]:
     disk = make_disk(tmp_path, "detached-header-qcow2", "vdb")
     with QMPProxy(vm.qmp_path, delay_ms=DELAY_MS) as proxy:
         proc = subprocess.Popen(hotluks_cmd("attach", proxy.path, disk.xml_path, *disk.cli_secret(),
@@ -74,7 +74,9 @@ def _attach_then_signal(vm: QemuProcess, tmp_path: Path, state_dir: Path, sig: s
             if mutations_before and sum(map(is_mutating, list(proxy.commands))) >= mutations_before:
                 break
             time.sleep(0.01)
-        proc.send_signal(sig)
+        for _ in range(repeat):
+            proc.send_signal(sig)
+            time.sleep(DELAY_MS / 1000 * 1.5)  # the next one lands while the rollback runs
         out, err = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -93,6 +95,14 @@ def test_cli_signal_ends_in_rollback_or_refusal(vm: QemuProcess, monitor: Monito
         assert "the VM is as before" in proc.stderr
     assert monitor.snapshot() == initial
     assert not journal_files(state_dir)
+
+
+def test_a_second_signal_does_not_stop_the_rollback(vm: QemuProcess, monitor: Monitor, initial: Snapshot,
+                                                    tmp_path: Path, state_dir: Path) -> None:
+    proc = _attach_then_signal(vm, tmp_path, state_dir, signal.SIGINT, 5, repeat=3)
+    assert proc.returncode == 1 and "the VM is as before" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert monitor.snapshot() == initial and not journal_files(state_dir)
 
 
 # -- a paused guest ----------------------------------------------------------------------------------
