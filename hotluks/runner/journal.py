@@ -212,9 +212,10 @@ class Journal:
         self.dir = state_dir / vm_dirname(vm_key)
         self._trusted = False
 
-    def ensure(self) -> None:
-        """Create the VM's directory and refuse unless it and its parents are trusted."""
-        if not self._trusted:
+    def ensure(self, *, recheck: bool = False) -> None:
+        """Create the VM's directory and refuse unless it and its parents are trusted (checked once
+        per instance, or again with ``recheck``: every operation does, under its lock)."""
+        if recheck or not self._trusted:
             ensure_trusted_dir(self.state_dir)
             ensure_trusted_dir(self.dir)
             self._trusted = True

@@ -75,6 +75,11 @@ class Maintenance:
                     continue
                 if decision == "keep-attached":
                     continue
+                if decision == "forget":
+                    journal.remove(target)
+                    actions.append(RepairAction(target, "forgotten", error=f"an interrupted {entry.status} on a "
+                                                "QEMU instance that is gone: nothing of it is in this one"))
+                    continue
                 verb = "finished detach" if entry.status == "detaching" else "rolled back interrupted attach"
                 outcome = await undo_shielded(self.backend, journal, entry, entry.steps, timeout)
                 if not outcome.clean:

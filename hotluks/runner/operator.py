@@ -75,7 +75,7 @@ class Operator(Maintenance):
 
     async def _lock(self) -> Any:
         journal = await self.journal()
-        journal.ensure()
+        journal.ensure(recheck=True)
         return vm_lock(journal.dir, self.lock_timeout)
 
     async def capabilities(self) -> Capabilities:

@@ -10,7 +10,7 @@ Schema (every key snake_case; ``to_json()`` returns exactly this as a plain dict
   detaching | needs-repair | lost | corrupt), consistent, needs_repair, error,
   items [{kind, name, present}].
 - ``RepairAction``: target, action (rolled back interrupted attach | finished detach |
-  incomplete | quarantined | lost), undone [str], error.
+  incomplete | quarantined | lost | forgotten), undone [str], error.
 
 Each result is a frozen dataclass *and* a read-only view of its JSON as a ``dict``
 (it subclasses ``dict``, filled from ``to_json()`` when created), so ``json.dumps(result)``

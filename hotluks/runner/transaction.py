@@ -126,14 +126,16 @@ def attach_start(existing: Record | CorruptRecordError | None, fingerprint: str,
                        "run `hotluks repair` first")
 
 
-RepairStep = Literal["quarantine", "keep-lost", "keep-attached", "undo"]
+RepairStep = Literal["quarantine", "keep-lost", "forget", "keep-attached", "undo"]
 
 
 def repair_step(entry: Record | CorruptRecordError, instance: str) -> RepairStep:
+    """What ``repair`` does with a record: an attached disk of a gone QEMU is kept (``attach`` plugs it
+    again); an unfinished operation of a gone QEMU is forgotten (nothing of it can be in this one)."""
     if isinstance(entry, CorruptRecordError):
         return "quarantine"
     if is_lost(entry, instance):
-        return "keep-lost"
+        return "keep-lost" if entry.status == "attached" else "forget"
     return "keep-attached" if entry.status == "attached" else "undo"
 
 

@@ -390,3 +390,33 @@ def test_an_attachment_with_parts_missing_is_not_already_attached(tmp_path: Path
         await op.detach("vdb")
         assert (await op.attach(disk, SECRETS, preflight=False)).device == "hl-vdb"
     run(go())
+
+
+def test_trust_is_checked_again_by_every_operation(tmp_path: Path) -> None:
+    fake = FakeQemu()
+    state = tmp_path / "s"
+
+    async def go() -> None:
+        op = Operator(fake, state_dir=state)
+        await op.attach(make(tmp_path, "attached-luks"), SECRETS, preflight=False)
+        os.chmod(state, 0o777)  # someone loosened it while the agent keeps its session open
+        with pytest.raises(UntrustedStateDirError):
+            await op.detach("vdb")
+        os.chmod(state, 0o700)
+        await op.detach("vdb")
+    run(go())
+
+
+def test_repair_forgets_an_unfinished_operation_of_a_gone_instance(tmp_path: Path) -> None:
+    old = FakeQemu(identity=VMIdentity("vm-1", "old"))
+
+    async def go() -> None:
+        with pytest.raises(IncompleteError):
+            await Operator(FaultInjector(old, Case("undo-fails", 3, "blockdev-del")), state_dir=tmp_path / "s").attach(
+                make(tmp_path, "attached-luks"), SECRETS, preflight=False)
+        new = Operator(FakeQemu(identity=VMIdentity("vm-1", "new")), state_dir=tmp_path / "s")
+        (entry,) = await new.status()
+        assert entry.status == "lost"
+        (action,) = await new.repair()
+        assert action.action == "forgotten" and await new.status() == []
+    run(go())

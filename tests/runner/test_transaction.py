@@ -71,7 +71,9 @@ def test_status_and_decisions(example_xml: Path) -> None:
     record.status = "needs-repair"
     with pytest.raises(RefusedError, match="repair"):
         tx.attach_start(record, "f1", "i1", "vdb")
-    assert tx.repair_step(record, "i1") == "undo" and tx.repair_step(record, "i2") == "keep-lost"
+    assert tx.repair_step(record, "i1") == "undo" and tx.repair_step(record, "i2") == "forget"
+    record.status = "attached"
+    assert tx.repair_step(record, "i2") == "keep-lost" and tx.repair_step(record, "i1") == "keep-attached"
     outcome = tx.UndoOutcome(("device_del hl-vdb",), ("did not release",), True, "")
     assert not outcome.clean and outcome.status() == "detaching"
     assert isinstance(tx.incomplete("x", outcome), tx.UnplugPendingError)
