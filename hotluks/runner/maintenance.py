@@ -9,6 +9,7 @@ from hotluks.backends.base import MonitorBackend, VMIdentity
 from hotluks.runner import transaction as tx
 from hotluks.runner.executor import journal_quietly, undo_shielded
 from hotluks.runner.journal import CorruptRecordError, Journal, Record
+from hotluks.runner.lock import held_elsewhere
 from hotluks.runner.results import RepairAction, StatusEntry, StatusItem
 from hotluks.runner.vmstate import snapshot
 
@@ -37,6 +38,7 @@ class Maintenance:
         if not entries:
             return []
         live = await snapshot(self.backend)
+        busy = held_elsewhere(journal.dir)  # an operation in progress: its records are not (yet) broken
         out = []
         for target, entry in entries:
             if isinstance(entry, CorruptRecordError):
@@ -45,8 +47,10 @@ class Maintenance:
             status, consistent = tx.entry_status(entry, live, ident.instance)
             lost = status == "lost"
             items = tuple(StatusItem(s.kind, s.name, not lost and tx.present(s, live)) for s in entry.steps)
+            in_progress = busy and status in ("attaching", "rolling-back", "detaching")
             out.append(StatusEntry(target, entry.device, entry.shape, status, consistent,
-                                   tx.needs_repair(status, consistent), entry.error, items))
+                                   tx.needs_repair(status, consistent) and not in_progress, entry.error, items,
+                                   in_progress))
         return out
 
     async def repair(self, *, timeout: float = 30.0) -> list[RepairAction]:

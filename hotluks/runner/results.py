@@ -8,7 +8,7 @@ Schema (every key snake_case; ``to_json()`` returns exactly this as a plain dict
 - ``DetachResult``: ok, vm, target, device, removed [str], seconds, already_absent.
 - ``StatusEntry``: target, device, shape, status (attaching | attached | rolling-back |
   detaching | needs-repair | lost | corrupt), consistent, needs_repair, error,
-  items [{kind, name, present}].
+  items [{kind, name, present}], in_progress (another process is working on this VM now).
 - ``RepairAction``: target, action (rolled back interrupted attach | finished detach |
   incomplete | quarantined | lost | forgotten), undone [str], error.
 
@@ -102,11 +102,12 @@ class StatusEntry(JSONResult):
     error: str | None = None
     #: the record's items (``"items"`` in JSON; an attribute named ``items`` would hide ``dict.items``)
     components: tuple[StatusItem, ...] = field(default=())
+    in_progress: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "device": self.device, "shape": self.shape, "status": self.status,
                 "consistent": self.consistent, "needs_repair": self.needs_repair, "error": self.error,
-                "items": [i.to_json() for i in self.components]}
+                "items": [i.to_json() for i in self.components], "in_progress": self.in_progress}
 
 
 @dataclass(frozen=True, eq=False)

@@ -420,3 +420,21 @@ def test_repair_forgets_an_unfinished_operation_of_a_gone_instance(tmp_path: Pat
         (action,) = await new.repair()
         assert action.action == "forgotten" and await new.status() == []
     run(go())
+
+
+def test_status_during_an_attach_says_in_progress_not_repair(tmp_path: Path) -> None:
+    fake = FakeQemu()
+    seen: list[Any] = []
+
+    class Watching(FaultInjector):
+        async def execute(self, command: str, arguments: Any = None) -> Any:
+            if command == "device_add":
+                seen.extend(await Operator(fake, state_dir=tmp_path / "s").status())
+            return await super().execute(command, arguments)
+
+    async def go() -> None:
+        await Operator(Watching(fake, None), state_dir=tmp_path / "s").attach(make(tmp_path, "attached-luks"),
+                                                                               SECRETS, preflight=False)
+    run(go())
+    (entry,) = seen
+    assert entry.status == "attaching" and entry.in_progress and not entry.needs_repair
