@@ -198,7 +198,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{args.vm}: no hotluks-managed disks")
     for d in disks:
         missing = [i.name for i in d.components if not i.present]
-        health = ("ok" if d.consistent else
+        health = ("ok" if d.consistent else "in progress" if d.in_progress else
                   "missing " + ", ".join(missing) if missing and d.status == "attached" else d.status)
         print(f"{d.target:<6} {d.device:<16} {d.shape:<22} {d.status:<13} {health}")
         if d.error:
