@@ -39,9 +39,12 @@ async def send_step(backend: MonitorBackend, step: Step, command: dict[str, Any]
         assert step.fd_source is not None
         fd = os.open(step.fd_source.path, open_flags(step.fd_source))  # OSError: failed before QEMU saw it
         try:
-            await backend.execute_with_fds(command["execute"], command["arguments"], [fd])
+            reply = await backend.execute_with_fds(command["execute"], command["arguments"], [fd])
         finally:
             os.close(fd)
+        wanted = command["arguments"]["fdset-id"]
+        if isinstance(reply, dict) and reply.get("fdset-id", wanted) != wanted:  # the plan must stay the truth
+            raise BackendError(f"add-fd: QEMU put the descriptor in fdset {reply.get('fdset-id')}, not {wanted}")
     else:
         await backend.execute(command["execute"], command["arguments"])
 

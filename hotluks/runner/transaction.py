@@ -54,8 +54,11 @@ def undo_order(steps: list[JournalStep], live: VMSnapshot) -> list[int]:
 
 
 def leftovers(record: Record, live: VMSnapshot) -> list[str]:
-    """What of ``record`` is still in the VM."""
-    return [s.name for s in record.steps if present(s, live)]
+    """What of ``record`` is still in the VM (also any fdset tagged for one of its nodes)."""
+    left = [s.name for s in record.steps if present(s, live)]
+    tags = {f"{FD_TAG}{s.name}" for s in record.steps if s.kind == "node"}
+    return left + [f"fdset-{i}" for i, opaque in sorted(live.fdsets.items())
+                   if opaque & tags and f"fdset-{i}" not in left]
 
 
 def remaining_problems(failed: list[tuple[JournalStep, str]], after: VMSnapshot) -> list[str]:
