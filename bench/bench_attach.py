@@ -128,12 +128,13 @@ async def _breakdown(op: Operator, backend: QMPBackend, model: Any, reps: int) -
         t1 = time.perf_counter()
         await plan_context(backend, model, snap, machine=await op.machine())
         t2 = time.perf_counter()
+        journal = await op.journal()
         record = Record.for_plan(backend.vm, plan)  # what attach writes: the record, a mark per step, status
-        op.journal.save(record)
+        journal.save(record)
         for index in range(len(plan.steps)):
-            op.journal.mark(record, index, "started")
-        op.journal.set_status(record, "attached")
-        op.journal.remove(record.target)
+            journal.mark(record, index, "started")
+        journal.set_status(record, "attached")
+        journal.remove(record.target)
         t3 = time.perf_counter()
         snap_t.append(t1 - t0)
         ctx_t.append(t2 - t1)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.errors import InputError, InvalidDisk, SecretError
 from hotluks.model import Disk
-from hotluks.runner.operator import AttachResult, DetachResult, Operator
+from hotluks.runner.operator import AttachResult, DetachResult, Operator, RepairAction, StatusEntry
 from hotluks.secrets import SecretValue
 
 if TYPE_CHECKING:
@@ -148,10 +148,10 @@ class AsyncSession:
     async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return await self.operator.detach(_target(disk_or_target), timeout=_seconds(timeout))
 
-    async def status(self) -> list[dict[str, Any]]:
+    async def status(self) -> list[StatusEntry]:
         return await self.operator.status()
 
-    async def repair(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+    async def repair(self, timeout: float = 30.0) -> list[RepairAction]:
         return await self.operator.repair(timeout=_seconds(timeout))
 
     async def rotate(self, disk: Disk | str | Path, new_passphrase: bytes,
@@ -160,7 +160,7 @@ class AsyncSession:
         from hotluks.headers.rotate import rotate
 
         return await rotate(self.backend, _disk(disk), new_passphrase, _secret_values(secrets),
-                            state_dir=self.operator.journal.dir.parent)
+                            state_dir=self.operator.state_dir)
 
     async def close(self) -> None:
         await self.backend.close()
@@ -277,10 +277,10 @@ class Session:
     def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return self._runner.run(self._session.detach(disk_or_target, timeout))
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[StatusEntry]:
         return self._runner.run(self._session.status())
 
-    def repair(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+    def repair(self, timeout: float = 30.0) -> list[RepairAction]:
         return self._runner.run(self._session.repair(timeout))
 
     def rotate(self, disk: Disk | str | Path, new_passphrase: bytes, secrets: SecretsArg = None) -> RotateResult:

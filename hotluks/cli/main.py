@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -154,6 +155,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: commands that act on a VM: an interruption outside their event loop (which turns SIGINT/SIGTERM
+#: into rollback or repair itself) happens before anything was sent, so it exits 2, never 130
+VM_COMMANDS = frozenset({"attach", "detach", "status", "repair"})
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     from hotluks.cli.common import validate_args
@@ -174,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         level = logging.WARNING - 10 * min(args.verbose, 2)
         logging.basicConfig(level=level, format="hotluks: %(levelname)s: %(message)s")
+    vm_command = args.command in VM_COMMANDS
+    if vm_command:
+        try:
+            signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        except ValueError:  # main() called from another thread (an embedding program): its signals are its own
+            pass
     try:
         validate_args(args)
         code: int = args.func(args)
@@ -185,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(args, exc, 2, f"hotluks: error: {where}{exc.strerror or exc}")
     except KeyboardInterrupt:
+        if vm_command:
+            print("hotluks: error: interrupted before anything was sent to the VM; nothing changed",
+                  file=sys.stderr)
+            return 2
         print("hotluks: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not bad input: say so without a traceback unless -vv

@@ -32,7 +32,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     secrets = read_secrets(args.secret)
     new = read_secret_file(args.new_key_file).value
     result = _run(args, lambda s: rotate(s.backend, disk, new, secrets,
-                                         state_dir=s.operator.journal.dir.parent))
+                                         state_dir=s.operator.state_dir))
     if args.json:
         print_json(result.to_json())
     else:

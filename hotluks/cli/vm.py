@@ -20,7 +20,13 @@ T = TypeVar("T")
 
 VM_HELP = "libvirt domain name, or a QMP socket (unix:/path or an existing socket path)"
 EXIT_CODES = ("exit codes: 0 success; 1 failed and fully rolled back (VM unchanged); 2 refused before "
-              "touching the VM; 3 failed and not fully rolled back (run `hotluks repair VM`)")
+              "touching the VM; 3 failed and not fully rolled back (run `hotluks repair VM`). SIGINT and "
+              "SIGTERM count as failures: before the first change exit 2, after it a verified rollback "
+              "(1) or a recorded repair (3)")
+
+
+class Interrupted(HotluksError):
+    """SIGINT/SIGTERM (or cancellation) arrived before anything was sent to the VM."""
 
 
 def _common(p: argparse.ArgumentParser, *, json_help: str = "machine-readable output") -> None:
@@ -67,9 +73,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="seconds to wait for the guest to release the device (default 30)")
     d.set_defaults(func=cmd_detach)
 
-    s = sub.add_parser("status", help="list hotluks-managed disks of a VM and their live nodes")
+    s = sub.add_parser("status", help="list hotluks-managed disks of a VM and their live nodes",
+                       epilog="read-only (takes no lock); exit 3 when a disk needs `hotluks repair` or attention")
     _common(s)
-    s.set_defaults(func=cmd_status, timeout=10.0)
+    s.set_defaults(func=cmd_status, timeout=10.0)  # read-only: takes no lock
 
     r = sub.add_parser("repair", help="finish or undo operations interrupted by a crash", epilog=EXIT_CODES)
     _common(r)
@@ -90,11 +97,49 @@ async def _with_session(args: argparse.Namespace, work: Callable[[AsyncSession],
         return await work(session)
 
 
+async def _interruptible(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work``; SIGINT/SIGTERM cancel it, which the runner turns into rollback (1) or repair (3)."""
+    import asyncio
+    import signal
+
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+    done: list[T] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        task.cancel()
+
+    async def tracked(session: AsyncSession) -> T:
+        result = await work(session)
+        done.append(result)
+        return result
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await _with_session(args, tracked)
+    except asyncio.CancelledError:
+        if done:  # the operation had finished; only closing the connection was interrupted
+            return done[0]
+        raise Interrupted(f"interrupted by {received[0] if received else 'cancellation'} before anything "
+                                "was sent to the VM; nothing changed") from None
+    except HotluksError as exc:
+        if received:
+            exc.args = (f"{received[0]} received: {exc}",)
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     import asyncio
 
     try:
-        return asyncio.run(_with_session(args, work))
+        return asyncio.run(_interruptible(args, work))
     except HotluksError as exc:
         if getattr(args, "json", False):
             print_json({"ok": False, "exit": exc.exit_code, "error": str(exc), "type": type(exc).__name__})
@@ -110,6 +155,9 @@ def cmd_attach(args: argparse.Namespace) -> int:
                                            timeout=args.timeout, pin=args.pin))
     if args.json:
         print_json(result.to_json())
+    elif result.already_attached:
+        print(f"{result.target} is already attached to {result.vm} as device {result.device} (same disk): "
+              "nothing to do")
     elif result.dry_run:
         print(f"dry run: would attach {result.target} as {result.device} ({result.shape}); "
               f"preflight: {result.preflight}")
@@ -127,6 +175,8 @@ def cmd_detach(args: argparse.Namespace) -> int:
     result = _run(args, lambda s: s.detach(target, timeout=args.timeout))
     if args.json:
         print_json(result.to_json())
+    elif result.already_absent:
+        print(f"{result.target} is not attached by hotluks to {result.vm}: nothing to do")
     else:
         print(f"detached {result.target} (device {result.device}) from {result.vm} in "
               f"{result.seconds * 1000:.1f} ms: {', '.join(result.removed) or 'nothing left to remove'}")
@@ -135,20 +185,24 @@ def cmd_detach(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     disks = _run(args, lambda s: s.status())
+    attention = 3 if any(d.needs_repair for d in disks) else 0
     if args.json:
         print_json({"vm": args.vm, "disks": disks})
-        return 0
+        return attention
     if not disks:
         print(f"{args.vm}: no hotluks-managed disks")
     for d in disks:
-        missing = [i["name"] for i in d["items"] if not i["present"]]
-        health = "ok" if d["consistent"] else ("missing " + ", ".join(missing) if missing else d["status"])
-        print(f"{d['target']:<6} {d['device']:<16} {d['shape']:<22} {d['status']:<13} {health}")
-        if d.get("header-fingerprint"):
-            print(f"       header pinned: sha256:{d['header-fingerprint']}")
-        if d.get("error"):
-            print(f"       last error: {d['error']}")
-    return 0
+        missing = [i.name for i in d.components if not i.present]
+        health = ("ok" if d.consistent else "in progress" if d.in_progress else
+                  "missing " + ", ".join(missing) if missing and d.status == "attached" else d.status)
+        print(f"{d.target:<6} {d.device:<16} {d.shape:<22} {d.status:<13} {health}")
+        if d.header_fingerprint:
+            print(f"       header pinned: sha256:{d.header_fingerprint}")
+        if d.error:
+            print(f"       last error: {d.error}")
+    if attention:
+        print(f"hotluks: some disks need attention: run `hotluks repair {args.vm}`", file=sys.stderr)
+    return attention
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -159,9 +213,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
         print(f"{args.vm}: nothing to repair")
     else:
         for a in actions:
-            print(f"{a['target']}: {a['action']}: {', '.join(a['undone']) or 'nothing was left in the VM'}"
-                  + (f" ({a['error']})" if a.get("error") else ""))
-    incomplete = [a for a in actions if a["action"] == "incomplete"]
+            print(f"{a.target}: {a.action}: {', '.join(a.undone) or 'nothing was left in the VM'}"
+                  + (f" ({a.error})" if a.error else ""))
+    incomplete = [a for a in actions if a.action == "incomplete"]
     if incomplete:
         print("hotluks: error: repair incomplete; run it again once the guest released its devices",
               file=sys.stderr)

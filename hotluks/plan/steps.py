@@ -8,7 +8,16 @@ from typing import Any, Literal
 
 from hotluks.model import Disk, SecretRef
 
-StepKind = Literal["secret", "node", "device"]
+StepKind = Literal["secret", "node", "device", "fd"]
+
+
+@dataclass(frozen=True)
+class FdSource:
+    """The file an ``add-fd`` step opens and hands to QEMU (with QEMU's own open flags)."""
+
+    path: str
+    read_only: bool = False
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,11 +43,15 @@ class Step:
     undo_command: str
     undo_arguments: dict[str, Any]
     secret: SecretBinding | None = None
+    #: for ``kind='fd'``: the file whose open descriptor rides along with ``add-fd``
+    fd_source: FdSource | None = None
 
     @property
     def name(self) -> str:
-        """The id or node-name this step creates."""
+        """The id or node-name this step creates (``fdset-N`` for a descriptor set)."""
         args = self.arguments
+        if self.kind == "fd":
+            return f"fdset-{args['fdset-id']}"
         return str(args.get("node-name") or args.get("id"))
 
     def qmp(self) -> dict[str, Any]:

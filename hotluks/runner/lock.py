@@ -32,7 +32,7 @@ async def vm_lock(lock_dir: Path, timeout: float = 60.0) -> AsyncIterator[None]:
     except TimeoutError:
         raise LockedError(f"another operation on this VM is still running (waited {timeout:.0f}s)") from None
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             while True:
                 try:
@@ -50,3 +50,20 @@ async def vm_lock(lock_dir: Path, timeout: float = 60.0) -> AsyncIterator[None]:
             os.close(fd)
     finally:
         local.release()
+
+
+def held_elsewhere(lock_dir: Path) -> bool:
+    """Whether another process holds the VM lock now (an operation is in progress). Never waits."""
+    try:
+        fd = os.open(lock_dir / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -13,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
-from hotluks.errors import RefusedError
+from hotluks.errors import HotluksError, RefusedError
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
 from hotluks.plan.planner import PlanContext
+from hotluks.runner.statedir import ensure_trusted_dir, read_regular, untrusted_reason, write_new
 
 HOTPLUG_BRIDGES = ("pcie-root-port", "pci-bridge", "pcie-pci-bridge", "ioh3420", "xio3130-downstream")
 SCSI_CONTROLLERS = ("virtio-scsi-pci", "virtio-scsi-pci-non-transitional", "virtio-scsi-pci-transitional",
@@ -35,6 +35,8 @@ class VMSnapshot:
     objects: frozenset[str]
     devices: frozenset[str]
     device_types: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    #: fdset id → the opaque strings of its descriptors (queried only for backends that pass fds)
+    fdsets: Mapping[int, frozenset[str]] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def names(self) -> frozenset[str]:
@@ -63,18 +65,24 @@ def _children(listing: list[dict[str, Any]]) -> dict[str, str]:
 
 
 async def snapshot(backend: MonitorBackend) -> VMSnapshot:
-    """Block nodes, secret/other objects and peripheral devices (three queries, pipelined)."""
-    nodes, objects, devices = await asyncio.gather(
+    """Block nodes, secret/other objects, peripheral devices and (when the backend passes
+    descriptors) fdsets: three or four queries, pipelined."""
+    queries = [
         backend.execute("query-named-block-nodes", {"flat": True}),
         backend.execute("qom-list", {"path": "/objects"}),
         backend.execute("qom-list", {"path": "/machine/peripheral"}),
-    )
+    ]
+    if backend.passes_fds:
+        queries.append(backend.execute("query-fdsets"))
+    nodes, objects, devices, *fdsets = await asyncio.gather(*queries)
     types = _children(devices)
     return VMSnapshot(
         nodes=frozenset(str(n["node-name"]) for n in nodes),
         objects=frozenset(_children(objects)),
         devices=frozenset(types),
         device_types=types,
+        fdsets={int(s["fdset-id"]): frozenset(str(f.get("opaque", "")) for f in s.get("fds", []))
+                for s in (fdsets[0] if fdsets else [])},
     )
 
 
@@ -111,7 +119,12 @@ async def probe_capabilities(backend: MonitorBackend, cache_dir: Path | None = N
 
 def _load_capabilities(path: Path) -> Capabilities | None:
     try:
-        doc = json.loads(path.read_text())
+        if untrusted_reason(path.parent) is not None:
+            return None  # a cache others could write is not read
+        data = read_regular(path, 1 << 16)
+        if data is None:
+            return None
+        doc = json.loads(data)
         version = doc["qemu_version"]
         drivers = doc["block_drivers"]
         return Capabilities(
@@ -122,7 +135,7 @@ def _load_capabilities(path: Path) -> Capabilities | None:
             rbd_encrypt_parent=bool(doc["rbd_encrypt_parent"]),
         )
     except (OSError, ValueError, TypeError, KeyError, IndexError):
-        return None  # absent or unreadable: probe again
+        return None  # absent, unreadable or not ours: probe again
 
 
 def _store_capabilities(path: Path, caps: Capabilities) -> None:
@@ -130,11 +143,9 @@ def _store_capabilities(path: Path, caps: Capabilities) -> None:
            "block_drivers": sorted(caps.block_drivers) if caps.block_drivers is not None else None,
            "rbd_encrypt_formats": sorted(caps.rbd_encrypt_formats), "rbd_encrypt_parent": caps.rbd_encrypt_parent}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, path)
-    except OSError:
+        ensure_trusted_dir(path.parent)
+        write_new(path.parent, path, json.dumps(doc).encode())
+    except (OSError, HotluksError):
         pass  # a cache only
 
 

@@ -80,7 +80,7 @@ def test_cli_cephx_attach_detach(cephx: Ceph, vm: QemuProcess, monitor: Monitor,
     protocol = next(s["name"] for s in result["steps"] if s["execute"] == "blockdev-add")
     node = rbd_node(monitor, protocol)
     assert node["drv"] == "rbd" and "hotluks" in json.dumps(node)  # user=hotluks in the node's options
-    assert qemu_io_read(monitor, vm, result["top-node"], timeout=30) == "ok"
+    assert qemu_io_read(monitor, vm, result["top_node"], timeout=30) == "ok"
     detach = run_cli("detach", f"unix:{vm.qmp_path}", "--target", "vdb", "--state-dir", state_dir, timeout=60)
     assert detach.returncode == 0, detach.stderr
     assert_unchanged()
@@ -157,7 +157,7 @@ def test_libvirt_cli_with_secret_file_and_conf(ceph: Ceph, libvirt_uri: str, sta
         attach = run_cli("attach", domain.name, xml, *ceph.secret_args(workdir), *common, "--json", timeout=120)
         assert attach.returncode == 0, attach.stdout + attach.stderr
         result = json.loads(attach.stdout)
-        assert result["top-node"] == "hl-vdb-fmt"
+        assert result["top_node"] == "hl-vdb-fmt"
         _, seen = asyncio.run(look(True))
         assert seen == ["ok", "mismatch"]
         detach = run_cli("detach", domain.name, "--target", "vdb", *common, timeout=60)

@@ -56,7 +56,7 @@ def test_cephx_header_in_rbd_preflight_uses_the_key_cli(cephx: Ceph, vm: QemuPro
     assert attach.returncode == 0, attach.stdout + attach.stderr
     result = json.loads(attach.stdout)
     assert result["preflight"] == f"header on rbd rbd/{images['header']} opens with the passphrase"
-    assert qemu_io_read(monitor, vm, result["top-node"]) == "ok"
+    assert qemu_io_read(monitor, vm, result["top_node"]) == "ok"
     detach = run_cli("detach", f"unix:{vm.qmp_path}", "--target", "vdc", "--state-dir", state_dir)
     assert detach.returncode == 0, detach.stderr
     assert_unchanged()

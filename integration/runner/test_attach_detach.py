@@ -9,6 +9,7 @@ detach the VM's nodes, objects and devices equal the initial snapshot.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 import hotluks
 from hotluks.backends.qmp import QMPBackend
-from hotluks.errors import ConflictError, InputError
+from hotluks.errors import ConflictError
 from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
@@ -69,14 +70,16 @@ def test_operator_attach_detach_all_shapes(vm: QemuProcess, monitor: Monitor, in
             status = await op.status()
             assert [(s["target"], s["status"], s["consistent"]) for s in status] == sorted(
                 (d.target, "attached", True) for d in disks)
-            with pytest.raises(ConflictError):
-                await op.attach(disks[0].disk(), {disks[0].secret_key: SecretValue(disks[0].passphrase)})
+            again = await op.attach(disks[0].disk(), {disks[0].secret_key: SecretValue(disks[0].passphrase)})
+            assert again.already_attached and again.device == disks[0].device  # idempotent
+            with pytest.raises(ConflictError, match="another disk"):  # another disk on that target
+                await op.attach(dataclasses.replace(disks[1].disk(), target_dev=disks[0].target),
+                                {disks[1].secret_key: SecretValue(disks[1].passphrase)})
             for disk in disks:
                 removed = await op.detach(disk.target, timeout=10)
                 assert removed.removed[0] == f"device_del {disk.device}"
             assert await op.status() == []
-            with pytest.raises(InputError):
-                await op.detach(disks[0].target)
+            assert (await op.detach(disks[0].target)).already_absent  # idempotent
         finally:
             await backend.close()
 
@@ -109,13 +112,13 @@ def test_cli_attach_status_detach_all_shapes(vm: QemuProcess, monitor: Monitor, 
         assert proc.returncode == 0, proc.stderr
         doc = json.loads(proc.stdout)
         assert doc["ok"] and doc["device"] == disk.device
-        _check_attached(vm, monitor, initial, disk, doc["top-node"], {s["name"] for s in doc["steps"]})
+        _check_attached(vm, monitor, initial, disk, doc["top_node"], {s["name"] for s in doc["steps"]})
     proc = run_cli("status", f"unix:{vm.qmp_path}", *common, "--json")
     assert proc.returncode == 0, proc.stderr
     assert sorted((d["target"], d["consistent"]) for d in json.loads(proc.stdout)["disks"]) == sorted(
         (d.target, True) for d in disks)
     again = run_cli("attach", vm.qmp_path, disks[0].xml_path, *disks[0].cli_secret(), *common)
-    assert again.returncode == 2 and "already attached" in again.stderr
+    assert again.returncode == 0 and "already attached" in again.stdout, again.stderr  # idempotent
     for i, disk in enumerate(disks):
         how = ["--target", disk.target] if i % 2 else [str(disk.xml_path)]
         proc = run_cli("detach", vm.qmp_path, *how, *common, "--timeout", "10")
@@ -133,7 +136,7 @@ def test_cli_dry_run_sends_nothing(vm: QemuProcess, monitor: Monitor, initial: S
                    "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["dry-run"] and [c["execute"] for c in doc["commands"]] == ["object-add"] + ["blockdev-add"] * 5 + [
+    assert doc["dry_run"] and [c["execute"] for c in doc["commands"]] == ["object-add"] + ["blockdev-add"] * 5 + [
         "device_add"]
     assert doc["commands"][-1]["arguments"]["bus"] == "rp1"  # placed on the first free root port
     assert monitor.snapshot() == initial

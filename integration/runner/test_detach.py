@@ -20,9 +20,10 @@ import pytest
 
 import hotluks
 from hotluks.backends.qmp import QMPBackend
-from hotluks.errors import IncompleteError, RefusedError
+from hotluks.errors import IncompleteError
 from hotluks.qemu.launcher import QemuProcess, start_qemu
 from hotluks.runner.operator import Operator
+from hotluks.runner.transaction import UnplugPendingError
 from hotluks.secrets import SecretValue
 from hotluks.testing.qmpproxy import QMPProxy
 from hotluks.testing.vms import FaultyBackend, Monitor, Snapshot, hotluks_cmd, journal_files, make_disk, run_cli
@@ -49,13 +50,14 @@ def test_detach_times_out_and_deletes_nothing_under_the_device(acpi_vm: QemuProc
             started = time.monotonic()
             proc = run_cli("detach", acpi_vm.qmp_path, "--target", "vdb", *common, "--timeout", "1")
             assert time.monotonic() - started < 8, attempt
-            assert proc.returncode == 1, proc.stderr
+            assert proc.returncode == 3, proc.stderr  # the unplug request stays pending in QEMU
             assert "did not release device hl-vdb within 1s" in proc.stderr
             assert "nothing was deleted under it" in proc.stderr
             assert monitor.snapshot() == attached  # every node and the secret are still there
-        status = json.loads(run_cli("status", acpi_vm.qmp_path, *common, "--json").stdout)
-        (entry,) = status["disks"]
-        assert entry["status"] == "attached" and entry["consistent"] and "did not release" in entry["error"]
+        listing = run_cli("status", acpi_vm.qmp_path, *common, "--json")
+        assert listing.returncode == 3
+        (entry,) = json.loads(listing.stdout)["disks"]
+        assert entry["status"] == "detaching" and entry["needs_repair"] and "did not release" in entry["error"]
 
 
 def test_rollback_and_repair_never_delete_under_a_held_device(acpi_vm: QemuProcess, tmp_path: Path) -> None:
@@ -77,12 +79,12 @@ def test_rollback_and_repair_never_delete_under_a_held_device(acpi_vm: QemuProce
             assert "did not release device hl-vdb" in str(info.value) and "hotluks repair" in str(info.value)
             op = Operator(real, state_dir=state)
             (entry,) = await op.status()
-            assert entry["status"] == "needs-repair"
+            assert entry["status"] == "detaching"  # device_del is pending in QEMU
             assert all(item["present"] for item in entry["items"])  # nothing deleted under the device
             (action,) = await op.repair(timeout=1)
             assert action["action"] == "incomplete" and "did not release" in action["error"]
-            with pytest.raises(RefusedError, match="repair"):
-                await op.detach("vdb", timeout=1)  # an interrupted attach is repair's job
+            with pytest.raises(UnplugPendingError, match="repair"):
+                await op.detach("vdb", timeout=1)  # still pending: the guest holds it
         finally:
             await real.close()
 

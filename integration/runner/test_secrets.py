@@ -80,7 +80,7 @@ def test_no_secret_on_the_wire_or_anywhere_with_master_key(keyed_vm: tuple[QemuP
             # -vv really logged every step at debug level (in redacted form)
             assert 'DEBUG: step 1/' in done.stderr and '"execute": "object-add"' in done.stderr
             assert '"data": "<redacted>"' in done.stderr
-            top = json.loads(done.stdout)["top-node"]
+            top = json.loads(done.stdout)["top_node"]
             assert qemu_io_read(monitor, vm, top) == "ok"  # QEMU decrypted the sealed secret
             seen.extend(_state_files(state_dir))
         assert cli("status", sock, "--json").returncode == 0

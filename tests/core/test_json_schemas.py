@@ -12,7 +12,7 @@ import pytest
 from referencing import Registry, Resource
 
 from hotluks.cli.output import FORMAT, envelope, schema_name
-from hotluks.runner.operator import AttachResult, DetachResult, StepReport
+from hotluks.runner.results import AttachResult, DetachResult, RepairAction, StatusEntry, StatusItem, StepReport
 
 SCHEMAS = {p.name: json.loads(p.read_text()) for p in resources.files("hotluks").joinpath("schemas").iterdir()
            if p.name.endswith(".json")}
@@ -95,11 +95,10 @@ def test_runner_results_in_the_envelope() -> None:
                        commands=[{"execute": "device_add", "arguments": {"id": "hl-vdb", "drive": "x"}}])
     validate("attach", envelope("attach", dry.to_json()))
     validate("detach", envelope("detach", DetachResult("vm1", "vdb", "hl-vdb", ["hl-vdb"], 0.5).to_json()))
-    status = {"vm": "vm1", "disks": [{"target": "vdb", "device": "hl-vdb", "shape": "attached-luks",
-                                      "status": "attached", "consistent": True, "error": None,
-                                      "items": [{"kind": "node", "name": "hl-vdb-luks", "present": True}]}]}
-    validate("status", envelope("status", status))
-    repair = {"vm": "vm1", "actions": [{"target": "vdb", "action": "finished detach", "undone": ["hl-vdb"]}]}
+    entry = StatusEntry("vdb", "hl-vdb", "attached-luks", "attached", True, False, None,
+                        (StatusItem("node", "hl-vdb-luks", True),), header_fingerprint="ab" * 32)
+    validate("status", envelope("status", {"vm": "vm1", "disks": [entry.to_json()]}))
+    repair = {"vm": "vm1", "actions": [RepairAction("vdb", "finished detach", ("hl-vdb",)).to_json()]}
     validate("repair", envelope("repair", repair))
 
 

@@ -1,0 +1,99 @@
+"""``status`` (read-only, no lock) and ``repair`` (under the lock) of one VM's records."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hotluks.backends.base import MonitorBackend, VMIdentity
+from hotluks.runner import transaction as tx
+from hotluks.runner.executor import journal_quietly, undo_shielded
+from hotluks.runner.journal import CorruptRecordError, Journal, Record
+from hotluks.runner.lock import held_elsewhere
+from hotluks.runner.results import RepairAction, StatusEntry, StatusItem
+from hotluks.runner.vmstate import snapshot
+
+log = logging.getLogger(__name__)
+
+
+class Maintenance:
+    """Status and repair; mixed into :class:`hotluks.runner.operator.Operator`."""
+
+    backend: MonitorBackend
+
+    async def identity(self) -> VMIdentity:
+        raise NotImplementedError
+
+    async def journal(self) -> Journal:
+        raise NotImplementedError
+
+    async def _lock(self) -> Any:
+        raise NotImplementedError
+
+    async def status(self) -> list[StatusEntry]:
+        """hotluks-managed disks of this VM with the live presence of each item. Read-only: no lock."""
+        ident = await self.identity()
+        journal = await self.journal()
+        entries = list(journal.entries())
+        if not entries:
+            return []
+        live = await snapshot(self.backend)
+        busy = held_elsewhere(journal.dir)  # an operation in progress: its records are not (yet) broken
+        out = []
+        for target, entry in entries:
+            if isinstance(entry, CorruptRecordError):
+                out.append(StatusEntry(target, "", "", "corrupt", False, True, str(entry)))
+                continue
+            status, consistent = tx.entry_status(entry, live, ident.instance)
+            lost = status == "lost"
+            items = tuple(StatusItem(s.kind, s.name, not lost and tx.present(s, live)) for s in entry.steps)
+            in_progress = busy and status in ("attaching", "rolling-back", "detaching")
+            out.append(StatusEntry(target, entry.device, entry.shape, status, consistent,
+                                   tx.needs_repair(status, consistent) and not in_progress, entry.error, items,
+                                   in_progress, entry.header_fingerprint or None))
+        return out
+
+    async def repair(self, *, timeout: float = 30.0) -> list[RepairAction]:
+        """Finish interrupted detaches, undo interrupted attaches, quarantine corrupt records; idempotent."""
+        actions: list[RepairAction] = []
+        ident = await self.identity()
+        journal = await self.journal()
+        async with await self._lock():
+            journal.remove_stale_temporaries()  # a process killed while saving a record
+            for target, entry in list(journal.entries()):
+                decision = tx.repair_step(entry, ident.instance)
+                if decision == "quarantine":
+                    try:
+                        aside = journal.quarantine(target)
+                    except OSError as exc:
+                        actions.append(RepairAction(target, "incomplete", error=f"{entry}; cannot move it aside: "
+                                                    f"{exc.strerror or exc}"))
+                        continue
+                    log.warning("%s; moved aside to %s", entry, aside)
+                    actions.append(RepairAction(target, "quarantined", error=f"{entry}; moved aside to {aside.name}"))
+                    continue
+                assert isinstance(entry, Record)
+                if decision == "keep-lost":
+                    actions.append(RepairAction(target, "lost", error="the QEMU instance this disk was attached "
+                                                "to is gone: `hotluks attach` plugs it again, `detach` forgets it"))
+                    continue
+                if decision == "keep-attached":
+                    continue
+                if decision == "forget":
+                    journal.remove(target)
+                    actions.append(RepairAction(target, "forgotten", error=f"an interrupted {entry.status} on a "
+                                                "QEMU instance that is gone: nothing of it is in this one"))
+                    continue
+                verb = "finished detach" if entry.status == "detaching" else "rolled back interrupted attach"
+                outcome = await undo_shielded(self.backend, journal, entry, entry.steps, timeout)
+                if not outcome.clean:
+                    entry.status = "detaching" if entry.status == "detaching" or outcome.pending_unplug \
+                        else "needs-repair"
+                    entry.error = outcome.summary()
+                    journal_quietly(lambda: journal.save(entry), [])
+                    actions.append(RepairAction(target, "incomplete", outcome.undone, entry.error))
+                    continue
+                notes: list[str] = []
+                journal_quietly(lambda: journal.remove(target), notes)
+                actions.append(RepairAction(target, verb, outcome.undone, "; ".join(notes) or None))
+        return actions
