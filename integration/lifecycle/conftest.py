@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hotluks.guest.build import GuestArtifacts, build_guest
 from hotluks.testing.libvirtd import LibvirtDaemon, start_libvirtd
 
 
@@ -23,3 +24,8 @@ def libvirt_uri(libvirt_daemon: LibvirtDaemon) -> str:
         restarted = start_libvirtd(libvirt_daemon.uri)
         libvirt_daemon.__dict__.update(restarted.__dict__)
     return libvirt_daemon.uri
+
+
+@pytest.fixture(scope="session")
+def guest_artifacts() -> GuestArtifacts:
+    return build_guest()
