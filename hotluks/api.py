@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend
+from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_after_attach, remove_guard
 from hotluks.model import Disk
 from hotluks.runner.operator import AttachResult, DetachResult, Operator
 from hotluks.secrets import SecretValue
@@ -66,11 +67,21 @@ class AsyncSession:
     async def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
                      dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
         disk = disk if isinstance(disk, Disk) else Disk.from_xml(disk)
-        return await self.operator.attach(disk, _secret_values(secrets), preflight=preflight, dry_run=dry_run,
-                                          timeout=timeout)
+        result = await self.operator.attach(disk, _secret_values(secrets), preflight=preflight, dry_run=dry_run,
+                                            timeout=timeout)
+        if not result.dry_run:
+            await guard_after_attach(self.backend, disk.target_dev)
+        return result
 
     async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
-        return await self.operator.detach(disk_or_target, timeout=timeout)
+        target = disk_or_target.target_dev if isinstance(disk_or_target, Disk) else disk_or_target
+        guarded = self.backend.name in LIBVIRT_BACKENDS and await remove_guard(self.backend, target)
+        try:
+            return await self.operator.detach(disk_or_target, timeout=timeout)
+        except BaseException:
+            if guarded:  # the disk may still be plugged: keep libvirt's lifecycle operations refused
+                await asyncio.shield(guard_after_attach(self.backend, target))
+            raise
 
     async def status(self) -> list[dict[str, Any]]:
         return await self.operator.status()

@@ -305,7 +305,7 @@ class VirshBackend(MonitorBackend):
         status, out, err = await self._run(f"dumpxml --inactive --domain {shell_quote(self.vm)}\n")
         if status != 0 or err.strip():
             raise BackendError(f"virsh cannot read the definition of {self.vm!r}: {virsh_error(err)}")
-        return out
+        return "".join(command_outputs(out)).strip()
 
     async def secret_value(self, ref: str) -> bytes | None:
         """Value of a libvirt secret by UUID or usage (``secret-get-value`` prints it on stdout)."""

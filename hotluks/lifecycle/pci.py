@@ -27,6 +27,6 @@ async def pci_reservations(backend: MonitorBackend) -> Reservations:
         return Reservations()
     try:
         return reservations_from_domain_xml(xml)
-    except ValueError as exc:  # lxml's XMLSyntaxError is a ValueError
+    except (ValueError, SyntaxError) as exc:  # lxml's XMLSyntaxError is a SyntaxError
         log.warning("unparsable persistent definition of %s (%s); placing by the live VM only", backend.vm, exc)
         return Reservations()
