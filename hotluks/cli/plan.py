@@ -20,9 +20,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description="Print the QEMU command-line arguments that give a freshly started VM the "
                                    "same disk as `hotluks attach`. Secrets are referenced as files.")
     c.add_argument("disk", metavar="DISK.xml", help="libvirt-style <disk> XML file ('-' for stdin)")
-    c.add_argument("--format", choices=("shell", "argv", "json"), default="shell",
+    c.add_argument("--format", choices=("shell", "argv", "json", "libvirt"), default="shell",
                    help="shell: quoted for a POSIX shell (default); argv: one argument per line; "
-                        "json: one JSON list of strings")
+                        "json: one JSON list of strings; libvirt: a <qemu:commandline> block for a persistent "
+                        "domain definition, secrets sealed with --key-file (see README, Lifecycle)")
+    c.add_argument("--key-file", metavar="FILE", default=None,
+                   help="--format libvirt: 32-byte key QEMU reads to unseal the secrets (created, mode 0400 and "
+                        "owned by --qemu-user, when absent)")
+    c.add_argument("--qemu-user", metavar="USER", default=None,
+                   help="--format libvirt: owner of a new key file (default libvirt-qemu or qemu if present)")
     add_secret_option(c)
     c.add_argument("--inline-secrets", action="store_true",
                    help="embed the secret values (from the --secret files) instead of referencing the files")
@@ -49,7 +55,12 @@ def cmd_cold_cmdline(args: argparse.Namespace) -> int:
     from hotluks.plan.planner import PlanContext, build_plan
     from hotluks.render.cmdline import as_shell, cold_boot_args
 
-    plan = build_plan(load_disk(args.disk), context=PlanContext(pci_root_bus=args.pci_root_bus))
+    disk = load_disk(args.disk)
+    plan = build_plan(disk, context=PlanContext(pci_root_bus=args.pci_root_bus))
+    if args.format == "libvirt":
+        from hotluks.lifecycle.cli import print_libvirt_commandline
+
+        return print_libvirt_commandline(disk, plan, args)
     inline = read_secrets(args.secret) if args.inline_secrets else None
     argv = cold_boot_args(plan, secret_files(args.secret), inline)
     if args.format == "json":

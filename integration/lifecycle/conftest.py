@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
+import subprocess
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hotluks.guest.build import GuestArtifacts, build_guest
-from hotluks.testing.libvirtd import LibvirtDaemon, start_libvirtd
+from hotluks.guest.vm import libvirt_boot_options
+from hotluks.testing.libvirtd import (
+    QEMU_LOG_DIR,
+    LibvirtDaemon,
+    domain_xml,
+    give_to_qemu,
+    qemu_accessible_dir,
+    start_libvirtd,
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +44,83 @@ def libvirt_uri(libvirt_daemon: LibvirtDaemon) -> str:
 @pytest.fixture(scope="session")
 def guest_artifacts() -> GuestArtifacts:
     return build_guest()
+
+
+@pytest.fixture
+def files() -> Iterator[Path]:
+    """A directory the domain's QEMU user can reach (kernel, disks, key files, agent socket)."""
+    with qemu_accessible_dir() as path:
+        yield path
+
+
+class Virsh:
+    """Plain `virsh` on one URI: the test's own view of libvirt, independent of hotluks."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["virsh", "-q", "-c", self.uri, *args], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def monitor(self, name: str, command: str, **arguments: Any) -> Any:
+        """One QMP command through `virsh qemu-monitor-command`."""
+        out = self("qemu-monitor-command", name, json.dumps({"execute": command, "arguments": arguments}))
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["return"]
+
+    def state(self, name: str) -> str:
+        return self("domstate", name).stdout.strip()
+
+
+@pytest.fixture
+def virsh(libvirt_uri: str) -> Virsh:
+    return Virsh(libvirt_uri)
+
+
+@pytest.fixture
+def guest_domain(libvirt_uri: str, guest_artifacts: GuestArtifacts, files: Path) -> Any:
+    """``guest_domain(commandline=None)``: a context manager for :func:`defined_guest` on this daemon."""
+    return lambda commandline=None: defined_guest(libvirt_uri, guest_artifacts, files, commandline)
+
+
+@contextlib.contextmanager
+def defined_guest(uri: str, artifacts: GuestArtifacts, files: Path, commandline: str | None = None) -> Iterator[str]:
+    """A defined (persistent), running pc domain booting the tiny guest (agent on files/agent.sock).
+
+    It has a 16 MiB qcow2 ``vda`` libvirt knows (internal snapshots need one for the VM state)
+    and, optionally, a ``<qemu:commandline>`` block. Undefined with its managed save and
+    snapshot metadata afterwards.
+    """
+    import libvirt
+    from lxml import etree
+
+    kernel, initrd = files / artifacts.kernel.name, files / artifacts.initrd.name
+    for src, dst in ((artifacts.kernel, kernel), (artifacts.initrd, initrd)):
+        shutil.copyfile(src, dst)
+        give_to_qemu(dst)
+    local = artifacts.__class__(artifacts.kernel_version, kernel, initrd, artifacts.modules, artifacts.bzimage)
+    vda = files / "vda.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(vda), "16M"], check=True)
+    name = f"hotluks-lc-{uuid.uuid4().hex[:8]}"
+    root = etree.fromstring(domain_xml(name, root_ports=0, **libvirt_boot_options(local, files / "agent.sock")))
+    devices = root.find("devices")
+    assert devices is not None
+    disk = etree.SubElement(devices, "disk", type="file", device="disk")
+    etree.SubElement(disk, "driver", name="qemu", type="qcow2")
+    etree.SubElement(disk, "source", file=str(vda))
+    etree.SubElement(disk, "target", dev="vda", bus="virtio")
+    if commandline is not None:
+        root.append(etree.fromstring(commandline))
+    conn = libvirt.open(uri)
+    dom = conn.defineXML(etree.tostring(root, encoding="unicode"))
+    try:
+        dom.create()
+        yield name
+    finally:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                          | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        conn.close()
+        (QEMU_LOG_DIR / f"{name}.log").unlink(missing_ok=True)

@@ -12,10 +12,6 @@ is gone and `virsh save` + `virsh restore` work again (the control). `virsh dest
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,77 +19,21 @@ from typing import Any
 import pytest
 
 from hotluks.guest.agent import SyncGuestAgent
-from hotluks.guest.build import GuestArtifacts
-from hotluks.guest.vm import libvirt_boot_options
-from hotluks.testing.libvirtd import (
-    QEMU_LOG_DIR,
-    define_secret,
-    domain_xml,
-    give_to_qemu,
-    qemu_accessible_dir,
-)
+from hotluks.testing.libvirtd import define_secret, give_to_qemu
 from hotluks.testing.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt, pytest.mark.slow]
 SERIAL = "hl-guarded"
 
 
-def virsh(uri: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["virsh", "-q", "-c", uri, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def monitor(uri: str, name: str, command: str, **arguments: Any) -> Any:
-    out = virsh(uri, "qemu-monitor-command", name, json.dumps({"execute": command, "arguments": arguments}))
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)["return"]
-
-
-def state(uri: str, name: str) -> str:
-    return virsh(uri, "domstate", name).stdout.strip()
-
-
 @pytest.fixture
-def files() -> Iterator[Path]:
-    with qemu_accessible_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def persistent_guest(libvirt_uri: str, guest_artifacts: GuestArtifacts, files: Path) -> Iterator[str]:
-    """A defined, running pc domain booting the tiny guest, with a 16 MiB qcow2 vda libvirt knows."""
-    import libvirt
-    from lxml import etree
-
-    kernel, initrd = files / guest_artifacts.kernel.name, files / guest_artifacts.initrd.name
-    for src, dst in ((guest_artifacts.kernel, kernel), (guest_artifacts.initrd, initrd)):
-        shutil.copyfile(src, dst)
-        give_to_qemu(dst)
-    local = guest_artifacts.__class__(guest_artifacts.kernel_version, kernel, initrd,
-                                      guest_artifacts.modules, guest_artifacts.bzimage)
-    vda = files / "vda.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(vda), "16M"], check=True)
-    name = f"hotluks-lc-{uuid.uuid4().hex[:8]}"
-    root = etree.fromstring(domain_xml(name, root_ports=0, **libvirt_boot_options(local, files / "agent.sock")))
-    disk = etree.SubElement(root.find("devices"), "disk", type="file", device="disk")  # type: ignore[arg-type]
-    etree.SubElement(disk, "driver", name="qemu", type="qcow2")
-    etree.SubElement(disk, "source", file=str(vda))
-    etree.SubElement(disk, "target", dev="vda", bus="virtio")
-    conn = libvirt.open(libvirt_uri)
-    dom = conn.defineXML(etree.tostring(root, encoding="unicode"))
-    try:
-        dom.create()
+def persistent_guest(guest_domain: Any) -> Iterator[str]:
+    with guest_domain() as name:
         yield name
-    finally:
-        if dom.isActive():
-            dom.destroy()
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                          | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-        conn.close()
-        (QEMU_LOG_DIR / f"{name}.log").unlink(missing_ok=True)
 
 
 def test_save_managedsave_snapshot_refused_while_guarded(libvirt_uri: str, persistent_guest: str, files: Path,
-                                                         tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+                                                         virsh: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     name = persistent_guest
     common = ["--connect", libvirt_uri, "--state-dir", str(tmp_path / "state")]
     work = files / "disk"
@@ -109,38 +49,38 @@ def test_save_managedsave_snapshot_refused_while_guarded(libvirt_uri: str, persi
         assert attached.returncode == 0, attached.stderr
         dev = agent.wait_for_device(SERIAL, timeout=20)
         before = agent.sha256(dev.name)
-        reasons = monitor(libvirt_uri, name, "query-migrate").get("blocked-reasons", [])
+        reasons = virsh.monitor(name, "query-migrate").get("blocked-reasons", [])
         assert any("hlg-vdb" in r for r in reasons), reasons
 
         saved = tmp_path / "saved.img"
         refused = {
-            "save": virsh(libvirt_uri, "save", name, str(saved)),
-            "managedsave": virsh(libvirt_uri, "managedsave", name),
-            "snapshot": virsh(libvirt_uri, "snapshot-create-as", name, "s1"),
+            "save": virsh("save", name, str(saved)),
+            "managedsave": virsh("managedsave", name),
+            "snapshot": virsh("snapshot-create-as", name, "s1"),
         }
         for what, proc in refused.items():
             assert proc.returncode != 0, f"{what} was not refused: {proc.stdout}"
             assert "hlg-vdb" in proc.stderr, f"{what}: {proc.stderr}"
-            assert state(libvirt_uri, name) == "running", what
+            assert virsh.state(name) == "running", what
         assert not saved.exists()
-        assert "no" in virsh(libvirt_uri, "dominfo", name).stdout.split("Managed save:")[1].split("\n")[0]
-        assert virsh(libvirt_uri, "snapshot-list", name, "--name").stdout.strip() == ""
+        assert "no" in virsh("dominfo", name).stdout.split("Managed save:")[1].split("\n")[0]
+        assert virsh("snapshot-list", name, "--name").stdout.strip() == ""
         agent.command("drop-caches")
         assert agent.sha256(dev.name) == before  # the guest still reads the same disk
 
         detached = run_cli("detach", name, "--target", "vdb", *common, "--timeout", "20")
         assert detached.returncode == 0, detached.stderr
         agent.wait_device_gone(SERIAL, timeout=10)
-        assert monitor(libvirt_uri, name, "query-migrate").get("blocked-reasons", []) == []
+        assert virsh.monitor(name, "query-migrate").get("blocked-reasons", []) == []
         assert not any(n["node-name"].startswith("hlg-")
-                       for n in monitor(libvirt_uri, name, "query-named-block-nodes", flat=True))
+                       for n in virsh.monitor(name, "query-named-block-nodes", flat=True))
         agent.close()
 
         # the control: without the hotluks disk, libvirt's save/restore works
-        assert virsh(libvirt_uri, "save", name, str(saved)).returncode == 0
-        restored = virsh(libvirt_uri, "restore", str(saved))
+        assert virsh("save", name, str(saved)).returncode == 0
+        restored = virsh("restore", str(saved))
         assert restored.returncode == 0, restored.stderr
-        assert state(libvirt_uri, name) == "running"
+        assert virsh.state(name) == "running"
         agent = SyncGuestAgent(files / "agent.sock", timeout=30)
         agent.wait_ready(60)
     finally:
@@ -149,7 +89,8 @@ def test_save_managedsave_snapshot_refused_while_guarded(libvirt_uri: str, persi
     assert not leaks(PASSPHRASE, [out, err, attached.stdout, attached.stderr])
 
 
-def test_destroy_start_is_not_blocked(libvirt_uri: str, persistent_guest: str, files: Path, tmp_path: Path) -> None:
+def test_destroy_start_is_not_blocked(libvirt_uri: str, persistent_guest: str, files: Path, virsh: Any,
+                                      tmp_path: Path) -> None:
     """destroy cannot be refused; the guarded domain starts again (without the disk)."""
     name = persistent_guest
     common = ["--connect", libvirt_uri, "--state-dir", str(tmp_path / "state")]
@@ -158,9 +99,9 @@ def test_destroy_start_is_not_blocked(libvirt_uri: str, persistent_guest: str, f
         give_to_qemu(path)
     attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common)
     assert attached.returncode == 0, attached.stderr
-    assert virsh(libvirt_uri, "destroy", name).returncode == 0
-    started = virsh(libvirt_uri, "start", name)
+    assert virsh("destroy", name).returncode == 0
+    started = virsh("start", name)
     assert started.returncode == 0, started.stderr
-    assert state(libvirt_uri, name) == "running"
-    nodes = {n["node-name"] for n in monitor(libvirt_uri, name, "query-named-block-nodes", flat=True)}
+    assert virsh.state(name) == "running"
+    nodes = {n["node-name"] for n in virsh.monitor(name, "query-named-block-nodes", flat=True)}
     assert not any(n.startswith(("hl-", "hlg-")) for n in nodes), nodes
