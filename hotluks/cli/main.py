@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "hotluks.cli.vm",
     "hotluks.cli.luks",
     "hotluks.cli.demo",
+    "hotluks.cli.hook",
 )
 
 
