@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +130,104 @@ def defined_guest(uri: str, artifacts: GuestArtifacts, files: Path, commandline:
                           | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         conn.close()
         (QEMU_LOG_DIR / f"{name}.log").unlink(missing_ok=True)
+
+
+@dataclasses.dataclass
+class PrivateLibvirtd:
+    """A second libvirtd (+ virtlogd) in its own mount namespace, with its own hooks directory.
+
+    libvirt's hooks directory, state, cache, logs and sockets are compiled-in paths, and
+    hooks are only picked up at daemon start; so the test daemon gets them by bind
+    mounts over those paths inside a private mount namespace (``unshare -m``). Its socket
+    is reachable from outside at ``root/run/libvirt/libvirt-sock``. Stopped by PID.
+    """
+
+    root: Path
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.root}/run/libvirt/libvirt-sock"
+
+    @property
+    def hooks(self) -> Path:
+        return self.root / "hooks"
+
+    def stop(self) -> None:
+        pidfile = self.root / "libvirtd.pid"
+        if self.popen.poll() is None and pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_private_libvirtd(prepare_hooks: Any = None, timeout: float = 120.0) -> PrivateLibvirtd:
+    """Start the daemon; ``prepare_hooks(hooks_dir)`` runs first (hooks must exist at start)."""
+    import libvirt
+
+    root = Path(tempfile.mkdtemp(prefix="hotluks-libvirtd2-", dir="/var/tmp"))
+    mounts = {"run": "/run", "lib": "/var/lib/libvirt", "cache": "/var/cache/libvirt", "log": "/var/log/libvirt",
+              "hooks": "/etc/libvirt/hooks", "etcqemu": "/etc/libvirt/qemu", "secrets": "/etc/libvirt/secrets"}
+    for name in mounts:
+        (root / name).mkdir()
+    (root / "log" / "qemu").mkdir()
+    if Path("/var/cache/libvirt/qemu").is_dir():  # reuse the capability probe of the shared daemon
+        shutil.copytree("/var/cache/libvirt/qemu", root / "cache" / "qemu")
+    if prepare_hooks is not None:
+        prepare_hooks(root / "hooks")
+    (root / "libvirtd.conf").write_text(f'log_outputs = "3:file:{root}/libvirtd.log"\n')
+    script = ["set -e"] + [f"mount --bind {root / name} {target}" for name, target in mounts.items()] + [
+        "mkdir -p /run/libvirt",
+        f"virtlogd -p {root}/virtlogd.pid & VLOGD=$!",
+        "set +e",
+        f"libvirtd -f {root}/libvirtd.conf -p {root}/libvirtd.pid --timeout 900",
+        "kill $VLOGD; wait",
+    ]
+    with open(root / "daemon.out", "wb") as out:
+        popen = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(script)],
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    daemon = PrivateLibvirtd(root, popen)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            libvirt.open(daemon.uri).close()
+            return daemon
+        except libvirt.libvirtError:
+            if popen.poll() is not None or time.monotonic() > deadline:
+                detail = (root / "daemon.out").read_text(errors="replace")[-1000:]
+                daemon.stop()
+                raise RuntimeError(f"private libvirtd did not start: {detail}") from None
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def hooked_libvirtd() -> Iterator[PrivateLibvirtd]:
+    """A private libvirtd started with hotluks' hook installed (by the CLI) in its hooks directory."""
+    def install(hooks: Path) -> None:
+        proc = subprocess.run([sys.executable, "-m", "hotluks", "hook", "install", "--hooks-dir", str(hooks)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+
+    daemon = start_private_libvirtd(install)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def guest_domain_at(guest_artifacts: GuestArtifacts, files: Path) -> Any:
+    """``guest_domain_at(uri, commandline=None)``: :func:`defined_guest` on any daemon."""
+    return lambda uri, commandline=None: defined_guest(uri, guest_artifacts, files, commandline)
+
+
+@pytest.fixture
+def virsh_at() -> Any:
+    """``virsh_at(uri)``: a :class:`Virsh` on any daemon."""
+    return Virsh
