@@ -124,10 +124,15 @@ def defined_guest(uri: str, artifacts: GuestArtifacts, files: Path, commandline:
         dom.create()
         yield name
     finally:
-        if dom.isActive():
-            dom.destroy()
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                          | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError:
+            dom = None  # migrated away (and undefined here): the test cleans up the destination
+        if dom is not None:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         conn.close()
         (QEMU_LOG_DIR / f"{name}.log").unlink(missing_ok=True)
 
@@ -180,7 +185,7 @@ def start_private_libvirtd(prepare_hooks: Any = None, timeout: float = 120.0) ->
         shutil.copytree("/var/cache/libvirt/qemu", root / "cache" / "qemu")
     if prepare_hooks is not None:
         prepare_hooks(root / "hooks")
-    (root / "libvirtd.conf").write_text(f'log_outputs = "3:file:{root}/libvirtd.log"\n')
+    (root / "libvirtd.conf").write_text(f'log_outputs = "3:file:{root}/libvirtd.log"\nhost_uuid = "{uuid.uuid4()}"\n')
     script = ["set -e"] + [f"mount --bind {root / name} {target}" for name, target in mounts.items()] + [
         "mkdir -p /run/libvirt",
         f"virtlogd -p {root}/virtlogd.pid & VLOGD=$!",
