@@ -89,3 +89,40 @@ def test_libvirt_hotplug_after_hotluks(libvirt_uri: str, machine: str, bridge: s
         assert detached.returncode in (0, 1, 3), detached.stderr  # a paused pc guest cannot eject; q35 can
     # the top of the free range: slot 0x1f of pc's root bus; q35's last root port (pci.4, libvirt's index 4)
     assert where == (("", 0x1F) if machine == "pc" else ("pci.4", 0)), where
+
+
+def test_persistent_definition_reservations_are_kept_free(libvirt_uri: str, tmp_path: Path) -> None:
+    """A device added to the definition only (`--config`) at slot 0x1f keeps hotluks at 0x1e."""
+    import libvirt
+    from lxml import etree
+
+    from hotluks.testing.libvirtd import domain_xml
+
+    name = f"hotluks-lc-{uuid.uuid4().hex[:8]}"
+    with qemu_accessible_dir() as workdir:
+        disk = make_disk(workdir / "disks", "attached-luks", "vdb", "virtio")
+        for path in disk.files:
+            give_to_qemu(path)
+        spare = workdir / "spare.raw"
+        spare.write_bytes(b"")
+        os.truncate(spare, 1024 * 1024)
+        reserved = workdir / "reserved.xml"
+        reserved.write_text(f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+                            f"<source file='{spare}'/><target dev='vdz' bus='virtio'/>"
+                            "<address type='pci' domain='0' bus='0' slot='0x1f' function='0'/></disk>")
+        conn = libvirt.open(libvirt_uri)
+        dom = conn.defineXML(etree.tostring(etree.fromstring(domain_xml(name, machine="pc", root_ports=0)),
+                                            encoding="unicode"))
+        try:
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            added = virsh(libvirt_uri, "attach-device", name, str(reserved), "--config")
+            assert added.returncode == 0, added.stderr
+            attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), "--connect", libvirt_uri,
+                               "--state-dir", tmp_path / "state")
+            assert attached.returncode == 0, attached.stderr
+            assert hotluks_device_address(libvirt_uri, name) == ("", 0x1E)
+        finally:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+            conn.close()
