@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "hotluks.cli.luks",
     "hotluks.cli.demo",
     "hotluks.cli.hook",
+    "hotluks.cli.placement",
 )
 
 

@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--pci-root-bus", metavar="NAME", default="pci.0",
                    help="QEMU name of the PCI root bus, used for <address type='pci' bus='0'>: "
                         "pci.0 on -M pc (default), pcie.0 on -M q35")
+    c.add_argument("--pci-bus", metavar="NAME", default=None,
+                   help="QEMU bus for a virtio disk without <address> (a root port id, pci.0), as "
+                        "`hotluks placement VM --target DEV` prints for a plugged disk")
+    c.add_argument("--pci-slot", metavar="N", default=None, type=lambda v: int(v, 0),
+                   help="slot on --pci-bus (e.g. 0x1f)")
     c.set_defaults(func=cmd_cold_cmdline)
 
 
@@ -56,7 +61,8 @@ def cmd_cold_cmdline(args: argparse.Namespace) -> int:
     from hotluks.render.cmdline import as_shell, cold_boot_args
 
     disk = load_disk(args.disk)
-    plan = build_plan(disk, context=PlanContext(pci_root_bus=args.pci_root_bus))
+    plan = build_plan(disk, context=PlanContext(pci_root_bus=args.pci_root_bus, pci_bus=args.pci_bus,
+                                                pci_slot=args.pci_slot))
     if args.format == "libvirt":
         from hotluks.lifecycle.cli import print_libvirt_commandline
 

@@ -110,3 +110,25 @@ def test_explicit_address_is_honoured_without_probing() -> None:
     assert ctx.pci_bus is None and ctx.pci_slot is None
     device = build_plan(virtio_disk(addr), context=ctx).steps[-1].arguments
     assert (device["bus"], device["addr"]) == ("pci.0", "0x7")
+
+
+def test_placement_flags_from_qom() -> None:
+    from hotluks.lifecycle.placement_probe import placement_from_qom
+
+    assert placement_from_qom("/machine/peripheral/rp4/rp4", 0).cold_cmdline_flags() == ["--pci-bus", "rp4"]
+    pc = placement_from_qom("/machine/i440fx/pci.0", 0x1F << 3)
+    assert (pc.bus, pc.slot, pc.function) == ("pci.0", 0x1F, 0)
+    assert pc.cold_cmdline_flags() == ["--pci-bus", "pci.0", "--pci-slot", "0x1f"]
+
+
+def test_cold_cmdline_places_the_device_like_the_hot_plug(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from hotluks.cli.main import main
+
+    xml = tmp_path / "d.xml"
+    xml.write_text("<disk type='file'><driver name='qemu' type='raw'/><source file='/x.img'/>"
+                   "<target dev='vdc' bus='virtio'/></disk>")
+    assert main(["cold-cmdline", str(xml), "--format", "json", "--pci-bus", "pci.0", "--pci-slot", "0x1f"]) == 0
+    device = json.loads(json.loads(capsys.readouterr().out)[-1])
+    assert (device["id"], device["bus"], device["addr"]) == ("hl-vdc", "pci.0", "0x1f")
