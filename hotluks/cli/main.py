@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "hotluks.cli.demo",
     "hotluks.cli.hook",
     "hotluks.cli.placement",
+    "hotluks.cli.persist",
 )
 
 
