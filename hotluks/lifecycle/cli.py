@@ -25,7 +25,7 @@ def print_libvirt_commandline(disk: Disk, plan: Plan, args: argparse.Namespace) 
         raise InputError("--format libvirt needs --key-file FILE (the key QEMU unseals the secrets with)")
     if args.inline_secrets:
         raise InputError("--format libvirt never inlines secrets in clear text; drop --inline-secrets")
-    require_fixed_address(disk)
+    require_fixed_address(disk, placed=args.pci_bus is not None)
     values = read_secrets(args.secret)
     key_file = Path(args.key_file).absolute()
     key = ensure_key_file(key_file, args.qemu_user or default_qemu_user())

@@ -34,17 +34,17 @@ KEY_OBJECT = "hotluks-key0"
 KEY_BYTES = 32
 
 
-def require_fixed_address(disk: Disk) -> None:
-    """A PCI disk in a definition needs an explicit ``<address>``.
+def require_fixed_address(disk: Disk, placed: bool = False) -> None:
+    """A PCI disk in a definition needs an explicit ``<address>`` (or ``placed``: a given bus and slot).
 
     Without one QEMU would take the first free slot, which libvirt (not knowing the
     device) later hands to its own hot-plug: choose a slot from the top of the range
     (pc: bus 0 slot 0x1f; q35: the last root port's bus).
     """
-    if disk.bus == "virtio" and disk.address is None:
+    if disk.bus == "virtio" and disk.address is None and not placed:
         raise InputError(f"target {disk.target_dev}: a disk in <qemu:commandline> needs an explicit "
-                         "<address type='pci' …/> (e.g. bus='0' slot='0x1f' on pc) so that libvirt's own "
-                         "address allocation never takes its slot")
+                         "<address type='pci' …/> (e.g. bus='0' slot='0x1f' on pc) or --pci-bus/--pci-slot, so "
+                         "that libvirt's own address allocation never takes its slot")
 
 
 def commandline_argv(plan: Plan, values: Mapping[str, SecretValue], key: bytes, key_file: str) -> list[str]:

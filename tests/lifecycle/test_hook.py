@@ -111,3 +111,19 @@ def test_install_and_uninstall(tmp_path: Path, capsys: pytest.CaptureFixture[str
     script.write_text("#!/bin/sh\nexit 0\n")  # someone else's hook under that name stays
     assert cli_main(["hook", "uninstall", "--hooks-dir", str(hooks)]) == 2
     assert script.exists()
+
+
+def test_cold_cmdline_libvirt_needs_a_fixed_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    xml = tmp_path / "d.xml"
+    xml.write_text(disk_xml(tmp_path / "p", tmp_path / "h").replace(
+        "<address type='pci' domain='0' bus='0' slot='0x1f' function='0'/>", ""))
+    secret = tmp_path / "pass"
+    secret.write_bytes(b"pw-never-shown")
+    common = ["cold-cmdline", str(xml), "--format", "libvirt", "--secret", f"u1={secret}",
+              "--key-file", str(tmp_path / "k"), "--qemu-user", "nobody"]
+    assert cli_main(common) == 2
+    assert "explicit" in capsys.readouterr().err
+    assert cli_main([*common, "--pci-bus", "pci.4"]) == 0
+    out = capsys.readouterr().out
+    assert "pci.4" in out and "pw-never-shown" not in out and "hotluks-key0" in out
+    assert (tmp_path / "k").stat().st_uid == NOBODY.pw_uid and (tmp_path / "k").stat().st_mode & 0o777 == 0o400
