@@ -1,13 +1,18 @@
 """hotluks: plug LUKS-encrypted disks into running QEMU VMs, all or nothing.
 
-The public API is imported lazily so that ``import hotluks`` stays cheap.
+The public API is imported lazily so that ``import hotluks`` stays cheap. As a library
+hotluks never configures logging: its loggers (``hotluks.*``) end in a ``NullHandler``
+until the application configures its own (the CLI does).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "Disk": "hotluks.model",
@@ -15,15 +20,17 @@ _LAZY = {
     "build_plan": "hotluks.plan.planner",
     "connect": "hotluks.api",
     "aconnect": "hotluks.api",
+    "errors": "hotluks.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hotluks import errors
     from hotluks.api import aconnect, connect
     from hotluks.model import Disk
     from hotluks.plan.planner import build_plan
     from hotluks.plan.steps import Plan
 
-__all__ = ["Disk", "Plan", "build_plan", "connect", "aconnect", "__version__"]
+__all__ = ["Disk", "Plan", "build_plan", "connect", "aconnect", "errors", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -32,4 +39,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'hotluks' has no attribute {name!r}")
     import importlib
 
+    if module == f"hotluks.{name}":
+        return importlib.import_module(module)
     return getattr(importlib.import_module(module), name)

@@ -13,40 +13,117 @@
 Each session holds one monitor connection. Many async sessions (one per VM)
 can run concurrently on one event loop; operations on the same VM are
 serialized by a per-VM lock shared with other hotluks processes. Errors are
-the typed exceptions of :mod:`hotluks.errors` (``exit_code`` tells the class).
+the typed exceptions of :mod:`hotluks.errors` (``exit_code`` tells the class);
+bad arguments raise them too, never ``TypeError``/``ValueError``/``OSError``.
+
+``connect()`` runs its own event loop: in the calling thread, or, when called
+from inside a running loop (a coroutine), in a private thread — that works but
+blocks the calling loop for each call; use ``aconnect()`` there.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Mapping
+import concurrent.futures
+import math
+import os
+import threading
+from collections.abc import Coroutine, Generator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hotluks.backends.base import MasterKey, MonitorBackend
+from hotluks.errors import InputError, InvalidDisk, SecretError
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_after_attach, remove_guard
 from hotluks.model import Disk
 from hotluks.runner.operator import AttachResult, DetachResult, Operator
 from hotluks.secrets import SecretValue
 
+if TYPE_CHECKING:
+    from hotluks.headers.rotate import RotateResult
+
 SecretsArg = Mapping[str, bytes | str | SecretValue] | None
+T = TypeVar("T")
 
 
 def _secret_values(secrets: SecretsArg) -> dict[str, SecretValue]:
+    if secrets is None:
+        return {}
+    if not isinstance(secrets, Mapping):
+        raise SecretError(f"secrets must map a secret's uuid or usage to its value, not {type(secrets).__name__}")
     out = {}
-    for key, value in (secrets or {}).items():
+    for key, value in secrets.items():
+        if not isinstance(key, str) or not key:
+            raise SecretError("a secret is named by its uuid or usage (a non-empty string)")
         if isinstance(value, SecretValue):
             out[key] = value
+        elif isinstance(value, str):
+            try:
+                out[key] = SecretValue(value.encode())
+            except UnicodeEncodeError:
+                raise SecretError(f"the value of secret {key!r} is not valid Unicode text; pass bytes") from None
+        elif isinstance(value, bytes | bytearray | memoryview):
+            out[key] = SecretValue(bytes(value))
         else:
-            out[key] = SecretValue(value.encode() if isinstance(value, str) else bytes(value))
+            raise SecretError(f"the value of secret {key!r} must be bytes or str, not {type(value).__name__}")
     return out
 
 
 def _master(master_key: bytes | MasterKey | None, keyid: str = "masterKey0") -> MasterKey | None:
     if master_key is None or isinstance(master_key, MasterKey):
         return master_key
+    if not isinstance(master_key, bytes | bytearray | memoryview):
+        raise SecretError(f"master_key must be 32 bytes or a MasterKey, not {type(master_key).__name__}")
+    if not isinstance(keyid, str) or not keyid:
+        raise SecretError("master_key_id must name the QEMU secret object holding the key")
+    if len(master_key) != 32:
+        raise SecretError(f"master_key must be 32 bytes (AES-256), got {len(master_key)}")
     return MasterKey(keyid, bytes(master_key))
+
+
+def _seconds(value: object, what: str = "timeout") -> float:
+    """A positive, finite number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _disk(disk: object) -> Disk:
+    if isinstance(disk, Disk):
+        return disk
+    if isinstance(disk, os.PathLike):
+        return Disk.from_xml(Path(os.fsdecode(os.fspath(disk))))
+    if isinstance(disk, str | bytes):
+        return Disk.from_xml(disk)
+    if isinstance(disk, bytearray | memoryview):
+        return Disk.from_xml(bytes(disk))
+    raise InvalidDisk(f"a disk is a hotluks.Disk, <disk> XML or the path of an XML file, not {type(disk).__name__}")
+
+
+def _target(disk_or_target: object) -> Disk | str:
+    if isinstance(disk_or_target, Disk):
+        return disk_or_target
+    if isinstance(disk_or_target, str) and disk_or_target and disk_or_target.isprintable():
+        return disk_or_target
+    raise InputError(f"detach takes a Disk or a target name such as 'vdb', not {disk_or_target!r:.80}")
+
+
+def _optional_text(value: object, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _state_dir(value: object) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise InputError(f"state_dir must be a path, not {type(value).__name__}")
+    path = Path(os.fsdecode(os.fspath(value)))
+    if not str(path) or "\0" in str(path):
+        raise InputError("state_dir must be a usable path")
+    return path
 
 
 async def open_vm_backend(vm: str, *, uri: str | None = None, backend: str | None = None,
@@ -65,19 +142,20 @@ class AsyncSession:
         self.operator = operator
 
     async def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-                     dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
-        disk = disk if isinstance(disk, Disk) else Disk.from_xml(disk)
-        result = await self.operator.attach(disk, _secret_values(secrets), preflight=preflight, dry_run=dry_run,
-                                            timeout=timeout)
+                     dry_run: bool = False, timeout: float = 30.0, pin: bool = False) -> AttachResult:
+        disk = _disk(disk)
+        result = await self.operator.attach(disk, _secret_values(secrets), preflight=bool(preflight),
+                                            dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin))
         if not result.dry_run:
             await guard_after_attach(self.backend, disk.target_dev)
         return result
 
     async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
-        target = disk_or_target.target_dev if isinstance(disk_or_target, Disk) else disk_or_target
+        what = _target(disk_or_target)
+        target = what.target_dev if isinstance(what, Disk) else what
         guarded = self.backend.name in LIBVIRT_BACKENDS and await remove_guard(self.backend, target)
         try:
-            return await self.operator.detach(disk_or_target, timeout=timeout)
+            return await self.operator.detach(what, timeout=_seconds(timeout))
         except BaseException:
             if guarded:  # the disk may still be plugged: keep libvirt's lifecycle operations refused
                 await asyncio.shield(guard_after_attach(self.backend, target))
@@ -87,7 +165,15 @@ class AsyncSession:
         return await self.operator.status()
 
     async def repair(self, timeout: float = 30.0) -> list[dict[str, Any]]:
-        return await self.operator.repair(timeout=timeout)
+        return await self.operator.repair(timeout=_seconds(timeout))
+
+    async def rotate(self, disk: Disk | str | Path, new_passphrase: bytes,
+                     secrets: SecretsArg = None) -> RotateResult:
+        """Change the passphrase of an attached disk's header file (:mod:`hotluks.headers.rotate`)."""
+        from hotluks.headers.rotate import rotate
+
+        return await rotate(self.backend, _disk(disk), new_passphrase, _secret_values(secrets),
+                            state_dir=self.operator.journal.dir.parent)
 
     async def close(self) -> None:
         await self.backend.close()
@@ -108,7 +194,7 @@ class _AsyncConnect:
 
     async def _open(self) -> AsyncSession:
         kw = self.kwargs
-        master = _master(kw["master_key"], kw["master_key_id"])
+        master = kw["master"]
         backend = await open_vm_backend(kw["vm"], uri=kw["uri"], backend=kw["backend"], master_key=master,
                                         timeout=kw["timeout"])
         operator = Operator(backend, state_dir=kw["state_dir"], master_key=master)
@@ -130,20 +216,61 @@ def aconnect(vm: str, *, uri: str | None = None, state_dir: str | Path | None = 
              master_key: bytes | MasterKey | None = None, master_key_id: str = "masterKey0",
              backend: str | None = None, timeout: float = 10.0) -> _AsyncConnect:
     """Open an :class:`AsyncSession` on ``vm`` (await it, or use ``async with``)."""
-    return _AsyncConnect({"vm": vm, "uri": uri, "state_dir": Path(state_dir) if state_dir else None,
-                          "master_key": master_key, "master_key_id": master_key_id, "backend": backend,
-                          "timeout": timeout})
+    from hotluks.backends.select import check_vm_name
+
+    check_vm_name(vm)
+    return _AsyncConnect({"vm": vm, "uri": _optional_text(uri, "uri"), "state_dir": _state_dir(state_dir),
+                          "master": _master(master_key, master_key_id),
+                          "backend": _optional_text(backend, "backend"), "timeout": _seconds(timeout)})
+
+
+class _LoopRunner:
+    """Runs coroutines to completion on a private event loop.
+
+    In a thread without a running loop the loop runs right there; inside a running loop
+    (``asyncio.run`` cannot nest) it runs in a private daemon thread and the caller waits.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._thread = threading.Thread(target=self.loop.run_forever, name="hotluks-session", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._thread is None:
+            return self.loop.run_until_complete(coro)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():  # e.g. KeyboardInterrupt in the caller: cancel, and let the operation end
+                future.cancel()
+                concurrent.futures.wait([future])
+            raise
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        if self._thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+        self.loop.close()
 
 
 class Session:
-    """Blocking session on one VM (runs its own private event loop)."""
+    """Blocking session on one VM (runs its own private event loop, see the module doc)."""
 
     def __init__(self, connector: _AsyncConnect):
-        self._loop = asyncio.new_event_loop()
+        self._runner = _LoopRunner()
         try:
-            self._session = self._loop.run_until_complete(connector._open())
+            self._session = self._runner.run(connector._open())
         except BaseException:
-            self._loop.close()
+            self._runner.close()
             raise
 
     @property
@@ -154,25 +281,30 @@ class Session:
     @property
     def seals_secrets(self) -> bool:
         """True when secrets reach QEMU only as ciphertext under a master key it holds."""
-        return self._session.operator.master_key is not None or self._session.backend.master_key is not None
+        return self._session.operator.master_key is not None or self._session.backend.can_seal
 
     def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-               dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
-        return self._loop.run_until_complete(self._session.attach(disk, secrets, preflight, dry_run, timeout))
+               dry_run: bool = False, timeout: float = 30.0, pin: bool = False) -> AttachResult:
+        return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin))
 
     def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
-        return self._loop.run_until_complete(self._session.detach(disk_or_target, timeout))
+        return self._runner.run(self._session.detach(disk_or_target, timeout))
 
     def status(self) -> list[dict[str, Any]]:
-        return self._loop.run_until_complete(self._session.status())
+        return self._runner.run(self._session.status())
 
     def repair(self, timeout: float = 30.0) -> list[dict[str, Any]]:
-        return self._loop.run_until_complete(self._session.repair(timeout))
+        return self._runner.run(self._session.repair(timeout))
+
+    def rotate(self, disk: Disk | str | Path, new_passphrase: bytes, secrets: SecretsArg = None) -> RotateResult:
+        return self._runner.run(self._session.rotate(disk, new_passphrase, secrets))
 
     def close(self) -> None:
-        if not self._loop.is_closed():
-            self._loop.run_until_complete(self._session.close())
-            self._loop.close()
+        if not self._runner.loop.is_closed():
+            try:
+                self._runner.run(self._session.close())
+            finally:
+                self._runner.close()
 
     def __enter__(self) -> Session:
         return self
@@ -185,6 +317,10 @@ class Session:
 def connect(vm: str, *, uri: str | None = None, state_dir: str | Path | None = None,
             master_key: bytes | MasterKey | None = None, master_key_id: str = "masterKey0",
             backend: str | None = None, timeout: float = 10.0) -> Session:
-    """Open a blocking :class:`Session` on ``vm`` (a context manager)."""
+    """Open a blocking :class:`Session` on ``vm`` (a context manager).
+
+    From inside a running event loop this works (on a private thread) but blocks that
+    loop during each call: prefer ``await aconnect(...)`` there.
+    """
     return Session(aconnect(vm, uri=uri, state_dir=state_dir, master_key=master_key, master_key_id=master_key_id,
                             backend=backend, timeout=timeout))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal
+
+from hotluks.secrets import SecretRef as SecretRef  # re-exported: the disk model names its secrets
 
 SourceKind = Literal["file", "block", "network"]
 Protocol = Literal["rbd", "nbd", "iscsi"]
@@ -30,23 +32,6 @@ class LuksFormat(str, Enum):
     LUKS = "luks"
     LUKS2 = "luks2"
     LUKS_ANY = "luks-any"
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """A libvirt secret named by uuid or usage. ``kind`` is passphrase, ceph or iscsi."""
-
-    kind: Literal["passphrase", "ceph", "iscsi"]
-    uuid: str | None = None
-    usage: str | None = None
-
-    @property
-    def key(self) -> str:
-        """How users name this secret on the command line (``--secret KEY=FILE``)."""
-        return self.uuid if self.uuid is not None else str(self.usage)
-
-    def describe(self) -> str:
-        return f"{self.kind} secret {'uuid' if self.uuid else 'usage'} {self.key}"
 
 
 @dataclass(frozen=True)
@@ -78,6 +63,8 @@ class Source:
     auth: Auth | None = None
     config_file: str | None = None
     line: int | None = None
+    tls: bool = False  # nbd ``tls='yes'``: x509 client credentials from the TLS directory
+    tls_hostname: str | None = None  # libvirt's ``tlsHostname``: the name to check in the server certificate
 
     @property
     def is_local(self) -> bool:
@@ -108,10 +95,15 @@ class Source:
 
 
 @dataclass(frozen=True)
-class Header:
-    """The detached LUKS header (hotluks' extension): a raw source of its own."""
+class DetachedHeader:
+    """The detached LUKS header (hotluks' extension ``<header>``): a raw source of its own.
+
+    ``fingerprint`` is the pinned header identity (lowercase sha256 hex,
+    :mod:`hotluks.luks.fingerprint`), or None when the header is not pinned.
+    """
 
     source: Source
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +113,7 @@ class Encryption:
     format: LuksFormat
     engine: Engine
     secrets: tuple[SecretRef, ...]
-    header: Header | None = None
+    header: DetachedHeader | None = None
 
 
 @dataclass(frozen=True)
@@ -179,11 +171,16 @@ class Disk:
 
     @classmethod
     def from_xml(cls, text_or_path: str | bytes | Path) -> Disk:
-        """Parse and validate a ``<disk>`` given as XML text/bytes or a file path."""
+        """Parse and validate a ``<disk>`` given as XML text/bytes or a file path.
+
+        Raises only :class:`hotluks.errors.InvalidDisk` (``XMLError`` for the XML itself).
+        """
         from hotluks.xmlparse import parse_disk, read_disk_file
 
-        if isinstance(text_or_path, Path):
-            return read_disk_file(text_or_path)
+        if isinstance(text_or_path, bytearray | memoryview):
+            text_or_path = bytes(text_or_path)
+        if isinstance(text_or_path, PurePath):
+            return read_disk_file(Path(text_or_path))
         if isinstance(text_or_path, str) and text_or_path.strip() and not text_or_path.lstrip().startswith("<"):
             return read_disk_file(Path(text_or_path))
         return parse_disk(text_or_path)

@@ -9,22 +9,24 @@ grammar cannot express are checked afterwards. Every error is an
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from hotluks.errors import InputError, XMLError
+from hotluks.errors import InvalidDisk, XMLError
 from hotluks.model import (
     Address,
     Auth,
     Bus,
+    DetachedHeader,
     Disk,
     DriveAddress,
     DriverOptions,
     Encryption,
     Engine,
-    Header,
     Host,
     ImageFormat,
     LuksFormat,
@@ -63,27 +65,42 @@ def _parser() -> etree.XMLParser:
 
 
 def read_disk_file(path: Path) -> Disk:
-    """Read and parse a ``<disk>`` XML file (``-`` is not special here)."""
+    """Read and parse a ``<disk>`` XML file (``-`` is not special here); only regular files.
+
+    Opened non-blocking, so a FIFO or a device is refused instead of waiting for a writer.
+    """
+    shown = str(path).encode("utf-8", "backslashreplace").decode()
     try:
-        size = path.stat().st_size
-        if size > MAX_XML_BYTES:
-            raise XMLError(f"input is {size} bytes; a <disk> must be under {MAX_XML_BYTES} bytes", source=str(path))
-        with path.open("rb") as fh:  # bounded: /dev/zero or a FIFO reports size 0
-            data = fh.read(MAX_XML_BYTES + 1)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    return parse_disk(data, source=str(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:  # ENOENT, EACCES, EISDIR, ENAMETOOLONG, ELOOP, ENOTDIR, ...
+        raise InvalidDisk(f"{shown}: {(exc.strerror or str(exc)).lower()}") from None
+    except (ValueError, UnicodeError):  # NUL byte, unencodable characters
+        raise InvalidDisk(f"{shown}: not a usable file name") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            what = "is a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a <disk> is read from a file)"
+            raise InvalidDisk(f"{shown}: {what}")
+        if info.st_size > MAX_XML_BYTES:
+            raise XMLError(f"input is {info.st_size} bytes; a <disk> must be under {MAX_XML_BYTES} bytes", source=shown)
+        data = os.read(fd, MAX_XML_BYTES + 1)  # bounded even if the file grew meanwhile
+    except OSError as exc:
+        raise InvalidDisk(f"{shown}: {(exc.strerror or str(exc)).lower()}") from None
+    finally:
+        os.close(fd)
+    return parse_disk(data, source=shown)
 
 
 def parse_disk(data: str | bytes, *, source: str | None = None) -> Disk:
     """Parse ``<disk>`` XML text into a validated :class:`Disk`."""
     from lxml import etree
 
-    raw = data.encode() if isinstance(data, str) else data
+    if not isinstance(data, (str, bytes)):
+        raise InvalidDisk(f"a <disk> is XML text or bytes, not {type(data).__name__}")
+    try:
+        raw = data.encode() if isinstance(data, str) else data
+    except UnicodeEncodeError:
+        raise XMLError("input is not valid Unicode text (lone surrogate)", source=source) from None
     if len(raw) > MAX_XML_BYTES:
         raise XMLError(f"input is {len(raw)} bytes; a <disk> must be under {MAX_XML_BYTES} bytes", source=source)
     if not raw.strip():
@@ -277,8 +294,15 @@ class _DiskBuilder:
             raise self.fail(f"{protocol} source needs a <host>", el)
         if protocol in ("nbd", "iscsi") and len(hosts) > 1:
             raise self.fail(f"{protocol} source takes exactly one <host> (libvirt's rule)", el.findall("host")[1])
-        if el.get("tls") == "yes":
-            raise self.fail("tls='yes' is not supported yet: hotluks would connect without TLS, so it refuses", el)
+        tls = el.get("tls") == "yes"
+        if tls and protocol != "nbd":
+            raise self.fail(f"tls='yes' is only supported for nbd (not {protocol}): hotluks would connect "
+                            "without TLS, so it refuses", el)
+        if el.get("tlsHostname") is not None and not tls:
+            raise self.fail("tlsHostname needs tls='yes'", el)
+        if tls and hosts and hosts[0].socket is not None and el.get("tlsHostname") is None:
+            raise self.fail("tls='yes' over a UNIX socket needs tlsHostname='…' (the name in the server's "
+                            "certificate)", el)
         if protocol != "rbd" and config_el is not None:
             raise self.fail("<config file=…> is only for rbd sources", config_el)
         auth = None
@@ -301,6 +325,8 @@ class _DiskBuilder:
             auth=auth,
             config_file=config_el.get("file") if config_el is not None else None,
             line=_line(el),
+            tls=tls,
+            tls_hostname=el.get("tlsHostname"),
         )
 
     def host(self, el: etree._Element) -> Host:
@@ -324,7 +350,9 @@ class _DiskBuilder:
         if header_el is not None:
             hkind = cast(SourceKind, header_el.get("type"))
             hsource_el = _child(header_el, "source")
-            header = Header(source=self.source(hsource_el, hkind, "header"))
+            pin_el = header_el.find("fingerprint")
+            pin = (pin_el.text or "").strip().lower() if pin_el is not None else None
+            header = DetachedHeader(source=self.source(hsource_el, hkind, "header"), fingerprint=pin)
             if header.source.describe() == source.describe():
                 raise self.fail(f"the detached header and the payload are the same volume ({source.describe()})",
                                 hsource_el)

@@ -61,7 +61,7 @@ BACKPORTS_PKGS=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-secret libvirt-clients libvirt-dev
 )
 BASE_PKGS=(
-    cryptsetup-bin busybox-static cpio xz-utils kmod openssl
+    cryptsetup-bin busybox-static cpio xz-utils kmod openssl tgt
     pkg-config gcc python3-venv
     ceph-mon ceph-osd ceph-common
 )

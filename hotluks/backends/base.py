@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotluks.errors import BackendError
+from hotluks.secrets import MasterKey
+
+__all__ = ["Event", "EventQueue", "MasterKey", "MonitorBackend", "QMPArgs", "QMPCommandError", "VMIdentity"]
 
 QMPArgs = Mapping[str, Any]
 Event = dict[str, Any]
@@ -27,17 +30,6 @@ class QMPCommandError(BackendError):
         self.error_class = error_class
         self.desc = desc
         super().__init__(f"{command}: {desc}")
-
-
-@dataclass(frozen=True)
-class MasterKey:
-    """A 32-byte AES key the VM was started with as a ``secret`` object ``keyid``."""
-
-    keyid: str
-    key: bytes
-
-    def __repr__(self) -> str:  # never show key bytes
-        return f"MasterKey(keyid={self.keyid!r}, key=<{len(self.key)} bytes>)"
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,18 @@ class EventQueue:
 
 
 class MonitorBackend(ABC):
-    """One connection to one VM's QEMU monitor."""
+    """One connection to one VM's QEMU monitor.
+
+    The contract above the QMP commands themselves, declared here so callers never probe:
+
+    - ``passes_fds``: files go to QEMU as descriptors through :meth:`execute_with_fds`
+      (``add-fd``) rather than as paths QEMU opens itself;
+    - ``can_seal``: a master key QEMU holds is known, so secrets reach the monitor only
+      as AES-256-CBC ciphertext; without one they travel as base64 over the monitor
+      channel, which no backend exposes elsewhere (no argv, no history file, no log);
+    - ``stores_secrets``: :meth:`secret_value` can read secrets from a management layer;
+    - :meth:`identity`: the VM and its running QEMU, however it was reached.
+    """
 
     #: short backend name: "qmp", "libvirt" or "virsh"
     name: str = "?"
@@ -86,6 +89,8 @@ class MonitorBackend(ABC):
     #: whether files are handed to QEMU as open descriptors (``execute_with_fds``) rather than
     #: paths: libvirt's QEMU cannot open paths libvirt did not set up (user, namespace, MAC)
     passes_fds: bool = False
+    #: whether :meth:`secret_value` reads a secret store (libvirt's) rather than always None
+    stores_secrets: bool = False
 
     def __init__(self) -> None:
         self._queues: list[EventQueue] = []
@@ -96,6 +101,11 @@ class MonitorBackend(ABC):
 
     async def close(self) -> None:
         """Release the connection."""
+
+    @property
+    def can_seal(self) -> bool:
+        """True when secrets can reach QEMU only as ciphertext under a key it already holds."""
+        return self.master_key is not None
 
     async def secret_value(self, ref: str) -> bytes | None:
         """The value of a secret stored by the management layer (libvirt), if any."""

@@ -15,22 +15,35 @@ are handed to the asyncio loop with ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import os
-import re
 import threading
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from hotluks.backends.base import Event, MasterKey, MonitorBackend, QMPArgs, QMPCommandError
-from hotluks.errors import BackendError, InputError, SecretError
+from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, VMIdentity
+from hotluks.backends.libvirt_shared import (
+    DEFAULT_URI,
+    MASTER_KEY_ID,
+    SECRET_USAGES,
+    command_json,
+    decode_master_key,
+    domain_identity,
+    domain_key,
+    no_domain,
+    not_running,
+    parse_reply,
+    private_secret_message,
+    probe_master_key,
+    secret_uuid,
+    shape_event,
+)
+from hotluks.errors import BackendError, SecretError
 
-DEFAULT_URI = "qemu:///system"
-MASTER_KEY_ID = "masterKey0"
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+__all__ = ["DEFAULT_URI", "MASTER_KEY_ID", "LibvirtBackend", "command_json", "decode_master_key",
+           "event_from_libvirt", "parse_reply", "private_secret_message", "probe_master_key"]
+
+event_from_libvirt = shape_event
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -66,77 +79,6 @@ def libvirt_message(exc: Exception) -> str:
     return str(message or exc or type(exc).__name__)
 
 
-def private_secret_message(ref: str) -> str:
-    return (f"libvirt secret {ref!r} is private: its value cannot be read back; define it with "
-            "private='no' or give hotluks the passphrase")
-
-
-def parse_reply(command: str, reply: str) -> Any:
-    """The ``return`` value of a QMP reply text; :class:`QMPCommandError` for an error reply."""
-    try:
-        data = json.loads(reply)
-    except ValueError:
-        raise BackendError(f"{command}: unreadable reply from the monitor") from None
-    if not isinstance(data, dict):
-        raise BackendError(f"{command}: unexpected reply from the monitor")
-    if "error" in data:
-        err = data["error"] if isinstance(data["error"], dict) else {}
-        raise QMPCommandError(command, str(err.get("class", "GenericError")), str(err.get("desc", "unknown error")))
-    if "return" not in data:
-        raise BackendError(f"{command}: reply from the monitor has neither 'return' nor 'error'")
-    return data["return"]
-
-
-def command_json(command: str, arguments: QMPArgs | None) -> str:
-    """The QMP command as one JSON text."""
-    msg: dict[str, Any] = {"execute": command}
-    if arguments:
-        msg["arguments"] = dict(arguments)
-    return json.dumps(msg)
-
-
-def event_from_libvirt(name: str, seconds: int, micros: int, details: str | None) -> Event:
-    """A libvirt QEMU-monitor event shaped like the QMP event QEMU sent."""
-    data: Any = {}
-    if details:
-        try:
-            data = json.loads(details)
-        except ValueError:
-            data = {}
-    return {"event": name, "data": data if isinstance(data, dict) else {},
-            "timestamp": {"seconds": seconds, "microseconds": micros}}
-
-
-def decode_master_key(raw: bytes, fmt: str) -> bytes:
-    """The key bytes of a ``secret`` object's file (``raw`` or ``base64`` format)."""
-    key = base64.b64decode(raw, validate=True) if fmt == "base64" else raw
-    if len(key) != 32:
-        raise BackendError(f"{MASTER_KEY_ID} is {len(key)} bytes, expected 32 (AES-256)")
-    return key
-
-
-async def probe_master_key(backend: MonitorBackend) -> MasterKey | None:
-    """libvirt's per-domain AES key, read from the file QEMU's ``masterKey0`` object names.
-
-    libvirt 11 starts every QEMU with ``-object secret,id=masterKey0,format=raw,
-    file=/var/lib/libvirt/qemu/domain-<id>-<name>/master-key.aes`` (32 raw bytes,
-    readable by root). Asking QEMU for the object's ``file`` ties the key to the
-    running process rather than guessing the directory name.
-    """
-    try:
-        path = await backend.execute("qom-get", {"path": f"/objects/{MASTER_KEY_ID}", "property": "file"})
-        fmt = await backend.execute("qom-get", {"path": f"/objects/{MASTER_KEY_ID}", "property": "format"})
-    except QMPCommandError:
-        return None
-    if not isinstance(path, str) or not path:
-        return None
-    try:
-        raw = await asyncio.to_thread(Path(path).read_bytes)
-    except OSError as exc:
-        raise BackendError(f"cannot read libvirt's master key {path}: {exc.strerror}") from None
-    return MasterKey(MASTER_KEY_ID, decode_master_key(raw, str(fmt)))
-
-
 def lookup_domain(conn: Any, name: str) -> Any:
     """A domain by name, else by UUID (as virsh accepts both)."""
     import libvirt
@@ -144,9 +86,10 @@ def lookup_domain(conn: Any, name: str) -> Any:
     try:
         return conn.lookupByName(name)
     except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN or not _UUID_RE.match(name):
+        uuid = secret_uuid(name)
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN or uuid is None:
             raise
-    return conn.lookupByUUIDString(name)
+    return conn.lookupByUUIDString(uuid)
 
 
 class LibvirtBackend(MonitorBackend):
@@ -154,6 +97,7 @@ class LibvirtBackend(MonitorBackend):
 
     name = "libvirt"
     passes_fds = True
+    stores_secrets = True
 
     def __init__(self, domain: str, uri: str = DEFAULT_URI, *, master_key: MasterKey | None = None,
                  timeout: float = 10.0, probe_master_key: bool = True):
@@ -167,13 +111,22 @@ class LibvirtBackend(MonitorBackend):
         self._dom: Any = None
         self._callback_id: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: the domain's name as libvirt knows it (set by connect)
+        #: the domain's name and UUID as libvirt knows them (set by connect)
         self.domain_name: str | None = None
+        self.domain_uuid: str | None = None
 
     @property
     def vm_key(self) -> str:
-        """``libvirt-URI-NAME`` with the domain's real name (also when opened by UUID); same as virsh's."""
-        return f"libvirt-{self.uri}-{self.domain_name or self.vm}"
+        """The domain's UUID once connected (every URI alias, name or UUID alike), else ``libvirt-URI-NAME``."""
+        return domain_key(self.domain_uuid, self.uri, self.domain_name or self.vm)
+
+    async def identity(self) -> VMIdentity:
+        """The domain's UUID and its running QEMU (asked each time: a domain restarts under one connection)."""
+        if self._dom is None or self.domain_uuid is None:
+            raise BackendError("libvirt backend is not connected")
+        dom = self._dom
+        domain_id = await asyncio.to_thread(dom.ID)
+        return await domain_identity(self, self.domain_uuid, int(domain_id))
 
     async def connect(self) -> LibvirtBackend:
         """Open the connection, find the domain, subscribe to its monitor events, probe masterKey0."""
@@ -188,7 +141,7 @@ class LibvirtBackend(MonitorBackend):
             try:
                 dom = lookup_domain(conn, self.vm)
                 if not dom.isActive():
-                    raise InputError(f"libvirt domain {self.vm!r} on {self.uri} is not running")
+                    raise not_running(self.vm, self.uri)
             except BaseException:
                 conn.close()
                 raise
@@ -198,11 +151,12 @@ class LibvirtBackend(MonitorBackend):
             async with asyncio.timeout(self.timeout):
                 self._conn, self._dom = await asyncio.to_thread(open_and_lookup)
                 self.domain_name = str(self._dom.name())
+                self.domain_uuid = str(self._dom.UUIDString())
         except TimeoutError:
             raise BackendError(f"libvirt at {self.uri} did not answer within {self.timeout:.0f}s") from None
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                raise InputError(f"no libvirt domain named {self.vm!r} on {self.uri}") from None
+                raise no_domain(self.vm, self.uri) from None
             raise BackendError(f"cannot connect to libvirt at {self.uri}: {libvirt_message(exc)}") from None
         try:
             self._callback_id = libvirt_qemu.qemuMonitorEventRegister(
@@ -221,23 +175,28 @@ class LibvirtBackend(MonitorBackend):
         if loop is None or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(self._dispatch_event, event_from_libvirt(event, seconds, micros, details))
+            loop.call_soon_threadsafe(self._dispatch_event, shape_event(event, seconds, micros, details))
 
-    async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
+    async def _monitor(self, command: str, arguments: QMPArgs | None, call: Callable[[Any, str], Any]) -> Any:
+        """``call(domain, command_json)`` in a worker thread, bounded by the timeout; libvirt errors typed."""
         import libvirt
-        import libvirt_qemu
 
         if self._dom is None:
             raise BackendError("libvirt backend is not connected")
-        text = command_json(command, arguments)
+        dom, text = self._dom, command_json(command, arguments)
         try:
             async with asyncio.timeout(self.timeout):
-                reply = await asyncio.to_thread(libvirt_qemu.qemuMonitorCommand, self._dom, text, 0)
+                return await asyncio.to_thread(call, dom, text)
         except TimeoutError:
             raise BackendError(f"{command}: no answer from libvirt within {self.timeout:.0f}s") from None
         except libvirt.libvirtError as exc:
             # libvirt's message names the failure (domain gone, daemon gone); it never echoes our JSON
             raise BackendError(f"{command}: libvirt failed on domain {self.vm!r}: {libvirt_message(exc)}") from None
+
+    async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
+        import libvirt_qemu
+
+        reply = await self._monitor(command, arguments, lambda dom, text: libvirt_qemu.qemuMonitorCommand(dom, text, 0))
         return parse_reply(command, str(reply))
 
     async def execute_with_fds(self, command: str, arguments: QMPArgs | None, fds: Sequence[int]) -> Any:
@@ -249,20 +208,10 @@ class LibvirtBackend(MonitorBackend):
         the descriptor (``add-fd`` → ``/dev/fdset/N``). Our copies stay open: the
         caller closes them.
         """
-        import libvirt
         import libvirt_qemu
 
-        if self._dom is None:
-            raise BackendError("libvirt backend is not connected")
-        text = command_json(command, arguments)
-        try:
-            async with asyncio.timeout(self.timeout):
-                reply, returned = await asyncio.to_thread(
-                    libvirt_qemu.qemuMonitorCommandWithFiles, self._dom, text, list(fds), 0)
-        except TimeoutError:
-            raise BackendError(f"{command}: no answer from libvirt within {self.timeout:.0f}s") from None
-        except libvirt.libvirtError as exc:
-            raise BackendError(f"{command}: libvirt failed on domain {self.vm!r}: {libvirt_message(exc)}") from None
+        reply, returned = await self._monitor(
+            command, arguments, lambda dom, text: libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, list(fds), 0))
         for fd in returned or ():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -292,10 +241,11 @@ class LibvirtBackend(MonitorBackend):
 
         def lookup() -> bytes | None:
             candidates: list[Any] = []
-            if _UUID_RE.match(ref):
-                candidates.append(lambda: conn.secretLookupByUUIDString(ref))
-            for usage in ("VOLUME", "CEPH", "ISCSI", "TLS", "VTPM"):
-                usage_id = getattr(libvirt, f"VIR_SECRET_USAGE_TYPE_{usage}", None)
+            uuid = secret_uuid(ref)
+            if uuid is not None:
+                candidates.append(lambda: conn.secretLookupByUUIDString(uuid))
+            for usage in SECRET_USAGES:
+                usage_id = getattr(libvirt, f"VIR_SECRET_USAGE_TYPE_{usage.upper()}", None)
                 if usage_id is not None:
                     candidates.append(lambda u=usage_id: conn.secretLookupByUsage(u, ref))
             for find in candidates:

@@ -7,11 +7,13 @@ import contextlib
 import functools
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
-from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, QMPCommandError
-from hotluks.errors import BackendError
+from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, QMPCommandError, VMIdentity
+from hotluks.backends.identity import peer_pid, process_instance, qemu_pid_from_vcpus, vm_uuid
+from hotluks.errors import BackendError, NotRunning
 
 
 def socket_path(vm: str) -> Path | None:
@@ -19,8 +21,11 @@ def socket_path(vm: str) -> Path | None:
     if vm.startswith("unix:"):
         return Path(vm[5:])
     path = Path(vm)
-    if path.is_socket():
-        return path
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            return path
+    except (OSError, ValueError):  # no such path, too long, a loop, NUL: not a socket
+        pass
     return None
 
 
@@ -62,10 +67,17 @@ class QMPBackend(MonitorBackend):
         self.timeout = timeout
         self._client: Any = None
         self._pump: asyncio.Task[None] | None = None
+        self._peer_pid: int | None = None
+        self._identity: VMIdentity | None = None
 
     @property
     def vm_key(self) -> str:
-        """The socket's real path: ``unix:x.sock``, ``./x.sock`` and a symlink name one VM alike."""
+        """The VM's identity key once connected (every socket of one QEMU alike), else the socket's real path."""
+        if self._identity is not None:
+            return self._identity.key
+        return self._socket_key()
+
+    def _socket_key(self) -> str:
         return f"{self.name}-{os.path.realpath(self.path)}"
 
     async def connect(self) -> QMPBackend:
@@ -92,9 +104,13 @@ class QMPBackend(MonitorBackend):
                 if loop.time() + 0.05 >= deadline:
                     raise self._busy_error() from None
                 await asyncio.sleep(0.05)  # another client is being served and one more is waiting
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                sock.close()
+                raise NotRunning(f"no QEMU listens on QMP socket {self.path}: {exc.strerror}") from None
             except OSError as exc:
                 sock.close()
                 raise BackendError(f"cannot connect to QMP socket {self.path}: {exc.strerror or exc}") from None
+        self._peer_pid = peer_pid(sock)  # the process that listens: QEMU itself for -qmp unix:…,server=on
         client = _client_class()(f"hotluks:{self.path.name}")
         client.logger.disabled = True  # qemu.qmp logs traffic at debug level; it may carry secrets
         try:
@@ -117,7 +133,34 @@ class QMPBackend(MonitorBackend):
             raise BackendError(f"cannot connect to QMP socket {self.path}: {reason}") from None
         self._client = client
         self._pump = loop.create_task(self._pump_events())
+        try:
+            await self.identity()  # journals and locks are keyed by the VM, not by this socket
+        except BaseException:
+            await self.close()
+            raise
         return self
+
+    async def identity(self) -> VMIdentity:
+        """The VM's UUID (else its QEMU process) and the QEMU process behind this socket.
+
+        The process is the owner of the VM's vCPU threads (``query-cpus-fast``), which is
+        QEMU itself whatever sits between us (a proxy, a socket another process created);
+        when those threads are not visible here, the socket's peer (``SO_PEERCRED``).
+        """
+        if self._identity is None:
+            pid = await qemu_pid_from_vcpus(self)
+            instance = process_instance(pid) if pid is not None else None
+            if instance is None and self._peer_pid is not None:
+                instance = process_instance(self._peer_pid)
+            uuid = await vm_uuid(self)
+            if uuid is not None:
+                key = uuid
+            elif instance is not None:
+                key = f"qemu-pid{instance}"
+            else:  # a QEMU we cannot see (another pid namespace): the socket is all we know
+                key = self._socket_key()
+            self._identity = VMIdentity(key, instance or "")
+        return self._identity
 
     def _busy_error(self) -> BackendError:
         return BackendError(

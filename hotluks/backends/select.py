@@ -6,9 +6,25 @@ import importlib.util
 from pathlib import Path
 
 from hotluks.backends.base import MasterKey, MonitorBackend
-from hotluks.errors import InputError
+from hotluks.errors import DomainNotFound, InputError
 
 BACKENDS = ("qmp", "libvirt", "virsh")
+#: longer than any socket path (108) or libvirt domain name QEMU accepts
+MAX_VM_NAME = 4096
+
+
+def check_vm_name(vm: object) -> None:
+    """Refuse what names no VM: not a string, empty, too long, control characters."""
+    if not isinstance(vm, str):
+        raise InputError(f"a VM is named by a string (libvirt domain or QMP socket), not {type(vm).__name__}")
+    if not vm or len(vm) > MAX_VM_NAME:
+        raise InputError(f"a VM name must be 1 to {MAX_VM_NAME} characters")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in vm) or not vm.isprintable():
+        raise InputError("a VM name cannot contain control or unprintable characters")
+    try:
+        vm.encode()
+    except UnicodeEncodeError:
+        raise InputError("a VM name must be valid Unicode text") from None
 
 
 def libvirt_python_available() -> bool:
@@ -20,6 +36,7 @@ def choose_backend(vm: str, backend: str | None, *, have_libvirt: bool) -> str:
     """The backend name for ``vm``: explicit choice, QMP socket, else libvirt or virsh."""
     from hotluks.backends.qmp import socket_path
 
+    check_vm_name(vm)
     if backend is not None:
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -27,7 +44,7 @@ def choose_backend(vm: str, backend: str | None, *, have_libvirt: bool) -> str:
     if socket_path(vm) is not None:
         return "qmp"
     if "/" in vm:
-        raise InputError(f"{vm} is neither a QMP socket nor a libvirt domain name")
+        raise DomainNotFound(f"{vm} is neither a QMP socket nor a libvirt domain name")
     return "libvirt" if have_libvirt else "virsh"
 
 
@@ -35,7 +52,8 @@ async def open_backend(vm: str, *, uri: str | None = None, backend: str | None =
                        master_key: MasterKey | None = None, timeout: float = 10.0) -> MonitorBackend:
     """A connected backend for ``vm`` (``unix:/path``, a socket path, or a libvirt domain name).
 
-    An unknown domain raises :class:`InputError` naming the domain and the URI.
+    An unknown domain or socket raises :class:`DomainNotFound`, a stopped one :class:`NotRunning`
+    (both name the VM; both are :class:`InputError`, exit 2).
     """
     from hotluks.backends.libvirt import DEFAULT_URI
 
@@ -45,8 +63,8 @@ async def open_backend(vm: str, *, uri: str | None = None, backend: str | None =
         from hotluks.backends.qmp import QMPBackend, socket_path
 
         path = socket_path(vm) or Path(vm)
-        if not path.is_socket():
-            raise InputError(f"{path} is not a QMP socket")
+        if socket_path(str(path)) is None:
+            raise DomainNotFound(f"{path} is not a QMP socket")
         return await QMPBackend(path, master_key=master_key, timeout=timeout).connect()
     if kind == "libvirt":
         from hotluks.backends.libvirt import LibvirtBackend

@@ -2,7 +2,14 @@
 
 Commands never travel in argv: each one is fed on stdin to virsh's shell mode
 (``virsh -q -c URI`` reading ``qemu-monitor-command DOM 'JSON'``), so secrets in
-an ``object-add`` do not show in ``ps``. ``argv_visible`` is therefore False.
+an ``object-add`` do not show in ``ps``. Shell mode keeps a readline history in
+``$XDG_CACHE_HOME/libvirt/virsh/history`` (default ``~/.cache``), written when virsh
+exits; ``VIRSH_HISTSIZE=0`` alone would truncate the user's own history there. So
+every virsh we run gets a private, empty cache directory (removed on ``close``) and
+a history size of 0, and none of the variables that make virsh or libvirt log
+commands (``VIRSH_LOG_FILE``, ``VIRSH_DEBUG``, ``LIBVIRT_DEBUG``, ``LIBVIRT_LOG_*``).
+``LIBVIRT_AUTOSTART=0`` keeps virsh from spawning a session daemon that would inherit
+that private directory: with a ``qemu:///session`` URI the daemon must already run.
 
 Events: ``events()`` starts a ``virsh`` shell running ``qemu-monitor-event
 --loop`` when the block is entered, i.e. before the command that triggers the
@@ -17,120 +24,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import pty
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import termios
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from hotluks.backends.base import Event, EventQueue, MasterKey, MonitorBackend, QMPArgs
-from hotluks.backends.libvirt import DEFAULT_URI, command_json, parse_reply, private_secret_message, probe_master_key
-from hotluks.errors import BackendError, InputError, SecretError
+from hotluks.backends.base import EventQueue, MasterKey, MonitorBackend, QMPArgs, VMIdentity
+from hotluks.backends.libvirt_shared import (
+    DEFAULT_URI,
+    SECRET_USAGES,
+    domain_identity,
+    domain_key,
+    no_domain,
+    not_running,
+    parse_reply,
+    private_secret_message,
+    probe_master_key,
+    secret_uuid,
+)
+from hotluks.backends.virsh_shell import (
+    LOGGING_VARIABLES,
+    PROMPT,
+    command_outputs,
+    dominfo_fields,
+    monitor_line,
+    parse_event_line,
+    quiet_environment,
+    reply_from_output,
+    shell_quote,
+    virsh_error,
+    virsh_json,
+)
+from hotluks.errors import BackendError, SecretError
+
+__all__ = ["LOGGING_VARIABLES", "PROMPT", "READY_MARK", "VirshBackend", "command_outputs", "dominfo_fields",
+           "monitor_line", "parse_event_line", "quiet_environment", "reply_from_output", "shell_quote",
+           "virsh_error", "virsh_json"]
 
 VIRSH = "virsh"
 READY_MARK = "hotluks-watch-ready"
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
-
-
-def shell_quote(text: str) -> str:
-    """Quote one argument for virsh's shell parser (single quotes; ' becomes '\\'').
-
-    virsh reads its input through readline, which would act on control
-    characters (TAB completes, DEL erases): those are refused.
-    """
-    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
-        raise InputError("a virsh argument cannot contain control characters")
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-def virsh_json(command: str, arguments: QMPArgs | None) -> str:
-    """The command as ASCII JSON without control characters (DEL escaped too), safe for readline."""
-    return command_json(command, arguments).replace("\x7f", "\\u007f")
-
-
-def monitor_line(domain: str, command: str, fds: Sequence[int] = ()) -> str:
-    """The shell-mode line that runs one QMP command (passing ``fds`` of virsh's own process)."""
-    pass_fds = f" --pass-fds {','.join(str(int(fd)) for fd in fds)}" if fds else ""
-    return f"qemu-monitor-command --domain {shell_quote(domain)}{pass_fds} --cmd {shell_quote(command)}\n"
-
-
-PROMPT = "virsh # "
-
-
-def command_outputs(stdout: str) -> list[str]:
-    """What each shell-mode command printed, in order.
-
-    With stdin not a terminal, virsh still prints its prompt and echoes each input
-    line (``virsh # CMD\n``) before the command's output, and the next prompt may
-    follow the output on the same line.
-    """
-    if PROMPT not in stdout:
-        return [stdout]
-    outputs = []
-    for segment in stdout.split(PROMPT)[1:]:
-        echo, newline, output = segment.partition("\n")
-        if newline and echo.strip():
-            outputs.append(output)
-    return outputs
-
-
-def reply_from_output(command: str, stdout: str) -> str:
-    """The JSON reply among virsh's shell-mode output."""
-    for output in command_outputs(stdout):
-        for line in output.splitlines():
-            text = line.strip()
-            if not text.startswith("{"):
-                continue
-            try:
-                data = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(data, dict) and ("return" in data or "error" in data):
-                return text
-    raise BackendError(f"{command}: virsh printed no monitor reply")
-
-
-def dominfo_fields(text: str) -> dict[str, str]:
-    """``Key:   value`` lines of ``virsh dominfo``."""
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip():
-            fields[key.strip()] = value.strip()
-    return fields
-
-
-def virsh_error(stderr: str) -> str:
-    """virsh's error lines, joined (they never contain our command text)."""
-    lines = [ln.removeprefix("error: ").strip() for ln in stderr.splitlines() if ln.startswith("error:")]
-    return "; ".join(lines) or stderr.strip()[-500:] or "unknown error"
-
-
-def parse_event_line(line: str, domain: str) -> Event | None:
-    """``event NAME at S.US for domain 'DOM': DATA`` → a QMP-shaped event (None if not one)."""
-    match = re.match(r"^event (\S+) at (\d+)\.(\d+) for domain '", line)
-    if match is None:
-        return None
-    rest = line[match.end():]
-    prefix = f"{domain}': "
-    if not rest.startswith(prefix):
-        return None
-    details = rest[len(prefix):].strip()
-    data: Any = {}
-    if details and details != "<null>":
-        try:
-            data = json.loads(details)
-        except ValueError:
-            data = {}
-    return {"event": match.group(1), "data": data if isinstance(data, dict) else {},
-            "timestamp": {"seconds": int(match.group(2)), "microseconds": int(match.group(3))}}
-
-
 class _Watcher:
     """One ``virsh qemu-monitor-event --loop`` shell whose stdout is a pty, read by the asyncio loop."""
 
@@ -153,7 +91,7 @@ class _Watcher:
         try:
             self.proc = subprocess.Popen(
                 [backend.virsh, "-q", "-c", backend.uri], stdin=subprocess.PIPE, stdout=slave,
-                stderr=subprocess.PIPE, start_new_session=True)
+                stderr=subprocess.PIPE, start_new_session=True, env=backend.environment())
         finally:
             os.close(slave)
         assert self.proc.stdin is not None
@@ -209,8 +147,7 @@ class VirshBackend(MonitorBackend):
 
     name = "virsh"
     passes_fds = True
-    #: commands (and any secret inside them) are not visible in the process list
-    argv_visible = False
+    stores_secrets = True
 
     def __init__(self, domain: str, uri: str = DEFAULT_URI, *, master_key: MasterKey | None = None,
                  timeout: float = 10.0, probe_master_key: bool = True, virsh: str | None = None):
@@ -222,20 +159,29 @@ class VirshBackend(MonitorBackend):
         self._probe_key = probe_master_key and master_key is None
         self.virsh = virsh or shutil.which(VIRSH) or VIRSH
         self._watchers: list[_Watcher] = []
-        #: the domain's name as libvirt knows it (set by connect)
+        self._cache_dir: tempfile.TemporaryDirectory[str] | None = None
+        #: the domain's name and UUID as libvirt knows them (set by connect)
         self.domain_name: str | None = None
+        self.domain_uuid: str | None = None
+
+    def environment(self) -> dict[str, str]:
+        """virsh's environment: a private cache directory (history), no logging variables."""
+        if self._cache_dir is None:
+            self._cache_dir = tempfile.TemporaryDirectory(prefix="hotluks-virsh-")
+        return quiet_environment(self._cache_dir.name)
 
     @property
     def vm_key(self) -> str:
-        """``libvirt-URI-NAME`` with the domain's real name (also when opened by UUID); same as libvirt's."""
-        return f"libvirt-{self.uri}-{self.domain_name or self.vm}"
+        """The domain's UUID once connected (every URI alias, name or UUID alike), else ``libvirt-URI-NAME``."""
+        return domain_key(self.domain_uuid, self.uri, self.domain_name or self.vm)
 
     async def _run(self, stdin_text: str, fds: Sequence[int] = ()) -> tuple[int, str, str]:
         """Run ``virsh -q -c URI`` in shell mode with ``stdin_text``; (status, stdout, stderr)."""
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.virsh, "-q", "-c", self.uri, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, pass_fds=tuple(fds))
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, pass_fds=tuple(fds),
+                env=self.environment())
         except OSError as exc:
             raise BackendError(f"cannot run {self.virsh}: {exc.strerror}; install libvirt-clients") from None
         try:
@@ -254,15 +200,27 @@ class VirshBackend(MonitorBackend):
         if err.strip():
             message = virsh_error(err)
             if "failed to get domain" in message or "Domain not found" in message:
-                raise InputError(f"no libvirt domain named {self.vm!r} on {self.uri}")
+                raise no_domain(self.vm, self.uri)
             raise BackendError(f"virsh cannot reach domain {self.vm!r} on {self.uri}: {message}")
         info = dominfo_fields("".join(command_outputs(out)))
         if info.get("State") in ("shut off", "crashed"):
-            raise InputError(f"libvirt domain {self.vm!r} on {self.uri} is not running")
+            raise not_running(self.vm, self.uri)
         self.domain_name = info.get("Name") or None
+        self.domain_uuid = secret_uuid(info.get("UUID", ""))
         if self._probe_key:
             self.master_key = await probe_master_key(self)
         return self
+
+    async def identity(self) -> VMIdentity:
+        """The domain's UUID and its running QEMU (see :func:`domain_identity`)."""
+        _, out, err = await self._run(f"domid --domain {shell_quote(self.vm)}\n")
+        text = "".join(command_outputs(out)).strip()
+        if self.domain_uuid is None:
+            raise BackendError(f"virsh did not report the UUID of domain {self.vm!r}")
+        domain_id = int(text) if text.isdigit() else None
+        if domain_id is None and err.strip():
+            raise BackendError(f"virsh cannot reach domain {self.vm!r} on {self.uri}: {virsh_error(err)}")
+        return await domain_identity(self, self.domain_uuid, domain_id)
 
     async def execute(self, command: str, arguments: QMPArgs | None = None) -> Any:
         return await self.execute_with_fds(command, arguments, ())
@@ -311,7 +269,7 @@ class VirshBackend(MonitorBackend):
         """Value of a libvirt secret by UUID or usage (``secret-get-value`` prints it on stdout)."""
         import base64
 
-        uuid = ref if _UUID_RE.match(ref) else await self._secret_uuid_by_usage(ref)
+        uuid = secret_uuid(ref) or await self._secret_uuid_by_usage(ref)
         if uuid is None:
             return None
         _, out, err = await self._run(f"secret-get-value --secret {shell_quote(uuid)}\n")
@@ -350,7 +308,7 @@ class VirshBackend(MonitorBackend):
             ident = use.findtext("volume") or use.findtext("name") or use.findtext("target") or ""
             if ident == usage:
                 found.setdefault(use.get("type", ""), uuid_text.strip())
-        for kind in ("volume", "ceph", "iscsi", "tls", "vtpm"):
+        for kind in SECRET_USAGES:
             if kind in found:
                 return found[kind]
         return None
@@ -359,3 +317,6 @@ class VirshBackend(MonitorBackend):
         for watcher in list(self._watchers):
             watcher.stop()
         self._watchers.clear()
+        if self._cache_dir is not None:
+            self._cache_dir.cleanup()
+            self._cache_dir = None

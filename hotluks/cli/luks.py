@@ -98,6 +98,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _key_file_arg(p)
     p.set_defaults(func=cmd_remove_key)
 
+    from hotluks.cli import headers  # fingerprint, header-backup, header-restore
+
+    headers.register(cmds)
+
 
 def read_passphrase(key_file: str | None, prompt: str = "Enter passphrase: ") -> bytes:
     """A passphrase from a key file (byte for byte), a prompt, or the first stdin line."""

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "hotluks.cli.plan",
     "hotluks.cli.vm",
     "hotluks.cli.luks",
+    "hotluks.cli.rotate",
+    "hotluks.cli.serve",
     "hotluks.cli.demo",
     "hotluks.cli.hook",
     "hotluks.cli.placement",

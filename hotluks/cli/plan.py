@@ -6,6 +6,8 @@ import argparse
 import json
 
 from hotluks.cli.common import add_secret_option, load_disk, print_json, read_secrets, secret_files
+from hotluks.headers.tls import add_option as tls_option
+from hotluks.headers.tls import apply_option as apply_tls_option
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -14,6 +16,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "Pure: no VM is touched. Secret values are never shown.")
     p.add_argument("disk", metavar="DISK.xml", help="libvirt-style <disk> XML file ('-' for stdin)")
     p.add_argument("--json", action="store_true", help='print {"steps": [{"execute", "arguments", "undo"}, ...]}')
+    tls_option(p)
     p.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("cold-cmdline", help="print -object/-blockdev/-device arguments for a cold boot",
@@ -40,15 +43,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "`hotluks placement VM --target DEV` prints for a plugged disk")
     c.add_argument("--pci-slot", metavar="N", default=None, type=lambda v: int(v, 0),
                    help="slot on --pci-bus (e.g. 0x1f)")
+    tls_option(c)
     c.set_defaults(func=cmd_cold_cmdline)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from hotluks.plan.planner import build_plan
+    from hotluks.headers.tls import nbd_tls_dir
+    from hotluks.plan.planner import PlanContext, build_plan
     from hotluks.render.listing import render_listing
     from hotluks.render.qmp import plan_json
 
-    plan = build_plan(load_disk(args.disk))
+    apply_tls_option(args)
+    plan = build_plan(load_disk(args.disk), context=PlanContext(nbd_tls_dir=nbd_tls_dir()))
     if args.json:
         print_json(plan_json(plan))
     else:
@@ -57,12 +63,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_cold_cmdline(args: argparse.Namespace) -> int:
+    from hotluks.headers.tls import nbd_tls_dir
     from hotluks.plan.planner import PlanContext, build_plan
     from hotluks.render.cmdline import as_shell, cold_boot_args
 
+    apply_tls_option(args)
     disk = load_disk(args.disk)
     plan = build_plan(disk, context=PlanContext(pci_root_bus=args.pci_root_bus, pci_bus=args.pci_bus,
-                                                pci_slot=args.pci_slot))
+                                                pci_slot=args.pci_slot, nbd_tls_dir=nbd_tls_dir()))
     if args.format == "libvirt":
         from hotluks.lifecycle.cli import print_libvirt_commandline
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from hotluks.cli.common import add_secret_option, load_disk, print_json, read_secrets
 from hotluks.errors import HotluksError
+from hotluks.headers.tls import add_option as tls_option
+from hotluks.headers.tls import apply_option as apply_tls_option
 
 if TYPE_CHECKING:
     from hotluks.api import AsyncSession
@@ -47,6 +49,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_secret_option(a)
     a.add_argument("--no-preflight", action="store_true", help="skip the LUKS header/passphrase check")
     a.add_argument("--dry-run", action="store_true", help="probe and plan against the VM, send nothing")
+    tls_option(a)
+    a.add_argument("--pin", action="store_true",
+                   help="check the LUKS header against the fingerprint pinned for its location, pinning it on "
+                        "first use (STATE/pins); a replaced header is refused")
     a.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for QEMU (and for unplug during rollback); default 30")
     a.set_defaults(func=cmd_attach)
@@ -97,10 +103,11 @@ def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]])
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
+    apply_tls_option(args)
     disk = load_disk(args.disk)
     secrets = read_secrets(args.secret)
     result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run,
-                                           timeout=args.timeout))
+                                           timeout=args.timeout, pin=args.pin))
     if args.json:
         print_json(result.to_json())
     elif result.dry_run:
@@ -137,6 +144,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         missing = [i["name"] for i in d["items"] if not i["present"]]
         health = "ok" if d["consistent"] else ("missing " + ", ".join(missing) if missing else d["status"])
         print(f"{d['target']:<6} {d['device']:<16} {d['shape']:<22} {d['status']:<13} {health}")
+        if d.get("header-fingerprint"):
+            print(f"       header pinned: sha256:{d['header-fingerprint']}")
         if d.get("error"):
             print(f"       last error: {d['error']}")
     return 0

@@ -29,7 +29,7 @@ The pure core (``luks1``, ``luks2``, ``keyslots``, ``create``, ``sectors``,
 from __future__ import annotations
 
 from hotluks.luks.kdf import KdfParams
-from hotluks.luks.model import Digest, Header, Keyslot, Segment, VolumeKey
+from hotluks.luks.metadata import Digest, Header, Keyslot, Segment, VolumeKey
 from hotluks.luks.volume import (
     add_key,
     decrypt_payload,

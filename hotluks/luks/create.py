@@ -15,7 +15,7 @@ from hotluks.errors import LuksFormatError, LuksUnsupportedError, ReadOnlyHeader
 from hotluks.luks import luks1, luks2
 from hotluks.luks.kdf import KdfParams, hash_algorithm, pbkdf2
 from hotluks.luks.keyslots import material_size, seal_keyslot
-from hotluks.luks.model import Header
+from hotluks.luks.metadata import Header
 from hotluks.luks.sectors import parse_cipher
 
 Rand = Callable[[int], bytes]

@@ -6,7 +6,7 @@ import hmac
 
 from hotluks.errors import LuksFormatError, LuksUnsupportedError, WrongPassphraseError
 from hotluks.luks.kdf import KdfParams, af_merge, af_split, pbkdf2
-from hotluks.luks.model import Digest, Header, Keyslot, VolumeKey
+from hotluks.luks.metadata import Digest, Header, Keyslot, VolumeKey
 from hotluks.luks.sectors import crypt_sectors, parse_cipher
 
 SECTOR = 512

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from hotluks.errors import LuksFormatError, LuksUnsupportedError
 from hotluks.luks.kdf import KdfParams, hash_size
-from hotluks.luks.model import Digest, Header, Keyslot, Segment
+from hotluks.luks.metadata import Digest, Header, Keyslot, Segment
 
 MAGIC = b"LUKS\xba\xbe"
 PHDR_SIZE = 592

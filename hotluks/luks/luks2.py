@@ -17,7 +17,7 @@ from typing import Any
 
 from hotluks.errors import LuksFormatError
 from hotluks.luks.kdf import KdfParams, digest, hash_size
-from hotluks.luks.model import Digest, Header, Keyslot, Segment
+from hotluks.luks.metadata import Digest, Header, Keyslot, Segment
 
 MAGIC1 = b"LUKS\xba\xbe"
 MAGIC2 = b"SKUL\xba\xbe"

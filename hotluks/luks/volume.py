@@ -14,7 +14,7 @@ from hotluks.errors import InputError, LuksFormatError, LuksUnsupportedError, Re
 from hotluks.luks import create, luks1, luks2
 from hotluks.luks.kdf import KdfParams, pbkdf2
 from hotluks.luks.keyslots import unlock_header
-from hotluks.luks.model import Header, VolumeKey
+from hotluks.luks.metadata import Header, VolumeKey
 from hotluks.luks.sectors import IV_UNIT, crypt_sectors, parse_cipher
 
 PathLike = str | os.PathLike[str]

@@ -18,6 +18,7 @@ _VALID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 ROLES = {
     "key": "key",
     "auth": "auth",
+    "tls": "tls",
     "header-protocol": "hdr-proto",
     "header-format": "hdr-fmt",
     "payload-protocol": "proto",

@@ -49,6 +49,9 @@ class PlanContext:
     pci_root_bus: str = "pci.0"
     #: a SCSI bus for disks without an <address> ("scsi0.0")
     scsi_bus: str | None = None
+    #: x509 client credentials (ca-cert.pem, client-cert.pem, client-key.pem) for nbd tls='yes';
+    #: libvirt's qemu.conf nbd_tls_x509_cert_dir (see hotluks.headers.tls.nbd_tls_dir)
+    nbd_tls_dir: str = "/etc/pki/qemu"
 
 
 def build_plan(disk: Disk, capabilities: Capabilities | None = None, context: PlanContext | None = None) -> Plan:
@@ -56,7 +59,7 @@ def build_plan(disk: Disk, capabilities: Capabilities | None = None, context: Pl
     caps = capabilities or Capabilities()
     ctx = context or PlanContext()
     check_capabilities(disk, caps)
-    plan = _GraphBuilder(disk).build(ctx)
+    plan = _GraphBuilder(disk, ctx.nbd_tls_dir).build(ctx)
     clashes = sorted(set(plan.node_names + plan.object_ids + (plan.device_id,)) & ctx.existing_names)
     if clashes:
         raise ConflictError(
@@ -103,10 +106,12 @@ def _hex(n: int) -> str:
 class _GraphBuilder:
     """Builds the steps for one disk; one instance per plan."""
 
-    def __init__(self, disk: Disk):
+    def __init__(self, disk: Disk, nbd_tls_dir: str = "/etc/pki/qemu"):
         self.disk = disk
         self.names = Namer(disk.target_dev, disk.alias)
         self.steps: list[Step] = []
+        self.nbd_tls_dir = nbd_tls_dir
+        self.tls_id: str | None = None
 
     # -- steps -----------------------------------------------------------------
     def secret(self, role: str, binding: SecretBinding, index: int | None = None) -> str:
@@ -138,6 +143,11 @@ class _GraphBuilder:
                 auth_ids[src] = self.secret("auth", SecretBinding(src.auth.secret, encoding))
             elif src.auth is not None:
                 auth_ids[src] = next(s.name for s in self.steps if s.secret and s.secret.ref == src.auth.secret)
+        if any(src.tls for src in disk.sources()):  # one client credentials object, before any nbd node
+            self.tls_id = self.names.name("tls")
+            args = {"qom-type": "tls-creds-x509", "id": self.tls_id, "dir": self.nbd_tls_dir,
+                    "endpoint": "client", "verify-peer": True}
+            self.steps.append(Step("secret", "tls", "object-add", args, "object-del", {"id": self.tls_id}))
 
         if enc is not None and enc.header is not None:
             hsrc = enc.header.source
@@ -229,6 +239,10 @@ class _GraphBuilder:
                 args["server"] = {"type": "inet", "host": host.name, "port": str(host.port or 10809)}
             if src.name:
                 args["export"] = src.name
+            if src.tls:
+                args["tls-creds"] = self.tls_id
+                if src.tls_hostname:
+                    args["tls-hostname"] = src.tls_hostname
         else:  # iscsi
             host = src.hosts[0]
             iqn, lun = str(src.name).rsplit("/", 1)

@@ -17,6 +17,8 @@ SHAPE_TEXT = {
 
 def describe_step(step: Step) -> str:
     args = step.arguments
+    if step.kind == "secret" and step.secret is None:  # an object that holds no secret value (TLS creds)
+        return f"object {step.name} {args['qom-type']} {args.get('dir', '')}".rstrip()
     if step.kind == "secret":
         assert step.secret is not None
         return f"secret {step.name} ← {step.secret.ref.describe()}"

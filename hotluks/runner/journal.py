@@ -68,6 +68,7 @@ class Record:
     pid: int = field(default_factory=os.getpid)
     updated: float = field(default_factory=time.time)
     error: str | None = None
+    header_fingerprint: str | None = None  # sha256 of the header identity when attached with --pin
 
     @classmethod
     def for_plan(cls, vm: str, plan: Plan) -> Record:

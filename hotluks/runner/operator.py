@@ -7,7 +7,6 @@ the VM's block nodes, objects and devices.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -22,11 +21,11 @@ from hotluks.errors import (
     ConflictError,
     DetachTimeoutError,
     IncompleteError,
-    InputError,
+    NotAttached,
     RefusedError,
     RolledBackError,
-    SecretError,
 )
+from hotluks.headers.pins import PinStore, check_pin
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
 from hotluks.plan.planner import build_plan
@@ -35,9 +34,9 @@ from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner.fdpass import pass_file, remove_fdsets, tagged_fdsets, wants_fd
 from hotluks.runner.journal import Journal, JournalStep, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
-from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight
+from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight, verify_pin
 from hotluks.runner.vmstate import VMSnapshot, machine_type, plan_context, probe_capabilities, snapshot
-from hotluks.secrets import SecretValue, lookup
+from hotluks.secrets import SecretValue, resolve
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +61,13 @@ class AttachResult:
     dry_run: bool = False
     steps: list[StepReport] = field(default_factory=list)
     commands: list[dict[str, Any]] = field(default_factory=list)
+    header_fingerprint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": True, "vm": self.vm, "target": self.target, "device": self.device, "top-node": self.top_node,
             "shape": self.shape, "preflight": self.preflight, "dry-run": self.dry_run,
+            **({"header-fingerprint": self.header_fingerprint} if self.header_fingerprint else {}),
             "steps": [{"execute": s.execute, "name": s.name, "seconds": round(s.seconds, 6)} for s in self.steps],
             **({"commands": self.commands} if self.dry_run else {}),
         }
@@ -119,24 +120,12 @@ class Operator:
         return (key.keyid, key.key) if key is not None else None
 
     async def _secret_values(self, plan: Plan, given: Mapping[str, SecretValue]) -> dict[str, SecretValue]:
-        values = dict(given)
-        for binding in plan.secrets:
-            if lookup(values, binding) is not None:
-                continue
-            raw = await self.backend.secret_value(binding.ref.key)
-            if raw is None:
-                where = " or define it as a libvirt secret" if self.backend.name != "qmp" else ""
-                raise SecretError(f"no value for {binding.ref.describe()}: pass --secret {binding.ref.key}=FILE{where}")
-            if binding.encoding == "base64":
-                # libvirt holds a Ceph key decoded (`secret-set-value --base64 KEY`); hotluks holds
-                # it as the base64 text `ceph auth get-key` prints, like a --secret file
-                raw = base64.b64encode(raw)
-            values[binding.ref.key] = SecretValue(raw)
-        return values
+        return await resolve(plan.secrets, given, self.backend)
 
     # -- attach ----------------------------------------------------------------
     async def attach(self, disk: Disk, secrets: Mapping[str, SecretValue] | None = None, *,
-                     preflight: bool = True, dry_run: bool = False, timeout: float = 30.0) -> AttachResult:
+                     preflight: bool = True, dry_run: bool = False, timeout: float = 30.0,
+                     pin: bool = False) -> AttachResult:
         """Attach ``disk``: refuse (exit 2), succeed, or roll back completely (exit 1).
 
         ``timeout`` bounds the wait for the guest to release the device if a rollback
@@ -156,22 +145,24 @@ class Operator:
                                                              machine=await self.machine()))
             values = await self._secret_values(plan, secrets or {})
             sealing = self._sealing_key()
-            if plan.secrets and sealing is None and getattr(self.backend, "argv_visible", False):
-                raise RefusedError(f"the {self.backend.name} backend would put secrets on a command line; "
-                                   "it needs the domain's master key (libvirt's masterKey0) or --master-key")
             note = "skipped (--no-preflight)"
+            pinned = await check_pin(disk, PinStore(self.journal.dir.parent / "pins"), values, timeout) if pin else None
             passphrase = pick_passphrase(disk, values)
             if passphrase is not None:
                 check_passphrase_encoding(disk, passphrase)
             if preflight and passphrase is not None:
                 note = await run_preflight(disk, passphrase, values, timeout)
+            else:  # a pinned header is checked even without the passphrase preflight
+                note = await verify_pin(disk, values, timeout) or note
             commands = [bound_command(step, values, sealing) for step in plan.steps]
             result = AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,
-                                  top_node=plan.top_node, shape=disk.shape, preflight=note, dry_run=dry_run)
+                                  top_node=plan.top_node, shape=disk.shape, preflight=note, dry_run=dry_run,
+                                  header_fingerprint=pinned.fingerprint if pinned else None)
             if dry_run:
                 result.commands = [redacted_command(step) for step in plan.steps]
                 return result
             record = Record.for_plan(self.backend.vm, plan)
+            record.header_fingerprint = pinned.fingerprint if pinned else None
             self.journal.save(record)
             log.info("attaching %s to %s as %s (%s, %d steps); preflight: %s", disk.target_dev, self.backend.vm,
                      plan.device_id, disk.shape, len(plan.steps), note)
@@ -190,6 +181,8 @@ class Operator:
                 record.steps[index].state = "done"  # saved with the next change
                 result.steps.append(StepReport(step.command, step.name, time.perf_counter() - started))
             self.journal.set_status(record, "attached")
+            if pinned is not None and pinned.first_use:
+                PinStore(self.journal.dir.parent / "pins").record(pinned.source, pinned.fingerprint)
             return result
 
     async def _roll_back(self, record: Record, failed: int, cause: BackendError, before: VMSnapshot,
@@ -298,8 +291,8 @@ class Operator:
         async with self._lock():
             record = self.journal.load(target_dev)
             if record is None:
-                raise InputError(f"hotluks has no record of target {target_dev} in {self.backend.vm} "
-                                 "(see `hotluks status`)")
+                raise NotAttached(f"hotluks has no record of target {target_dev} in {self.backend.vm} "
+                                  "(see `hotluks status`)")
             if record.status not in ("attached", "detaching"):
                 raise RefusedError(f"target {target_dev} has an interrupted {record.status} operation; "
                                    "run `hotluks repair` first")
@@ -332,7 +325,8 @@ class Operator:
             items = [{"kind": s.kind, "name": s.name, "present": s.name in present[s.kind]} for s in record.steps]
             consistent = all(i["present"] for i in items) if record.status == "attached" else False
             out.append({"target": record.target, "device": record.device, "shape": record.shape,
-                        "status": record.status, "consistent": consistent, "error": record.error, "items": items})
+                        "status": record.status, "consistent": consistent, "error": record.error, "items": items,
+                        "header-fingerprint": record.header_fingerprint})
         return out
 
     async def repair(self, *, timeout: float = 30.0) -> list[dict[str, Any]]:

@@ -174,8 +174,10 @@ async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, *,
                                "(add e.g. <controller type='scsi' model='virtio-scsi'/> or "
                                "-device virtio-scsi-pci,id=scsi0)")
         scsi_bus = f"{controllers[0]}.0"
+    from hotluks.headers.tls import nbd_tls_dir
+
     return PlanContext(existing_names=snap.names, pci_bus=pci_bus, pci_slot=pci_slot, pci_root_bus=root,
-                       scsi_bus=scsi_bus)
+                       scsi_bus=scsi_bus, nbd_tls_dir=nbd_tls_dir())
 
 
 async def _free_pcie_port(backend: MonitorBackend, peripherals: Mapping[str, str],

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hotluks.backends.base import MonitorBackend, QMPArgs, QMPCommandError
+from hotluks.backends.base import MonitorBackend, QMPArgs, QMPCommandError, VMIdentity
 from hotluks.qemu.launcher import QemuProcess, start_qemu
 from hotluks.testing.qmpproxy import MUTATING
 
@@ -392,6 +392,8 @@ class FaultyBackend(MonitorBackend):
         self.name = inner.name
         self.vm = inner.vm
         self.master_key = inner.master_key
+        self.passes_fds = inner.passes_fds
+        self.stores_secrets = inner.stores_secrets
         self.fail_at = fail_at
         self.after = after
         self.fail_undo = frozenset(fail_undo)
@@ -423,6 +425,12 @@ class FaultyBackend(MonitorBackend):
 
     async def secret_value(self, ref: str) -> bytes | None:
         return await self.inner.secret_value(ref)
+
+    async def identity(self) -> VMIdentity:
+        return await self.inner.identity()
+
+    async def execute_with_fds(self, command: str, arguments: QMPArgs | None, fds: Sequence[int]) -> Any:
+        return await self.inner.execute_with_fds(command, arguments, fds)
 
 
 # -- reading a libvirt domain through a backend ---------------------------------------------------

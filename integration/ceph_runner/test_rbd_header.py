@@ -81,7 +81,7 @@ def test_wrong_passphrase_refused_before_the_vm_is_touched(variant: str, request
         sent = proxy.executed()
     assert proc.returncode == 2, proc.stdout + proc.stderr
     reply = json.loads(proc.stdout)
-    assert reply["type"] == "PreflightError"
+    assert reply["type"] == "PreflightFailed"
     assert reply["error"] == (f"preflight: the passphrase does not open the LUKS header on rbd rbd/{images['header']}; "
                               "nothing was sent to the VM")
     assert sent and not set(sent) & MUTATING, sent  # only queries reached QEMU

@@ -43,7 +43,7 @@ def test_block_device_by_fd(domain: TransientDomain, backend_name: str, loop_dev
                                                        "node-name": "hl-blk-path"})
             fd = os.open(loop_device, os.O_RDWR)
             try:
-                added = await backend.execute_with_fds("add-fd", {"fdset-id": 61}, [fd])  # type: ignore[attr-defined]
+                added = await backend.execute_with_fds("add-fd", {"fdset-id": 61}, [fd])
             finally:
                 os.close(fd)
             await backend.execute("blockdev-add", {"driver": "host_device", "filename": "/dev/fdset/61",

@@ -10,7 +10,7 @@ import pytest
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
 from hotluks.backends.select import open_backend
-from hotluks.errors import InputError
+from hotluks.errors import DomainNotFound, InputError, NotRunning
 from hotluks.testing.libvirtd import TransientDomain, give_to_qemu, qemu_accessible_dir
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
@@ -56,11 +56,11 @@ def test_unknown_command_is_command_not_found(domain: TransientDomain, backend_n
     assert arun(main()).error_class == "CommandNotFound"
 
 
-def test_unknown_domain_is_input_error(libvirt_uri: str, backend_name: str, arun: Run) -> None:
-    with pytest.raises(InputError) as info:
+def test_unknown_domain_is_domain_not_found(libvirt_uri: str, backend_name: str, arun: Run) -> None:
+    with pytest.raises(DomainNotFound) as info:
         arun(open_backend("hotluks-no-such-domain", uri=libvirt_uri, backend=backend_name))
     assert "hotluks-no-such-domain" in str(info.value) and libvirt_uri in str(info.value)
-    assert info.value.exit_code == 2
+    assert isinstance(info.value, InputError) and info.value.exit_code == 2
 
 
 @pytest.mark.parametrize("bus", ["virtio", "scsi"])
@@ -141,7 +141,7 @@ def test_concurrent_backends_on_one_loop(domain: TransientDomain, backend_name: 
     assert len(statuses) == 12 and all(s["running"] is False for s in statuses)
 
 
-def test_defined_but_stopped_domain_is_input_error(libvirt_uri: str, backend_name: str, arun: Run) -> None:
+def test_defined_but_stopped_domain_is_not_running(libvirt_uri: str, backend_name: str, arun: Run) -> None:
     import libvirt
 
     from hotluks.testing.libvirtd import domain_xml
@@ -150,9 +150,9 @@ def test_defined_but_stopped_domain_is_input_error(libvirt_uri: str, backend_nam
     conn = libvirt.open(libvirt_uri)
     dom = conn.defineXML(domain_xml(name))
     try:
-        with pytest.raises(InputError, match="not running") as info:
+        with pytest.raises(NotRunning, match="not running") as info:
             arun(open_backend(name, uri=libvirt_uri, backend=backend_name))
-        assert name in str(info.value)
+        assert name in str(info.value) and isinstance(info.value, InputError) and info.value.exit_code == 2
     finally:
         dom.undefine()
         conn.close()
@@ -174,7 +174,7 @@ def test_monitor_commands_taint_the_domain(domain: TransientDomain, backend_name
 
 
 def test_domain_by_uuid(domain: TransientDomain, backend_name: str, arun: Run) -> None:
-    """A UUID works like the name, and both give the same lock/journal key on either backend."""
+    """A UUID works like the name, and both give the same lock/journal key (the UUID) on either backend."""
     async def main() -> tuple[Any, set[str]]:
         keys = set()
         for vm in (domain.uuid, domain.name):
@@ -186,4 +186,4 @@ def test_domain_by_uuid(domain: TransientDomain, backend_name: str, arun: Run) -
 
     status, keys = arun(main())
     assert status["status"] == "prelaunch"
-    assert keys == {f"libvirt-{domain.uri}-{domain.name}"}
+    assert keys == {domain.uuid}

@@ -36,7 +36,7 @@ def test_domain_name_opens_libvirt_by_default(domain: TransientDomain, arun: Run
             return backend.name, backend.vm_key, await backend.execute("query-status")
 
     kind, key, status = arun(main())
-    assert kind == "libvirt" and domain.name in key and status["running"] is False
+    assert kind == "libvirt" and key == domain.uuid and status["running"] is False
 
 
 @pytest.mark.libvirt

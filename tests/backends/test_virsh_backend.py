@@ -154,3 +154,12 @@ def test_dominfo_fields() -> None:
 
     text = "Id:             5\nName:           web: 1\nState:          paused\nSecurity DOI:   0\n\n"
     assert dominfo_fields(text) == {"Id": "5", "Name": "web: 1", "State": "paused", "Security DOI": "0"}
+
+
+def test_quiet_environment_drops_logging_and_moves_history() -> None:
+    from hotluks.backends.virsh import LOGGING_VARIABLES, quiet_environment
+
+    base = {"HOME": "/root", "PATH": "/usr/bin", **dict.fromkeys(LOGGING_VARIABLES, "/tmp/log")}
+    env = quiet_environment("/run/private", base)
+    assert env == {"HOME": "/root", "PATH": "/usr/bin", "XDG_CACHE_HOME": "/run/private", "VIRSH_HISTSIZE": "0",
+                   "LIBVIRT_AUTOSTART": "0"}

@@ -108,7 +108,7 @@ def test_hostile_xml_through_the_api(case: str) -> None:
 
 def test_endless_device_file_is_bounded(cli: Any) -> None:
     result = cli("plan", "/dev/zero")
-    assert result.code == 2 and "bytes" in result.err and result.seconds < TIME_BOUND
+    assert result.code == 2 and "not a regular file" in result.err and result.seconds < TIME_BOUND
 
 
 def test_missing_and_unreadable_inputs(cli: Any, tmp_path: Path) -> None:

@@ -136,8 +136,11 @@ CASES: dict[str, tuple[str, str]] = {
     "nbd-two-hosts": (xml(
         "network", "<source protocol='nbd' name='e'>", "<host name='a'/>", "<host name='b'/><!--HERE-->", "</source>",
         TARGET), "exactly one <host>"),
-    "nbd-tls": (xml("network", "<source protocol='nbd' name='e' tls='yes'><!--HERE-->", "<host name='a'/>",
-                    "</source>", TARGET), "tls='yes' is not supported"),
+    "rbd-tls": (xml("network", "<source protocol='rbd' name='p/i' tls='yes'><!--HERE-->", "<host name='a'/>",
+                    "</source>", TARGET), "tls='yes' is only supported for nbd"),
+    "nbd-tls-unix-without-hostname": (xml(
+        "network", "<source protocol='nbd' name='e' tls='yes'><!--HERE-->", "<host transport='unix' socket='/s'/>",
+        "</source>", TARGET), "needs tlsHostname"),
     "header-is-the-payload": (xml(
         "file", "<source file='/same'/>", "<encryption format='luks'>", SECRET, "<header type='file'>",
         "<source file='/same'/><!--HERE-->", "</header>", "</encryption>", TARGET),

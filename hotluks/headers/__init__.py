@@ -1,0 +1,1 @@
+"""Keeping detached headers under control: pins recorded on first use, remote header readers."""
