@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--remove", action="store_true", help="take the disk out of the definition")
     p.add_argument("--connect", "-c", dest="uri", metavar="URI", default="qemu:///system", help="libvirt URI")
     p.add_argument("--key-dir", metavar="DIR", default=None,
-                   help="where the domain's key file lives (default /var/lib/hotluks/qemu-keys; must be "
+                   help="where the domain's key file lives (default /var/lib/hotluks-keys; must be "
                         "enterable by the QEMU user)")
     p.add_argument("--qemu-user", metavar="USER", default=None, help="libvirt's QEMU user (default libvirt-qemu)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

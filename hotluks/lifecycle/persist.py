@@ -26,7 +26,8 @@ from hotluks.plan.names import Namer
 from hotluks.plan.planner import PlanContext, build_plan
 from hotluks.secrets import SecretValue
 
-DEFAULT_KEY_DIR = Path("/var/lib/hotluks/qemu-keys")
+#: outside the state directory, which may be closed to the QEMU user (it must enter this one)
+DEFAULT_KEY_DIR = Path("/var/lib/hotluks-keys")
 
 
 @dataclass(frozen=True)
