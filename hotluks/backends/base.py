@@ -111,6 +111,10 @@ class MonitorBackend(ABC):
         """The value of a secret stored by the management layer (libvirt), if any."""
         return None
 
+    async def persistent_xml(self) -> str | None:
+        """The management layer's persistent definition of the VM (libvirt: ``dumpxml --inactive``), if any."""
+        return None
+
     @property
     def vm_key(self) -> str:
         """A stable identifier for the VM, used for locks and journals."""

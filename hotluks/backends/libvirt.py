@@ -217,6 +217,20 @@ class LibvirtBackend(MonitorBackend):
                 os.close(fd)
         return parse_reply(command, str(reply))
 
+    async def persistent_xml(self) -> str | None:
+        """The domain's persistent (inactive) XML; for a transient domain libvirt returns the live one."""
+        import libvirt
+
+        if self._dom is None:
+            raise BackendError("libvirt backend is not connected")
+        try:
+            async with asyncio.timeout(self.timeout):
+                return str(await asyncio.to_thread(self._dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE))
+        except TimeoutError:
+            raise BackendError(f"dumpxml: no answer from libvirt within {self.timeout:.0f}s") from None
+        except libvirt.libvirtError as exc:
+            raise BackendError(f"cannot read the definition of {self.vm!r}: {libvirt_message(exc)}") from None
+
     async def secret_value(self, ref: str) -> bytes | None:
         """Value of a libvirt secret by UUID, else by usage (volume, then ceph, iscsi, tls, vtpm)."""
         import libvirt

@@ -258,6 +258,13 @@ class VirshBackend(MonitorBackend):
             self._watchers.remove(watcher)
             watcher.stop()
 
+    async def persistent_xml(self) -> str | None:
+        """``virsh dumpxml --inactive`` (libvirt gives the live XML of a transient domain)."""
+        status, out, err = await self._run(f"dumpxml --inactive --domain {shell_quote(self.vm)}\n")
+        if status != 0 or err.strip():
+            raise BackendError(f"virsh cannot read the definition of {self.vm!r}: {virsh_error(err)}")
+        return "".join(command_outputs(out)).strip()
+
     async def secret_value(self, ref: str) -> bytes | None:
         """Value of a libvirt secret by UUID or usage (``secret-get-value`` prints it on stdout)."""
         import base64

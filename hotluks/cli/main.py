@@ -26,6 +26,9 @@ COMMAND_MODULES = (
     "hotluks.cli.serve",
     "hotluks.cli.demo",
     "hotluks.cli.example",
+    "hotluks.cli.hook",
+    "hotluks.cli.placement",
+    "hotluks.cli.persist",
 )
 #: which module registers a command, so that running one command imports and builds only its parser
 #: (anything not listed, and --help, builds the whole CLI)

@@ -46,6 +46,8 @@ class PlanContext:
     existing_names: frozenset[str] = field(default_factory=frozenset)
     #: where to plug a virtio disk without an <address> (a free hot-pluggable bus)
     pci_bus: str | None = None
+    #: the slot on ``pci_bus`` (chosen from the top of the free range); None: QEMU picks
+    pci_slot: int | None = None
     #: the PCI root bus name, for <address bus='0'> ("pcie.0" on q35, "pci.0" on pc)
     pci_root_bus: str = "pci.0"
     #: a SCSI bus for disks without an <address> ("scsi0.0")
@@ -332,6 +334,8 @@ class _GraphBuilder:
                 dev["port"] = addr.port
         elif disk.bus == "virtio" and ctx.pci_bus:
             dev["bus"] = ctx.pci_bus
+            if ctx.pci_slot is not None:
+                dev["addr"] = _hex(ctx.pci_slot)
         elif disk.bus == "scsi" and ctx.scsi_bus:
             dev["bus"] = ctx.scsi_bus
         if disk.bus in ("usb", "scsi") and disk.removable:

@@ -22,8 +22,10 @@ def cold_boot_args(
     plan: Plan,
     secret_files: Mapping[str, str],
     inline: Mapping[str, SecretValue] | None = None,
+    master_key: tuple[str, bytes] | None = None,
 ) -> list[str]:
-    """Argv fragment for ``plan``. ``inline`` (explicit opt-in) embeds secret values."""
+    """Argv fragment for ``plan``. ``inline`` (explicit opt-in) embeds secret values,
+    sealed under ``master_key`` (``(object id, 32-byte key)``) when given."""
     argv: list[str] = []
     missing = []
     for step in plan.steps:
@@ -31,7 +33,7 @@ def cold_boot_args(
         if step.secret is not None:
             binding = step.secret
             if inline is not None and (value := lookup(inline, binding)) is not None:
-                props.update(secret_properties(binding, value, None))
+                props.update(secret_properties(binding, value, master_key))
             else:
                 path = next((secret_files[k] for k in (binding.ref.uuid, binding.ref.usage)
                              if k is not None and k in secret_files), None)

@@ -13,8 +13,10 @@ from typing import Any
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
 from hotluks.errors import HotluksError, RefusedError
+from hotluks.lifecycle.pci import pci_reservations
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
+from hotluks.plan.placement import Reservations, choose_root_slot, ports_by_preference, root_slots_in_use
 from hotluks.plan.planner import PlanContext
 from hotluks.runner.statedir import ensure_trusted_dir, read_regular, untrusted_reason, write_new
 
@@ -158,17 +160,24 @@ async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, *,
                        machine: str | None = None) -> PlanContext:
     """Conflict names plus where to plug ``disk`` when its XML has no ``<address>``.
 
+    PCI disks go to the top of the free range (see :mod:`hotluks.plan.placement`).
     ``machine`` (from :func:`machine_type`, constant for a VM's life) saves a query.
     """
     machine = machine if machine is not None else await machine_type(backend)
     q35 = "q35" in machine
     root = "pcie.0" if q35 else "pci.0"
     pci_bus = scsi_bus = None
+    pci_slot: int | None = None
     peripherals = dict(snap.device_types)
     if disk.address is None and not peripherals and (disk.bus == "scsi" or (disk.bus == "virtio" and q35)):
         peripherals = _children(await backend.execute("qom-list", {"path": "/machine/peripheral"}))
-    if disk.address is None and disk.bus == "virtio" and q35:
-        pci_bus = await _free_pcie_port(backend, peripherals)
+    if disk.address is None and disk.bus == "virtio":
+        reserved = await pci_reservations(backend)
+        pci_devices = await backend.execute("query-pci")
+        if q35:
+            pci_bus = await _free_pcie_port(backend, peripherals, pci_devices, reserved)
+        else:
+            pci_bus, pci_slot = root, choose_root_slot(root_slots_in_use(pci_devices), reserved.root_slots)
     if disk.address is None and disk.bus == "scsi":
         controllers = sorted(n for n, t in peripherals.items() if t in SCSI_CONTROLLERS)
         if not controllers:
@@ -178,28 +187,29 @@ async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, *,
         scsi_bus = f"{controllers[0]}.0"
     from hotluks.headers.tls import nbd_tls_dir
 
-    return PlanContext(existing_names=snap.names, pci_bus=pci_bus, pci_root_bus=root, scsi_bus=scsi_bus,
-                       nbd_tls_dir=nbd_tls_dir())
+    return PlanContext(existing_names=snap.names, pci_bus=pci_bus, pci_slot=pci_slot, pci_root_bus=root,
+                       scsi_bus=scsi_bus, nbd_tls_dir=nbd_tls_dir())
 
 
-async def _free_pcie_port(backend: MonitorBackend, peripherals: Mapping[str, str]) -> str:
-    """The id of an empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0).
+async def _free_pcie_port(backend: MonitorBackend, peripherals: Mapping[str, str],
+                          pci_devices: list[dict[str, Any]], reserved: Reservations) -> str:
+    """The id of the last empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0).
 
     ``query-pci`` lists the devices behind a bridge only once firmware has numbered
     its secondary bus; a paused or still-booting VM shows every bridge empty. So
-    ports that ``query-pci`` shows empty are confirmed, in bus order and one at a
+    ports that ``query-pci`` shows empty are confirmed, last first and one at a
     time until the first empty one, by their QOM bus (``/machine/peripheral/ID/ID``)
-    having no ``child[N]`` device links. Typically: two queries.
+    having no ``child[N]`` device links. Typically: one more query.
     """
     ports = {name for name, typ in peripherals.items() if typ in HOTPLUG_BRIDGES}
     candidates: list[str] = []
-    for bus in await backend.execute("query-pci"):
+    for bus in pci_devices:
         for dev in _walk_pci(bus.get("devices", [])):
             bridge = dev.get("pci_bridge")
             qdev_id = str(dev.get("qdev_id") or "")
             if bridge and qdev_id in ports and not bridge.get("devices"):
                 candidates.append(qdev_id)
-    for port in candidates:
+    for port in ports_by_preference(candidates, reserved.port_ids):
         if await _bus_is_empty(backend, port):
             return port
     raise RefusedError("no free hot-pluggable PCIe root port in this q35 VM: add spare ports "

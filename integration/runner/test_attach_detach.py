@@ -138,7 +138,7 @@ def test_cli_dry_run_sends_nothing(vm: QemuProcess, monitor: Monitor, initial: S
     doc = json.loads(proc.stdout)
     assert doc["dry_run"] and [c["execute"] for c in doc["commands"]] == ["object-add"] + ["blockdev-add"] * 5 + [
         "device_add"]
-    assert doc["commands"][-1]["arguments"]["bus"] == "rp1"  # placed on the first free root port
+    assert doc["commands"][-1]["arguments"]["bus"] == "rp4"  # the last free root port (libvirt takes the first)
     assert monitor.snapshot() == initial
     assert not journal_files(state_dir)
 

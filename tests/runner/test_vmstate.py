@@ -109,27 +109,32 @@ def _scsi() -> Disk:
 @pytest.mark.parametrize("recording", ["q35-paused-rp1-used", "q35-booted-rp1-used"])
 def test_placement_skips_the_occupied_port(recorded: ReplayFactory, recording: str) -> None:
     """rp1 holds hl-vdb: a paused VM's query-pci does not show it (bridges unnumbered), a booted one does;
-    either way the disk goes to rp2."""
+    either way the disk goes to the last free port, rp3 (libvirt hands out the first free one)."""
     backend = recorded(recording)
     ctx = asyncio.run(plan_context(backend, _virtio(), VMSnapshot(frozenset(), frozenset(), frozenset())))
-    assert ctx.pci_bus == "rp2" and ctx.pci_root_bus == "pcie.0"
+    assert ctx.pci_bus == "rp3" and ctx.pci_root_bus == "pcie.0"
     assert ctx.scsi_bus is None
 
 
 def test_placement_paused_vm_relies_on_qom(recorded: ReplayFactory) -> None:
-    """Without the QOM bus check, the paused recording would wrongly offer the occupied rp1."""
+    """Without the QOM bus check, the paused recording would wrongly offer an occupied port."""
     backend = recorded("q35-paused-rp1-used")
     rp1 = next(d for d in backend.replies["query-pci"][0]["devices"] if d.get("qdev_id") == "rp1")
     assert not rp1["pci_bridge"].get("devices")  # what query-pci says on a paused VM
-    asyncio.run(plan_context(backend, _virtio(), VMSnapshot(frozenset(), frozenset(), frozenset())))
+    for port in ("rp2", "rp3"):  # occupied too, as only QOM shows
+        backend.replies[f"qom-list /machine/peripheral/{port}/{port}"].append(
+            {"name": "child[0]", "type": "link<virtio-blk-pci>"})
+    with pytest.raises(RefusedError, match="no free hot-pluggable PCIe root port"):
+        asyncio.run(plan_context(backend, _virtio(), VMSnapshot(frozenset(), frozenset(), frozenset())))
     assert "qom-list /machine/peripheral/rp1/rp1" in backend.sent
 
 
 def test_placement_trusts_query_pci_when_the_bus_has_another_name(recorded: ReplayFactory) -> None:
     backend = recorded("q35-booted-rp1-used")
-    del backend.replies["qom-list /machine/peripheral/rp1/rp1"]  # QOM lookup fails: query-pci decides
+    for port in ("rp1", "rp2", "rp3"):  # QOM lookups fail: query-pci decides
+        del backend.replies[f"qom-list /machine/peripheral/{port}/{port}"]
     ctx = asyncio.run(plan_context(backend, _virtio(), VMSnapshot(frozenset(), frozenset(), frozenset())))
-    assert ctx.pci_bus == "rp2"
+    assert ctx.pci_bus == "rp3"
 
 
 def test_no_free_port_is_refused(recorded: ReplayFactory) -> None:

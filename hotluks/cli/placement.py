@@ -1,0 +1,52 @@
+"""``hotluks placement VM --target DEV``: where a plugged disk sits, as `cold-cmdline` flags.
+
+With them, `hotluks cold-cmdline` gives a destination QEMU (``-incoming``) the device on the
+same bus and slot, as live migration needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from hotluks.cli.vm import VM_HELP
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("placement", help="print a plugged disk's bus and slot as cold-cmdline flags",
+                       description="Read where the disk's device sits in the running VM and print the "
+                                   "`hotluks cold-cmdline` options (--pci-bus, --pci-slot) that put it there "
+                                   "again, e.g. on the destination QEMU of a live migration.")
+    p.add_argument("vm", metavar="VM", help=VM_HELP)
+    p.add_argument("--target", required=True, metavar="DEV", help="the disk's target dev (e.g. vdb)")
+    p.add_argument("--device", metavar="ID", default=None, help="device id when the disk had an <alias>")
+    p.add_argument("--connect", "-c", dest="uri", metavar="URI", default=None, help="libvirt URI")
+    p.add_argument("--backend", choices=("qmp", "libvirt", "virsh"), default=None)
+    p.add_argument("--json", action="store_true", help='print {"bus", "slot", "function", "flags"}')
+    p.set_defaults(func=cmd_placement, timeout=10.0)
+
+
+def cmd_placement(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from hotluks.api import open_vm_backend
+    from hotluks.lifecycle.placement_probe import DevicePlacement, device_placement
+    from hotluks.plan.names import Namer
+
+    device = args.device or Namer(args.target).device_id
+
+    async def probe() -> DevicePlacement:
+        backend = await open_vm_backend(args.vm, uri=args.uri, backend=args.backend, timeout=args.timeout)
+        try:
+            return await device_placement(backend, device)
+        finally:
+            await backend.close()
+
+    where = asyncio.run(probe())
+    flags = where.cold_cmdline_flags()
+    if args.json:
+        print(json.dumps({"device": device, "bus": where.bus, "slot": where.slot, "function": where.function,
+                          "flags": flags}))
+    else:
+        print(" ".join(flags))
+    return 0

@@ -1,0 +1,1 @@
+"""Keeping hotluks disks alive across a VM's lifecycle: placement, hooks, migration support."""

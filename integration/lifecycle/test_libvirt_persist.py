@@ -1,0 +1,76 @@
+"""`hotluks persist`: a hot-plugged detached-header disk written into the domain's definition.
+
+After `hotluks attach` + `hotluks persist`, `virsh destroy` + `virsh start` brings the disk
+back at the same place (the guest reads the same sha256, `hotluks status` finds its nodes),
+and the restarted domain — whose live XML now carries the disk — survives save→restore.
+A disk whose files QEMU could not open at the next start is refused up front, the
+definition unchanged. `persist --remove` takes it out again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotluks.guest.agent import SyncGuestAgent
+from hotluks.testing.libvirtd import define_secret, give_to_qemu
+from hotluks.testing.vms import PASSPHRASE, leaks, make_disk, run_cli
+
+pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt, pytest.mark.slow]
+SERIAL = "hl-persisted"
+
+
+def guest_sha(files: Path) -> str:
+    with SyncGuestAgent(files / "agent.sock", timeout=30) as agent:
+        agent.wait_ready(180)
+        dev = agent.wait_for_device(SERIAL, timeout=30)
+        agent.command("drop-caches")
+        return agent.sha256(dev.name)
+
+
+def test_persisted_disk_comes_back_after_destroy_start(libvirt_uri: str, guest_domain: Any, virsh: Any,
+                                                       files: Path, tmp_path: Path) -> None:
+    common = ["--connect", libvirt_uri]
+    state = ["--state-dir", str(tmp_path / "state")]
+    work = files / "disk"
+    disk = make_disk(work, "detached-header-raw", "vdb", "virtio", address=f"<serial>{SERIAL}</serial>")
+    disk.secret_file.unlink()
+    keys = ["--key-dir", str(files / "keys")]
+    with guest_domain() as name, define_secret(libvirt_uri, "volume", disk.secret_key, PASSPHRASE):
+        attached = run_cli("attach", name, disk.xml_path, *common, *state)
+        assert attached.returncode == 0, attached.stderr
+        before = guest_sha(files)
+        definition = virsh("dumpxml", "--inactive", name).stdout
+
+        refused = run_cli("persist", name, disk.xml_path, *common, *keys)  # files still root's
+        assert refused.returncode == 2 and "hl-vdb-proto" in refused.stderr and str(disk.payload) in refused.stderr
+        assert virsh("dumpxml", "--inactive", name).stdout == definition
+
+        for path in (work, disk.payload, disk.header):
+            assert path is not None
+            give_to_qemu(path)
+        persisted = run_cli("persist", name, disk.xml_path, *common, *keys, "--json")
+        assert persisted.returncode == 0, persisted.stderr
+        assert json.loads(persisted.stdout)["in-definition"]
+        assert not leaks(PASSPHRASE, [virsh("dumpxml", "--inactive", name).stdout])
+
+        for step in (("destroy", name), ("start", name)):
+            proc = virsh(*step)
+            assert proc.returncode == 0, f"{step}: {proc.stderr}"
+        assert guest_sha(files) == before
+        status = run_cli("status", name, *common, *state, "--json")
+        assert status.returncode == 0, status.stderr
+        assert [(d["target"], d["consistent"]) for d in json.loads(status.stdout)["disks"]] == [("vdb", True)]
+
+        saved = tmp_path / "saved.img"
+        assert virsh("save", name, str(saved)).returncode == 0  # no guard: libvirt's XML now carries the disk
+        restored = virsh("restore", str(saved))
+        assert restored.returncode == 0, restored.stderr
+        assert guest_sha(files) == before
+
+        removed = run_cli("persist", name, "--target", "vdb", "--remove", *common)
+        assert removed.returncode == 0, removed.stderr
+        assert "hl-vdb" not in virsh("dumpxml", "--inactive", name).stdout
