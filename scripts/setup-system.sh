@@ -41,6 +41,22 @@ SRC
     need_update=1
 fi
 
+# Source packages (integration/luks unpacks cryptsetup's own test images with `apt-get source`).
+debsrc=/etc/apt/sources.list.d/hotluks-src.sources
+if ! grep -rqsE '^(Types:.*deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    uri=$(debian_uri)
+    [ -n "$uri" ] || { log "cannot find the Debian bookworm source URI"; exit 1; }
+    log "enabling deb-src for bookworm and bookworm-backports from $uri"
+    cat >"$debsrc" <<SRC
+Types: deb-src
+URIs: $uri
+Suites: bookworm bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    need_update=1
+fi
+
 stamp=/var/lib/apt/periodic/hotluks-update-stamp
 if [ "${need_update:-0}" = 1 ] || [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +720 2>/dev/null)" ]; then
     apt-get update -qq

@@ -14,7 +14,7 @@ from hotluks.errors import InputError, LuksFormatError, LuksUnsupportedError, Re
 from hotluks.luks import create, luks1, luks2
 from hotluks.luks.kdf import KdfParams, pbkdf2
 from hotluks.luks.keyslots import unlock_header
-from hotluks.luks.model import Header, VolumeKey
+from hotluks.luks.model import Header, Reader, VolumeKey
 from hotluks.luks.sectors import IV_UNIT, crypt_sectors, parse_cipher
 
 PathLike = str | os.PathLike[str]
@@ -44,36 +44,37 @@ def parse_metadata(data: bytes, device_size: int | None = None) -> Header:
     """Parse a LUKS1 or LUKS2 header from bytes (keyslot areas included when present).
 
     Like cryptsetup, the version is taken from the signature at offset 0; a LUKS2
-    primary copy that is damaged (checksum, JSON) falls back to the secondary.
+    primary copy that is damaged (checksum, JSON) or wiped falls back to the secondary.
     """
-    if len(data) < 8 or data[:6] not in (luks1.MAGIC, luks2.MAGIC2):
-        raise LuksFormatError("not a LUKS device (no LUKS signature)")
-    version = int.from_bytes(data[6:8], "big")
-    if version == 1 and data[:6] == luks1.MAGIC:
+    if len(data) >= 8 and data[:6] == luks1.MAGIC and data[6:8] == b"\0\x01":
         return luks1.parse(data, device_size)
-    if version == 2:
+    if luks2.is_luks2(data):
         return luks2.parse(data)
-    raise LuksFormatError(f"unsupported LUKS version {version}")
+    if len(data) >= 8 and data[:6] in (luks1.MAGIC, luks2.MAGIC2):
+        raise LuksFormatError(f"unsupported LUKS version {int.from_bytes(data[6:8], 'big')}")
+    raise LuksFormatError("not a LUKS device (no LUKS signature)")
+
+
+def _file_reader(path: PathLike) -> Reader:
+    def read(offset: int, length: int) -> bytes:
+        with _open_read(path) as f:
+            return _read_at(f, offset, length)
+    return read
 
 
 def read_header_file(path: PathLike) -> Header:
-    """Read and parse the header at the start of a file or block device."""
+    """Read and parse the header at the start of a file or block device.
+
+    Only the binary headers and JSON areas are read up front (at most 8 MiB);
+    keyslot material is read when a keyslot is opened.
+    """
     with _open_read(path) as f:
         size = _size_of(f)
         data = _read_at(f, 0, min(size, _FIRST_READ))
-        if data[:6] == luks1.MAGIC and data[6:8] == b"\0\x01" and len(data) >= luks1.PHDR_SIZE:
-            slots = luks1.raw_slots(data)
-            key_bytes = int.from_bytes(data[108:112], "big")
-            need = luks1.device_sectors(key_bytes, slots) * luks1.SECTOR
-            if need > len(data) and need <= size:
-                data = _read_at(f, 0, need)
-            return luks1.parse(data, size)
-        header = parse_metadata(data, size)
-        if header.metadata_size > len(header.metadata):
-            if header.metadata_size > size:
-                raise LuksFormatError("device is smaller than its LUKS2 keyslots area")
-            header = dataclasses.replace(header, metadata=_read_at(f, 0, header.metadata_size))
-        return header
+    header = parse_metadata(data, size)
+    if header.version == 2 and header.metadata_size > size:
+        raise LuksFormatError("device is smaller than its LUKS2 metadata and keyslots area")
+    return dataclasses.replace(header, device_size=size, reader=_file_reader(path))
 
 
 def open_header(source: Source, *, header: Source | None = None) -> Header:
