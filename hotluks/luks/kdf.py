@@ -66,6 +66,21 @@ MAX_ARGON2_KIB = 4 * 1024 * 1024
 MAX_ARGON2_LANES = 2**24 - 1
 
 
+def _half_of_ram_kib() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2048
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-Linux
+        return MAX_ARGON2_KIB
+
+
+#: argon2 memory the engine spends on one try: 1 GiB (cryptsetup's default ceiling for the keyslots it
+#: creates; its hard limit is 4 GiB) and never more than half of this machine's RAM, so a hostile header
+#: cannot push the host into swap or the OOM killer. Larger keyslots are "not supported" (preflight: not checked).
+ARGON2_MEMORY_LIMIT_KIB = min(1024 * 1024, _half_of_ram_kib())
+
+
 def pbkdf2(hash_name: str, password: bytes, salt: bytes, iterations: int, length: int) -> bytes:
     """PBKDF2-HMAC."""
     from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
@@ -88,6 +103,10 @@ def argon2(kind: str, password: bytes, salt: bytes, *, time: int, memory_kib: in
     if not (1 <= time <= MAX_U32 and 1 <= cpus <= MAX_ARGON2_LANES and 8 * cpus <= memory_kib <= MAX_ARGON2_KIB):
         raise LuksUnsupportedError(f"{kind} parameters are out of range (time {time}, memory {memory_kib} KiB, "
                                    f"{cpus} lanes; memory at most {MAX_ARGON2_KIB} KiB as in cryptsetup)")
+    if memory_kib > ARGON2_MEMORY_LIMIT_KIB:
+        raise LuksUnsupportedError(f"{kind} asks for {memory_kib >> 10} MiB; the engine spends at most "
+                                   f"{ARGON2_MEMORY_LIMIT_KIB >> 10} MiB per try (at most 1 GiB, cryptsetup's default "
+                                   "ceiling, and half of this machine's RAM)")
     try:
         if kind == "argon2i":
             return a2.Argon2i(salt=salt, length=length, iterations=time, lanes=cpus,

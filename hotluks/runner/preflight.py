@@ -1,17 +1,33 @@
-"""Preflight: open each readable LUKS header and check the passphrase before touching the VM."""
+"""Preflight: open each readable LUKS header and check the passphrase before touching the VM.
+
+The check runs in a separate worker process that is killed at the deadline, so a
+hostile header (2^31 PBKDF2 iterations, huge argon2 memory) costs at most
+``timeout`` seconds and never the caller's memory. It refuses (exit 2):
+a wrong passphrase, an invalid header, a LUKS2 header for ``engine='qemu'``
+(QEMU's LUKS driver reads LUKS1 only), and a weak header (``cipher_null``, ECB,
+a KDF below cryptsetup's minimum) unless ``allow_weak_header=True``. A cipher
+or KDF the engine cannot compute is "not checked" and left to QEMU.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pickle
+import sys
 from collections.abc import Mapping
+from typing import Any
 
-from hotluks.errors import LuksError, PreflightError, SecretError, WrongPassphraseError
+from hotluks.errors import PreflightError, SecretError
 from hotluks.model import Disk, Engine, Source
 from hotluks.secrets import SecretValue
 
 log = logging.getLogger(__name__)
 HEADER_PROBE_BYTES = 16 * 1024 * 1024  # enough for any LUKS1 header and LUKS2 metadata + keyslots
+LUKS2_WITH_QEMU_HINT = ("QEMU's LUKS driver (engine='qemu') reads LUKS1 only: convert the header with "
+                        "'cryptsetup convert --type luks1' (PBKDF2 keyslots only), or for an RBD image use "
+                        "<encryption engine='librbd'>")
 
 
 def header_source(disk: Disk) -> Source | None:
@@ -31,12 +47,15 @@ def checkable(source: Source) -> bool:
 
 
 async def run_preflight(disk: Disk, passphrase: SecretValue,
-                        values: Mapping[str, SecretValue] | None = None, timeout: float = 60.0) -> str:
-    """Raise :class:`PreflightError` unless the header opens with ``passphrase``.
+                        values: Mapping[str, SecretValue] | None = None, timeout: float = 60.0, *,
+                        allow_weak_header: bool = False) -> str:
+    """Raise :class:`PreflightError` unless the header opens with ``passphrase`` and passes the policy.
 
     ``values`` holds the other secrets by uuid/usage: an RBD-hosted header with
     ``<auth>`` is read with that Ceph key (base64 text, as ``ceph auth get-key``
-    prints it). Returns a short note of what was checked (for listings), never secret.
+    prints it). ``timeout`` bounds the whole check (the worker is killed at the
+    deadline). ``allow_weak_header`` lets a weak header through (noted, not refused).
+    Returns a short note of what was checked (for listings), never secret.
     """
     source = header_source(disk)
     if source is None:
@@ -44,14 +63,97 @@ async def run_preflight(disk: Disk, passphrase: SecretValue,
     if not checkable(source):
         log.info("preflight skipped: %s is not locally readable", source.describe())
         return f"not checked: {source.describe()} is not locally readable"
+    job = {"source": source, "passphrase": passphrase.value, "ceph_key": _ceph_key(source, values or {}),
+           "timeout": timeout, "allow_weak_header": allow_weak_header,
+           "qemu_engine": disk.encryption is not None and disk.encryption.engine is Engine.QEMU}
+    kind, message = await _run_worker(job, timeout, source)
+    where = source.describe()
+    if kind == "ok":
+        return message
+    if kind == "not-checked":
+        log.info("preflight: %s not checked: %s", where, message)
+        return f"not checked: {message} (QEMU decides at attach time)"
+    if kind == "wrong":
+        raise PreflightError(f"preflight: the passphrase does not open the LUKS header on {where}; "
+                             "nothing was sent to the VM")
+    raise PreflightError(f"preflight: {where}: {message}; nothing was sent to the VM")
+
+
+async def _run_worker(job: dict[str, Any], timeout: float, source: Source) -> tuple[str, str]:
+    """Run :func:`worker_main` in a fresh interpreter; kill it at the deadline (or when the caller is cancelled).
+
+    The job (passphrase included) goes through the child's stdin, never its argv.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from hotluks.runner.preflight import worker_main; worker_main()",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
-        await asyncio.to_thread(_check, source, passphrase.value, _ceph_key(source, values or {}), timeout)
-    except WrongPassphraseError:
-        raise PreflightError(f"preflight: the passphrase does not open the LUKS header on {source.describe()}; "
-                             "nothing was sent to the VM") from None
-    except LuksError as exc:
-        raise PreflightError(f"preflight: {source.describe()}: {exc}; nothing was sent to the VM") from None
-    return f"header on {source.describe()} opens with the passphrase"
+        out, _ = await asyncio.wait_for(proc.communicate(pickle.dumps(job)), max(timeout, 0.001))
+    except asyncio.TimeoutError:
+        return "error", (f"checking the LUKS header took longer than the {timeout:g} s timeout "
+                         "(a KDF that slow is unusual; raise --timeout if it is legitimate)")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+    try:
+        kind, message = pickle.loads(out)
+        return str(kind), str(message)
+    except Exception:
+        return "error", f"the header check failed (worker exit {proc.returncode})"
+
+
+def worker_main() -> None:
+    """Entry point of the worker process: job on stdin, (kind, message) on stdout, never a traceback."""
+    result_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, not into the result
+    try:
+        result = _check(pickle.loads(sys.stdin.buffer.read()))
+    except BaseException as exc:  # report everything as a message; the parent decides
+        result = _classify(exc)
+    result_out.write(pickle.dumps(result))
+    result_out.close()
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    from hotluks.errors import HotluksError, LuksUnsupportedError, WrongPassphraseError
+
+    if isinstance(exc, WrongPassphraseError):
+        return "wrong", str(exc)
+    if isinstance(exc, LuksUnsupportedError):
+        return "not-checked", str(exc)
+    if isinstance(exc, HotluksError):
+        return "error", str(exc)
+    if isinstance(exc, OSError):
+        return "error", f"cannot read the header: {exc.strerror or exc}"
+    if isinstance(exc, MemoryError):
+        return "error", "the header check ran out of memory"
+    return "error", f"the header check failed ({exc.__class__.__name__})"
+
+
+def _check(job: dict[str, Any]) -> tuple[str, str]:
+    from hotluks import luks
+    from hotluks.luks.policy import enforce
+
+    source: Source = job["source"]
+    if source.is_local:
+        header = luks.open_header(str(source.path))
+    else:
+        from hotluks.rbd_read import read_rbd_head
+
+        header = luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES, key=job["ceph_key"],
+                                                timeout=job["timeout"]))
+    if job["qemu_engine"] and header.version != 1:
+        return "error", f"the header is LUKS{header.version}; {LUKS2_WITH_QEMU_HINT}"
+    from hotluks.errors import LuksUnsupportedError
+
+    notes = enforce(header, allow_weak_header=job["allow_weak_header"])
+    warnings = "; warnings: " + "; ".join(notes) if notes else ""
+    try:
+        vk = luks.unlock(header, job["passphrase"])
+    except LuksUnsupportedError as exc:
+        return "not-checked", f"{exc}{warnings}"
+    return "ok", f"header on {source.describe()} opens with the passphrase (keyslot {vk.keyslot}){warnings}"
 
 
 def _ceph_key(source: Source, values: Mapping[str, SecretValue]) -> bytes | None:
@@ -63,21 +165,6 @@ def _ceph_key(source: Source, values: Mapping[str, SecretValue]) -> bytes | None
         if key is not None and key in values:
             return values[key].value.strip()
     return None
-
-
-def _check(source: Source, passphrase: bytes, ceph_key: bytes | None = None, timeout: float = 60.0) -> None:
-    from hotluks import luks
-
-    if source.is_local:
-        try:
-            header = luks.open_header(str(source.path))
-        except OSError as exc:
-            raise PreflightError(f"preflight: cannot read {source.describe()}: {exc.strerror}") from None
-    else:
-        from hotluks.rbd_read import read_rbd_head
-
-        header = luks.open_header(read_rbd_head(source, HEADER_PROBE_BYTES, key=ceph_key, timeout=timeout))
-    luks.unlock(header, passphrase)
 
 
 def check_passphrase_encoding(disk: Disk, passphrase: SecretValue) -> None:
