@@ -127,7 +127,8 @@ def ensure_writable(header: Header) -> None:
 
 def add_keyslot(header: Header, key: bytes, passphrase: bytes, kdf: KdfParams, rand: Rand,
                 slot: int | None = None) -> tuple[int, list[Write]]:
-    """Writes that add a keyslot for ``key`` opened by ``passphrase``."""
+    """Writes that add a keyslot for ``key`` opened by ``passphrase``, in a crash-safe order: the key
+    material (in an area no header references yet), then the header (LUKS2: primary, then secondary)."""
     ensure_writable(header)
     if header.version == 1:
         raw = luks1.raw_slots(header.metadata)
@@ -172,7 +173,12 @@ def add_keyslot(header: Header, key: bytes, passphrase: bytes, kdf: KdfParams, r
         "kdf": _kdf_json(kdf)}
     doc["digests"][str(dig.index)]["keyslots"].append(str(index))
     headers = _repack(header, doc, rand)
-    return index, [Write(start, material), Write(0, headers)]
+    return index, [Write(start, material), *_copies(headers, header.hdr_size)]
+
+
+def _copies(headers: bytes, hdr_size: int) -> list[Write]:
+    """The primary then the secondary LUKS2 copy, as separate writes (each made durable before the next)."""
+    return [Write(0, headers[:hdr_size]), Write(hdr_size, headers[hdr_size:2 * hdr_size])]
 
 
 def _repack(header: Header, doc: dict[str, object], rand: Rand) -> bytes:
@@ -182,7 +188,8 @@ def _repack(header: Header, doc: dict[str, object], rand: Rand) -> bytes:
 
 
 def remove_keyslot(header: Header, index: int, rand: Rand) -> list[Write]:
-    """Writes that disable keyslot ``index`` and wipe its key material."""
+    """Writes that disable keyslot ``index`` and then wipe its key material (header first: a crash in
+    between leaves a header whose remaining keyslots all open)."""
     ensure_writable(header)
     slot = next((s for s in header.keyslots if s.index == index), None)
     if slot is None:
@@ -191,11 +198,11 @@ def remove_keyslot(header: Header, index: int, rand: Rand) -> list[Write]:
     if header.version == 1:
         raw = luks1.raw_slots(header.metadata)[index]
         dead = luks1.RawSlot(luks1.KEY_DISABLED, 0, bytes(32), raw.offset, raw.stripes)
-        return [wipe, Write(0, luks1.replace_slot(header.metadata[:luks1.PHDR_SIZE], index, dead))]
+        return [Write(0, luks1.replace_slot(header.metadata[:luks1.PHDR_SIZE], index, dead)), wipe]
     assert header.json is not None
     doc = copy.deepcopy(header.json)
     del doc["keyslots"][str(index)]
     for section in ("digests", "tokens"):
         for item in doc[section].values():
             item["keyslots"] = [k for k in item["keyslots"] if k != str(index)]
-    return [wipe, Write(0, _repack(header, doc, rand))]
+    return [*_copies(_repack(header, doc, rand), header.hdr_size), wipe]

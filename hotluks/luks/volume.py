@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import stat
+import tempfile
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -132,17 +135,70 @@ def make_kdf(pbkdf: str, *, hash_name: str = "sha256", iterations: int | None = 
     raise InputError(f"unknown PBKDF {pbkdf!r} (pbkdf2, argon2i, argon2id)")
 
 
-def _write_all(path: PathLike, writes: list[create.Write], *, create_file: bool = False) -> None:
-    mode = "wb" if create_file else "r+b"
+#: header files up to this size are rewritten atomically (copy, fsync, rename); larger targets in place
+ATOMIC_MAX_BYTES = 256 << 20
+
+
+def _is_regular(path: PathLike) -> bool:
     try:
-        with open(path, mode) as f:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        raise InputError(f"cannot open {os.fspath(path)}: {exc.strerror}") from None
+
+
+def _replace_file(path: PathLike, content: bytes) -> None:
+    """Write ``content`` as ``path``: a 0600 temporary file in the same directory, fsync, rename, fsync the dir."""
+    target = Path(os.fspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_metadata(path: PathLike, writes: list[create.Write], *, header_file: bool, new: bool = False) -> None:
+    """Apply ``writes`` to a metadata device safely.
+
+    A detached header that is a regular file (``header_file``) is rewritten as a
+    whole: new 0600 file, fsync, atomic rename — a crash leaves the old or the
+    new header, never a mix. Anything else (a block device, a volume with its
+    header inside) is written in place, each write made durable before the next
+    (the order of ``writes`` is crash-safe: see :mod:`hotluks.luks.create`).
+    """
+    try:
+        if header_file and _is_regular(path):
+            old = b"" if new or not os.path.exists(path) else Path(path).read_bytes() \
+                if os.path.getsize(path) <= ATOMIC_MAX_BYTES else None
+            if old is not None:
+                buf = bytearray(old)
+                for w in writes:
+                    if len(buf) < w.offset + len(w.data):
+                        buf.extend(bytes(w.offset + len(w.data) - len(buf)))
+                    buf[w.offset:w.offset + len(w.data)] = w.data
+                _replace_file(path, bytes(buf))
+                return
+        with open(path, "r+b") as f:
             for w in writes:
                 f.seek(w.offset)
                 f.write(w.data)
-            f.flush()
-            os.fsync(f.fileno())
+                f.flush()
+                os.fsync(f.fileno())
     except OSError as exc:
-        raise InputError(f"cannot write {os.fspath(path)}: {exc.strerror}") from None
+        raise InputError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from None
 
 
 def format_volume(device: PathLike, passphrase: bytes, *, type: str = "luks2", header: PathLike | None = None,
@@ -177,7 +233,7 @@ def format_volume(device: PathLike, passphrase: bytes, *, type: str = "luks2", h
             raise InputError(f"cannot open {os.fspath(device)}: {exc.strerror}") from None
         if size is not None and size < len(meta.blob):
             raise InputError(f"{os.fspath(device)} is smaller than the {len(meta.blob)}-byte LUKS header")
-    _write_all(target, [create.Write(0, meta.blob)], create_file=header is not None)
+    write_metadata(target, [create.Write(0, meta.blob)], header_file=header is not None, new=True)
     written = open_header(device, header=header)
     return unlock_header(written, passphrase)
 
@@ -201,7 +257,7 @@ def add_key(device: PathLike, passphrase: bytes, new_passphrase: bytes, *, heade
     kdf = kdf or make_kdf("pbkdf2" if hdr.version == 1 else "argon2id", hash_name=hdr.hash or "sha256",
                           key_bytes=len(vk.key))
     index, writes = create.add_keyslot(hdr, vk.key, new_passphrase, kdf, os.urandom, keyslot)
-    _write_all(header if header is not None else device, writes)
+    write_metadata(header if header is not None else device, writes, header_file=header is not None)
     return index
 
 
@@ -211,7 +267,7 @@ def remove_key(device: PathLike, passphrase: bytes, *, header: PathLike | None =
     create.ensure_writable(hdr)
     vk = unlock_header(hdr, passphrase)
     writes = create.remove_keyslot(hdr, vk.keyslot, os.urandom)
-    _write_all(header if header is not None else device, writes)
+    write_metadata(header if header is not None else device, writes, header_file=header is not None)
     return vk.keyslot
 
 
@@ -247,6 +303,8 @@ def decrypt_payload(device: PathLike, out: IO[bytes], secret: bytes | VolumeKey,
     parse_cipher(hdr.cipher).check_key_size(len(key))
     try:
         return _decrypt_stream(device, out, key, hdr, progress, chunk)
+    except BrokenPipeError:
+        raise  # the reader went away: the CLI stops quietly
     except OSError as exc:
         raise InputError(f"I/O error while decrypting {os.fspath(device)}: {exc.strerror or exc}") from None
 
