@@ -78,6 +78,7 @@ BACKPORTS_PKGS=(
 )
 BASE_PKGS=(
     cryptsetup-bin busybox-static cpio xz-utils kmod openssl
+    python3-botan jq dpkg-dev
     pkg-config gcc python3-venv
     ceph-mon ceph-osd ceph-common
 )

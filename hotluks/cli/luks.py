@@ -103,7 +103,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _key_file_arg(p)
     p.add_argument("--type", choices=("luks1", "luks2"), default="luks2")
     p.add_argument("--cipher", default="aes-xts-plain64")
-    p.add_argument("--key-size", type=int, choices=(128, 256, 512), default=None,
+    p.add_argument("--key-size", type=int, choices=(128, 192, 256, 384, 512), default=None,
                    help="volume key bits (default 512 for xts, 256 otherwise)")
     p.add_argument("--hash", default="sha256")
     _kdf_args(p)
