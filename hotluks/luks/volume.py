@@ -9,21 +9,18 @@ import stat
 import tempfile
 import time
 import uuid as uuidlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from hotluks.errors import InputError, LuksFormatError, LuksUnsupportedError, ReadOnlyHeaderError
+from hotluks.errors import InputError, LuksFormatError
 from hotluks.luks import create, luks1, luks2
 from hotluks.luks.kdf import KdfParams, pbkdf2
 from hotluks.luks.keyslots import unlock_header
 from hotluks.luks.model import Header, Reader, VolumeKey
-from hotluks.luks.sectors import IV_UNIT, crypt_sectors, parse_cipher
+from hotluks.luks.payload import CHUNK, decrypt_payload, encrypt_payload
 
 PathLike = str | os.PathLike[str]
 Source = PathLike | bytes
-Progress = Callable[[int, int], None]
-CHUNK = 512 << 10  # cache-sized chunks are fastest for the vectorised sector crypto
 _FIRST_READ = 2 * luks2.HDR_SIZES[-1] + 4096
 
 
@@ -271,109 +268,6 @@ def remove_key(device: PathLike, passphrase: bytes, *, header: PathLike | None =
     return vk.keyslot
 
 
-def _payload_geometry(hdr: Header, device_size: int) -> tuple[int, int]:
-    seg = hdr.data_segment
-    end = device_size if seg.size is None else min(device_size, seg.offset + seg.size)
-    length = max(0, end - seg.offset)
-    return seg.offset, length - length % seg.sector_size
-
-
-def _key_for(hdr: Header, secret: bytes | VolumeKey) -> bytes:
-    if hdr.read_only:
-        raise ReadOnlyHeaderError(
-            f"header has unknown mandatory requirements ({', '.join(hdr.requirements)}): not activated")
-    seg = hdr.data_segment
-    if seg.integrity:
-        raise LuksUnsupportedError(f"authenticated encryption (integrity {seg.integrity}) is not supported")
-    if seg.type != "crypt":
-        raise LuksUnsupportedError(f"data segment type {seg.type!r} is not supported")
-    if isinstance(secret, VolumeKey):
-        return secret.key
-    return unlock_header(hdr, secret).key
-
-
-def decrypt_payload(device: PathLike, out: IO[bytes], secret: bytes | VolumeKey, *, header: PathLike | None = None,
-                    progress: Progress | None = None, chunk: int = CHUNK) -> int:
-    """Stream the decrypted data segment of ``device`` into ``out``; return bytes written.
-
-    ``secret`` is a passphrase or an unlocked :class:`VolumeKey`.
-    """
-    hdr = open_header(device, header=header)
-    key = _key_for(hdr, secret)
-    parse_cipher(hdr.cipher).check_key_size(len(key))
-    try:
-        return _decrypt_stream(device, out, key, hdr, progress, chunk)
-    except BrokenPipeError:
-        raise  # the reader went away: the CLI stops quietly
-    except OSError as exc:
-        raise InputError(f"I/O error while decrypting {os.fspath(device)}: {exc.strerror or exc}") from None
-
-
-def _decrypt_stream(device: PathLike, out: IO[bytes], key: bytes, hdr: Header, progress: Progress | None,
-                    chunk: int) -> int:
-    spec = parse_cipher(hdr.cipher)
-    seg = hdr.data_segment
-    chunk -= chunk % seg.sector_size
-    done = 0
-    with _open_read(device) as f:
-        offset, length = _payload_geometry(hdr, _size_of(f))
-        f.seek(offset)
-        while done < length:
-            data = f.read(min(chunk, length - done))
-            if not data:
-                break
-            data = data[:len(data) - len(data) % seg.sector_size]
-            plain = crypt_sectors(spec, key, data, sector_size=seg.sector_size,
-                                  first_iv=seg.iv_tweak + done // IV_UNIT, encrypt=False)
-            out.write(plain)
-            done += len(data)
-            if progress:
-                progress(done, length)
-    return done
-
-
-def encrypt_payload(src: IO[bytes], device: PathLike, secret: bytes | VolumeKey, *, header: PathLike | None = None,
-                    progress: Progress | None = None, total: int = 0, chunk: int = CHUNK) -> int:
-    """Encrypt ``src`` into the data segment of ``device`` from its start; return bytes written.
-
-    A short last sector is zero-padded. Regular files grow as needed; the data
-    must fit a fixed-size segment.
-    """
-    hdr = open_header(device, header=header)
-    key = _key_for(hdr, secret)
-    parse_cipher(hdr.cipher).check_key_size(len(key))
-    try:
-        return _encrypt_stream(src, device, key, hdr, progress, total, chunk)
-    except OSError as exc:
-        raise InputError(f"I/O error while encrypting into {os.fspath(device)}: {exc.strerror or exc}") from None
-
-
-def _encrypt_stream(src: IO[bytes], device: PathLike, key: bytes, hdr: Header, progress: Progress | None,
-                    total: int, chunk: int) -> int:
-    spec = parse_cipher(hdr.cipher)
-    seg = hdr.data_segment
-    chunk -= chunk % seg.sector_size
-    done = 0
-    with open(device, "r+b") as f:
-        f.seek(seg.offset)
-        while True:
-            data = src.read(chunk)
-            if not data:
-                break
-            while len(data) < chunk:
-                more = src.read(chunk - len(data))
-                if not more:
-                    break
-                data += more
-            if len(data) % seg.sector_size:
-                data += bytes(seg.sector_size - len(data) % seg.sector_size)
-            if seg.size is not None and done + len(data) > seg.size:
-                raise InputError("the input is larger than the LUKS data segment")
-            f.write(crypt_sectors(spec, key, data, sector_size=seg.sector_size,
-                                  first_iv=seg.iv_tweak + done // IV_UNIT, encrypt=True))
-            done += len(data)
-            if progress:
-                progress(done, total)
-        f.flush()
-        os.fsync(f.fileno())
-    return done
+__all__ = ["CHUNK", "add_key", "decrypt_payload", "encrypt_payload", "format_luks1", "format_luks2", "format_volume",
+           "make_kdf", "open_header", "read_header_file", "remove_key", "unlock", "verify_passphrase",
+           "write_metadata"]
