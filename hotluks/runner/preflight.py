@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from hotluks.errors import PreflightError, SecretError
+from hotluks.errors import HotluksError, PreflightError, SecretError
 from hotluks.model import Disk, Engine, Source
 from hotluks.secrets import SecretValue
 
@@ -66,8 +66,14 @@ async def run_preflight(disk: Disk, passphrase: SecretValue,
     job = {"source": source, "passphrase": passphrase.value, "ceph_key": _ceph_key(source, values or {}),
            "timeout": timeout, "allow_weak_header": allow_weak_header,
            "qemu_engine": disk.encryption is not None and disk.encryption.engine is Engine.QEMU}
-    kind, message = await _run_worker(job, timeout, source)
+    grace = 3.0 if source.is_rbd else 0.5  # the RBD read gives up at ``timeout`` itself: let its error through
+    kind, message = await _run_worker(job, timeout + grace, source)
     where = source.describe()
+    if kind.startswith("raise:"):
+        raise _error_class(kind[6:])(message)
+    if kind == "timeout":
+        message = (f"checking the LUKS header took longer than the {timeout:g} s timeout "
+                   "(a KDF that slow is unusual; raise --timeout if it is legitimate)")
     if kind == "ok":
         return message
     if kind == "not-checked":
@@ -90,8 +96,7 @@ async def _run_worker(job: dict[str, Any], timeout: float, source: Source) -> tu
     try:
         out, _ = await asyncio.wait_for(proc.communicate(pickle.dumps(job)), max(timeout, 0.001))
     except asyncio.TimeoutError:
-        return "error", (f"checking the LUKS header took longer than the {timeout:g} s timeout "
-                         "(a KDF that slow is unusual; raise --timeout if it is legitimate)")
+        return "timeout", ""
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -101,6 +106,18 @@ async def _run_worker(job: dict[str, Any], timeout: float, source: Source) -> tu
         return str(kind), str(message)
     except Exception:
         return "error", f"the header check failed (worker exit {proc.returncode})"
+
+
+def _error_class(name: str) -> type[HotluksError]:
+    """The hotluks error class a worker reported (``module:Class``); PreflightError for anything else."""
+    import importlib
+
+    module, _, qualname = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), qualname) if module.startswith("hotluks.") else None
+    except (ImportError, AttributeError):
+        cls = None
+    return cls if isinstance(cls, type) and issubclass(cls, HotluksError) else PreflightError
 
 
 def worker_main() -> None:
@@ -116,12 +133,14 @@ def worker_main() -> None:
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
-    from hotluks.errors import HotluksError, LuksUnsupportedError, WrongPassphraseError
+    from hotluks.errors import HotluksError, LuksError, LuksUnsupportedError, WrongPassphraseError
 
     if isinstance(exc, WrongPassphraseError):
         return "wrong", str(exc)
     if isinstance(exc, LuksUnsupportedError):
         return "not-checked", str(exc)
+    if isinstance(exc, HotluksError) and not isinstance(exc, LuksError):  # e.g. RbdReadError: re-raised as is
+        return f"raise:{type(exc).__module__}:{type(exc).__qualname__}", str(exc)
     if isinstance(exc, HotluksError):
         return "error", str(exc)
     if isinstance(exc, OSError):
