@@ -301,3 +301,15 @@ def test_luks2_json_area_framing(area: bytes) -> None:
 
     with pytest.raises(Invalid):
         validate_area(area + (b"" if area == b"{}" else bytes(16)))
+
+
+def test_keyslot_writes_are_ordered_for_crash_safety(luks2_blob: bytes, passphrase: bytes) -> None:
+    """Add: material first (unreferenced area), then primary, then secondary. Remove: both copies, then the wipe."""
+    hdr = open_header(luks2_blob)
+    vk = unlock_header(hdr, passphrase)
+    kdf = KdfParams("pbkdf2", b"s" * 32, hash="sha256", iterations=1000)
+    index, writes = create.add_keyslot(hdr, vk.key, b"new", kdf, lambda n: bytes(n))
+    assert [w.offset for w in writes] == [writes[0].offset, 0, hdr.hdr_size] and writes[0].offset >= 2 * hdr.hdr_size
+    assert writes[1].data[:6] == luks2.MAGIC1 and writes[2].data[:6] == luks2.MAGIC2
+    removal = create.remove_keyslot(hdr, 0, lambda n: bytes(n))
+    assert [w.offset for w in removal[:2]] == [0, hdr.hdr_size] and removal[2].offset == hdr.keyslots[0].area_offset
