@@ -170,3 +170,40 @@ def test_decrypt_into_a_closed_pipe_is_quiet(tmp_path: Path, keyfile: Path) -> N
                           ">/dev/null; echo rc=${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
                           capture_output=True, timeout=300)
     assert proc.stdout.strip() == b"rc=0" and proc.stderr == b"", proc.stderr
+
+
+@pytest.mark.parametrize("answer,written", [(b"YES\n", True), (b"yes\n", False)])
+def test_format_asks_on_a_terminal_like_cryptsetup(tmp_path: Path, keyfile: Path, answer: bytes,
+                                                   written: bool) -> None:
+    """On a terminal, an existing non-LUKS header file is overwritten only after a literal YES."""
+    import pty
+    import select
+    import time
+
+    header, payload = tmp_path / "old.hdr", tmp_path / "p.img"
+    header.write_bytes(b"important data\n")
+    payload.write_bytes(bytes(1 << 20))
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the CLI with the pty as its terminal
+        os.execv(sys.executable, [sys.executable, "-m", "hotluks", "luks", "format", str(payload), "--header",
+                                  str(header), "--key-file", str(keyfile), *FAST])
+    output, deadline, answered = b"", time.monotonic() + 120, False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        if not answered and b"Are you sure? (Type 'yes' in capital letters):" in output:
+            os.write(fd, answer)
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert answered, output
+    assert b"is a non-empty file that is not a LUKS header" in output
+    assert (os.waitstatus_to_exitcode(status) == 0) == written, output
+    assert (header.read_bytes()[:6] == b"LUKS\xba\xbe") == written
