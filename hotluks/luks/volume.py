@@ -177,17 +177,15 @@ def write_metadata(path: PathLike, writes: list[create.Write], *, header_file: b
     (the order of ``writes`` is crash-safe: see :mod:`hotluks.luks.create`).
     """
     try:
-        if header_file and _is_regular(path):
-            old = b"" if new or not os.path.exists(path) else Path(path).read_bytes() \
-                if os.path.getsize(path) <= ATOMIC_MAX_BYTES else None
-            if old is not None:
-                buf = bytearray(old)
-                for w in writes:
-                    if len(buf) < w.offset + len(w.data):
-                        buf.extend(bytes(w.offset + len(w.data) - len(buf)))
-                    buf[w.offset:w.offset + len(w.data)] = w.data
-                _replace_file(path, bytes(buf))
-                return
+        exists = os.path.exists(path)
+        if header_file and _is_regular(path) and (new or not exists or os.path.getsize(path) <= ATOMIC_MAX_BYTES):
+            buf = bytearray() if new or not exists else bytearray(Path(path).read_bytes())
+            for w in writes:
+                if len(buf) < w.offset + len(w.data):
+                    buf.extend(bytes(w.offset + len(w.data) - len(buf)))
+                buf[w.offset:w.offset + len(w.data)] = w.data
+            _replace_file(path, bytes(buf))
+            return
         with open(path, "r+b") as f:
             for w in writes:
                 f.seek(w.offset)
