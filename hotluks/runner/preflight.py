@@ -90,9 +90,13 @@ async def _run_worker(job: dict[str, Any], timeout: float, source: Source) -> tu
 
     The job (passphrase included) goes through the child's stdin, never its argv.
     """
+    import hotluks
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(hotluks.__file__)))  # this hotluks, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from hotluks.runner.preflight import worker_main; worker_main()",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(pickle.dumps(job)), max(timeout, 0.001))
     except asyncio.TimeoutError:
