@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from hotluks.errors import LuksFormatError, LuksUnsupportedError, ReadOnlyHeaderError
 from hotluks.luks import luks1, luks2
-from hotluks.luks.kdf import KdfParams, hash_algorithm, pbkdf2
+from hotluks.luks.kdf import KdfParams, hash_digest_size, pbkdf2
 from hotluks.luks.keyslots import material_size, seal_keyslot
 from hotluks.luks.model import Header
 from hotluks.luks.sectors import parse_cipher
@@ -42,7 +42,7 @@ def build_luks1(key: bytes, passphrase: bytes, *, cipher: str, hash_name: str, k
     """A LUKS1 header with keyslot 0 set (QEMU- and cryptsetup-compatible layout)."""
     spec = parse_cipher(cipher)
     spec.check_key_size(len(key))
-    hash_algorithm(hash_name)
+    hash_digest_size(hash_name)
     offsets, end = luks1.layout(len(key))
     payload = 0 if detached else LUKS1_PAYLOAD_SECTORS
     if not detached and end > payload:
@@ -89,7 +89,7 @@ def build_luks2(key: bytes, passphrase: bytes, *, cipher: str, kdf: KdfParams, d
     material = seal_keyslot(key, passphrase, kdf, spec.name, len(key), digest_hash, luks1.STRIPES,
                             rand(len(key) * (luks1.STRIPES - 1)))
     salt = rand(32)
-    dig = pbkdf2(digest_hash, key, salt, digest_iterations, hash_algorithm(digest_hash).digest_size)
+    dig = pbkdf2(digest_hash, key, salt, digest_iterations, hash_digest_size(digest_hash))
     doc = {
         "keyslots": {"0": {
             "type": "luks2", "key_size": len(key),

@@ -83,9 +83,9 @@ def parse_cipher(cipher: str, mode: str | None = None) -> CipherSpec:
     if ivgen in ("plain", "plain64"):
         return CipherSpec(name, chain, ivgen)
     if ivgen.startswith("essiv:"):
-        from hotluks.luks.kdf import hash_algorithm
+        from hotluks.luks.kdf import hash_digest_size
 
-        size = hash_algorithm(ivgen[6:]).digest_size  # LuksUnsupportedError for a hash the engine lacks
+        size = hash_digest_size(ivgen[6:])  # LuksUnsupportedError for a hash the engine lacks
         if size not in blockciphers.CIPHERS[name][1]:
             raise LuksUnsupportedError(f"ESSIV hash {ivgen[6:]!r} makes a {size * 8}-bit key, unusable with {name}")
         return CipherSpec(name, chain, ivgen)

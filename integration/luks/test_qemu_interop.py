@@ -103,3 +103,17 @@ def test_qemu_made_ciphers_decrypt_in_engine(qemu_img: str, qemu_io: str, files:
     luks.decrypt_payload(image, out, passphrase)
     plain = out.getvalue()
     assert plain[:1 << 20] == b"\x5a" * (1 << 20) and plain[3 << 20:(3 << 20) + 4096] == b"\x33" * 4096
+
+
+@pytest.mark.parametrize("hash_alg", ["ripemd160", "sha512"])
+def test_qemu_made_hash_algorithms_unlock_in_engine(qemu_img: str, qemu_io: str, files: Any, keyfile: Path,
+                                                    passphrase: bytes, hash_alg: str) -> None:
+    """QEMU's LUKS1 hash-alg choices (ripemd160 comes from Botan) unlock and decrypt in the engine."""
+    image = files.root / "qemu.luks"
+    files.run([qemu_img, "create", "--object", _secret(keyfile), "-f", "luks", "-o",
+               f"key-secret=sec0,iter-time=10,hash-alg={hash_alg}", str(image), "4M"])
+    files.run([qemu_io, "--object", _secret(keyfile), "--image-opts",
+               f"driver=luks,key-secret=sec0,file.driver=file,file.filename={image}", "-c", "write -P 0x6b 0 64k"])
+    out = io.BytesIO()
+    luks.decrypt_payload(image, out, passphrase)
+    assert luks.open_header(image).hash == hash_alg and out.getvalue()[:65536] == b"\x6b" * 65536
