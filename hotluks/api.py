@@ -142,10 +142,12 @@ class AsyncSession:
         self.operator = operator
 
     async def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-                     dry_run: bool = False, timeout: float = 30.0, pin: bool = False) -> AttachResult:
+                     dry_run: bool = False, timeout: float = 30.0, pin: bool = False,
+                     allow_weak_header: bool = False) -> AttachResult:
         disk = _disk(disk)
         result = await self.operator.attach(disk, _secret_values(secrets), preflight=bool(preflight),
-                                            dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin))
+                                            dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin),
+                                            allow_weak_header=bool(allow_weak_header))
         if not result.dry_run:
             await guard_after_attach(self.backend, disk.target_dev)
         return result
@@ -172,7 +174,9 @@ class AsyncSession:
         """Change the passphrase of an attached disk's header file (:mod:`hotluks.headers.rotate`)."""
         from hotluks.headers.rotate import rotate
 
-        return await rotate(self.backend, _disk(disk), new_passphrase, _secret_values(secrets),
+        disk = _disk(disk)
+        return await rotate(self.backend, disk, new_passphrase, _secret_values(secrets),
+                            disk_fingerprint=await self.operator.disk_fingerprint(disk),
                             state_dir=self.operator.state_dir)
 
     async def close(self) -> None:
@@ -284,8 +288,10 @@ class Session:
         return self._session.operator.master_key is not None or self._session.backend.can_seal
 
     def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-               dry_run: bool = False, timeout: float = 30.0, pin: bool = False) -> AttachResult:
-        return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin))
+               dry_run: bool = False, timeout: float = 30.0, pin: bool = False,
+               allow_weak_header: bool = False) -> AttachResult:
+        return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin,
+                                                     allow_weak_header))
 
     def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return self._runner.run(self._session.detach(disk_or_target, timeout))

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--no-preflight", action="store_true", help="skip the LUKS header/passphrase check")
     a.add_argument("--dry-run", action="store_true", help="probe and plan against the VM, send nothing")
     tls_option(a)
+    a.add_argument("--allow-weak-header", action="store_true",
+                   help="attach even when the LUKS header is below the policy (cipher_null, ECB, PBKDF2 under "
+                        "1000 iterations, argon2 under cryptsetup's minimum); refused otherwise")
     a.add_argument("--pin", action="store_true",
                    help="check the LUKS header against the fingerprint pinned for its location, pinning it on "
                         "first use (STATE/pins); a replaced header is refused")
@@ -152,7 +155,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     disk = load_disk(args.disk)
     secrets = read_secrets(args.secret)
     result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run,
-                                           timeout=args.timeout, pin=args.pin))
+                                           timeout=args.timeout, pin=args.pin,
+                                           allow_weak_header=args.allow_weak_header))
     if args.json:
         print_json(result.to_json())
     elif result.already_attached:

@@ -142,7 +142,9 @@ def start_qemu(
     proc = QemuProcess(args=args, workdir=workdir, qmp_path=sockets[0], popen=popen, stdout_path=stdout_path,
                        extra_sockets=sockets[1:])
     try:
-        _wait_for_socket(sockets[0], popen, timeout)
+        deadline = time.monotonic() + timeout
+        for path in sockets:  # QEMU creates them one after another: a test may use any of them at once
+            _wait_for_socket(path, popen, max(deadline - time.monotonic(), 0.1))
     except BaseException:
         detail = proc.output().strip()
         proc.stop()

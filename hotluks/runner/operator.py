@@ -97,6 +97,10 @@ class Operator(Maintenance):
     async def _secret_values(self, plan: Plan, given: Mapping[str, SecretValue]) -> dict[str, SecretValue]:
         return await resolve(plan.secrets, given, self.backend)
 
+    async def disk_fingerprint(self, disk: Disk) -> str:
+        """What makes two attaches "the same disk" (stored in the record as ``fingerprint``)."""
+        return plan_fingerprint(build_plan(disk, await self.capabilities()))
+
     async def _plan(self, disk: Disk, caps: Capabilities) -> tuple[Plan, VMSnapshot]:
         before = await snapshot(self.backend)
         plan = build_plan(disk, caps, await plan_context(self.backend, disk, before, machine=await self.machine()))
@@ -107,12 +111,13 @@ class Operator(Maintenance):
     # -- attach ----------------------------------------------------------------
     async def attach(self, disk: Disk, secrets: Mapping[str, SecretValue] | None = None, *,
                      preflight: bool = True, dry_run: bool = False, timeout: float = 30.0,
-                     pin: bool = False) -> AttachResult:
+                     pin: bool = False, allow_weak_header: bool = False) -> AttachResult:
         """Attach ``disk``: refuse (exit 2), succeed, or roll back completely (exit 1) or record a repair (3).
 
         The LUKS preflight runs before the VM's lock is taken; ``timeout`` also bounds the
         unplug wait of a rollback. With ``pin`` the header's fingerprint is checked against the
-        one recorded for its location, or recorded on this first use.
+        one recorded for its location, or recorded on this first use. ``allow_weak_header`` lets
+        a header below the policy (cipher_null, ECB, a KDF under cryptsetup's minimum) through.
         """
         ident = await self.identity()
         caps = await self.capabilities()
@@ -130,7 +135,7 @@ class Operator(Maintenance):
         if passphrase is not None:
             check_passphrase_encoding(disk, passphrase)
         if preflight and passphrase is not None:
-            note = await run_preflight(disk, passphrase, values, timeout)
+            note = await run_preflight(disk, passphrase, values, timeout, allow_weak_header=allow_weak_header)
         else:  # a pinned header is checked even without the passphrase preflight
             note = await verify_pin(disk, values, timeout) or note
         header_fp = pinned.fingerprint if pinned else None

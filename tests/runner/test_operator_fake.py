@@ -271,7 +271,7 @@ def test_status_takes_no_lock_and_preflight_runs_before_the_lock(tmp_path: Path,
     disk = make(tmp_path, "attached-luks")
     free: list[bool] = []
 
-    async def preflight(*args: Any) -> str:
+    async def preflight(*args: Any, **kwargs: Any) -> str:
         async with vm_lock(Journal(tmp_path / "s", fake.vm_key).dir, 0.2):
             free.append(True)  # nobody holds the VM lock while the header is checked
         return "checked (fake)"
