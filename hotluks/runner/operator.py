@@ -26,6 +26,7 @@ from hotluks.plan.planner import build_plan
 from hotluks.plan.steps import Plan
 from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner import transaction as tx
+from hotluks.runner.access import check_qemu_access
 from hotluks.runner.executor import journal_quietly, send_step, undo_shielded
 from hotluks.runner.fdplan import with_fd_passing
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
@@ -158,6 +159,7 @@ class Operator(Maintenance):
                                     top_node=str(top), shape=existing.shape, preflight=note, dry_run=dry_run,
                                     already_attached=True, header_fingerprint=existing.header_fingerprint or None)
             plan, before = await self._plan(disk, caps)
+            check_qemu_access([s.fd_source for s in plan.steps if s.fd_source is not None], ident.instance)
             commands = [bound_command(step, values, sealing) for step in plan.steps]
             if dry_run:
                 return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,
