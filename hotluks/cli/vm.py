@@ -8,7 +8,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from hotluks.cli.common import add_secret_option, load_disk, print_json, read_secrets
+from hotluks.cli.common import add_secret_option, load_disk, read_secrets
+from hotluks.cli.output import emit
 from hotluks.errors import HotluksError
 from hotluks.headers.tls import add_option as tls_option
 from hotluks.headers.tls import apply_option as apply_tls_option
@@ -136,15 +137,10 @@ async def _interruptible(args: argparse.Namespace, work: Callable[[AsyncSession]
 
 
 def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` on a session; errors propagate (``main`` prints them, as JSON under ``--json``)."""
     import asyncio
 
-    try:
-        return asyncio.run(_interruptible(args, work))
-    except HotluksError as exc:
-        if getattr(args, "json", False):
-            print_json({"ok": False, "exit": exc.exit_code, "error": str(exc), "type": type(exc).__name__})
-            raise SystemExit(exc.exit_code) from None
-        raise
+    return asyncio.run(_interruptible(args, work))
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
@@ -154,7 +150,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run,
                                            timeout=args.timeout, pin=args.pin))
     if args.json:
-        print_json(result.to_json())
+        emit("attach", result.to_json())
     elif result.already_attached:
         print(f"{result.target} is already attached to {result.vm} as device {result.device} (same disk): "
               "nothing to do")
@@ -174,7 +170,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
     target = args.target or load_disk(args.disk).target_dev
     result = _run(args, lambda s: s.detach(target, timeout=args.timeout))
     if args.json:
-        print_json(result.to_json())
+        emit("detach", result.to_json())
     elif result.already_absent:
         print(f"{result.target} is not attached by hotluks to {result.vm}: nothing to do")
     else:
@@ -187,7 +183,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     disks = _run(args, lambda s: s.status())
     attention = 3 if any(d.needs_repair for d in disks) else 0
     if args.json:
-        print_json({"vm": args.vm, "disks": disks})
+        emit("status", {"vm": args.vm, "disks": [d.to_json() for d in disks]})
         return attention
     if not disks:
         print(f"{args.vm}: no hotluks-managed disks")
@@ -208,7 +204,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_repair(args: argparse.Namespace) -> int:
     actions = _run(args, lambda s: s.repair(timeout=args.timeout))
     if args.json:
-        print_json({"vm": args.vm, "actions": actions})
+        emit("repair", {"vm": args.vm, "actions": [a.to_json() for a in actions]})
     elif not actions:
         print(f"{args.vm}: nothing to repair")
     else:

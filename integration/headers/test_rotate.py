@@ -34,7 +34,7 @@ def test_rotate_keeps_the_vm_reading_and_only_the_new_passphrase_opens(
     common = [vm.qmp_path, disk.xml_path, "--state-dir", state_dir]
     proc = run_cli("attach", *common, *disk.cli_secret(), "--json")
     assert proc.returncode == 0, proc.stderr
-    top = json.loads(proc.stdout)["top-node"]
+    top = json.loads(proc.stdout)["top_node"]
 
     rotated = run_cli("rotate", *common, *disk.cli_secret(), "--new-key-file", new_file, "--json")
     assert rotated.returncode == 0, rotated.stderr
@@ -56,7 +56,7 @@ def test_rotate_keeps_the_vm_reading_and_only_the_new_passphrase_opens(
     assert monitor.snapshot() == initial
     again = run_cli("attach", *common, "--secret", f"{disk.secret_key}={new_file}", "--json")
     assert again.returncode == 0, again.stderr
-    assert qemu_io_read(monitor, vm, json.loads(again.stdout)["top-node"]) == "ok"
+    assert qemu_io_read(monitor, vm, json.loads(again.stdout)["top_node"]) == "ok"
     assert run_cli("detach", vm.qmp_path, "--target", "vdb", "--state-dir", state_dir).returncode == 0
     assert monitor.snapshot() == initial
 
