@@ -160,7 +160,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 #: commands that act on a VM: an interruption outside their event loop (which turns SIGINT/SIGTERM
 #: into rollback or repair itself) happens before anything was sent, so it exits 2, never 130
-VM_COMMANDS = frozenset({"attach", "detach", "status", "repair"})
+VM_COMMANDS = frozenset({"attach", "detach", "status", "repair", "resize"})
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:

@@ -84,6 +84,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--timeout", type=float, default=30.0, metavar="S", help="unplug wait (default 30)")
     r.set_defaults(func=cmd_repair)
 
+    z = sub.add_parser("resize", help="grow a disk hotluks attached (QMP block_resize); the guest sees the new size",
+                       description="Resize the block node the disk's device sits on (as recorded at attach): "
+                                   "its LUKS node, or its format node for qcow2-native; a detached-header "
+                                   "payload grows with it. Shrinking is refused without --force.",
+                       epilog="exit codes: 0 resized (or already that size); 1 QEMU refused, the disk is "
+                              "unchanged; 2 refused before anything was sent (unknown target, shrink without "
+                              "--force, bad SIZE); 3 the resize failed and the size changed anyway")
+    _common(z)
+    z.add_argument("target", metavar="TARGET", help="the target dev of the attached disk (e.g. vdb)")
+    z.add_argument("size", metavar="SIZE",
+                   help="new size: bytes, or with K, M, G, T, P, E (powers of 1024, as qemu-img); "
+                        "+SIZE/-SIZE grow/shrink by that much")
+    z.add_argument("--force", action="store_true", help="allow shrinking (data past the new end is lost)")
+    z.set_defaults(func=cmd_resize, timeout=30.0)
+
 
 async def _with_session(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     from hotluks.api import aconnect
@@ -216,6 +231,21 @@ def cmd_repair(args: argparse.Namespace) -> int:
         print("hotluks: error: repair incomplete; run it again once the guest released its devices",
               file=sys.stderr)
         return 3
+    return 0
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    from hotluks.runner.resize import parse_size
+
+    parse_size(args.size)  # a bad SIZE is refused before connecting
+    result = _run(args, lambda s: s.resize(args.target, args.size, force=args.force))
+    if args.json:
+        emit("resize", result.to_json())
+    elif not result.changed:
+        print(f"{result.target} of {result.vm} already has {result.new_size} bytes: nothing to do")
+    else:
+        print(f"resized {result.target} of {result.vm} (node {result.node}) from {result.old_size} to "
+              f"{result.new_size} bytes in {result.seconds * 1000:.1f} ms")
     return 0
 
 

@@ -43,7 +43,7 @@ def test_schemas_are_valid_and_cover_the_commands() -> None:
     for doc in SCHEMAS.values():
         jsonschema.Draft202012Validator.check_schema(doc)
     assert set(SCHEMAS) >= {"plan.json", "cold-cmdline.json", "example.json", "attach.json", "detach.json",
-                            "status.json", "repair.json", "luks-dump.json", "error.json"}
+                            "status.json", "repair.json", "luks-dump.json", "error.json", "resize.json"}
 
 
 def test_plan_and_cold_cmdline_outputs(example: Path, cli: Any, tmp_path: Path) -> None:
@@ -100,6 +100,10 @@ def test_runner_results_in_the_envelope() -> None:
     validate("status", envelope("status", {"vm": "vm1", "disks": [entry.to_json()]}))
     repair = {"vm": "vm1", "actions": [RepairAction("vdb", "finished detach", ("hl-vdb",)).to_json()]}
     validate("repair", envelope("repair", repair))
+    from hotluks.runner.resize import ResizeResult
+
+    validate("resize", envelope("resize", ResizeResult("vm1", "vdb", "hl-vdb", "hl-vdb-luks", 1 << 20, 2 << 20,
+                                                       0.01).to_json()))
 
 
 def test_demo_report_in_the_envelope_keeps_its_verdict() -> None:
