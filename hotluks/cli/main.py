@@ -205,9 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, 2, f"hotluks: error: {where}{exc.strerror or exc}")
     except KeyboardInterrupt:
         if vm_command:
-            print("hotluks: error: interrupted before anything was sent to the VM; nothing changed",
-                  file=sys.stderr)
-            return 2
+            what = KeyboardInterrupt("interrupted before anything was sent to the VM; nothing changed")
+            return _fail(args, what, 2, f"hotluks: error: {what}")
         print("hotluks: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not bad input: say so without a traceback unless -vv
