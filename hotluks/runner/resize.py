@@ -19,13 +19,16 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hotluks.backends.base import QMPCommandError
+from hotluks.backends.base import MonitorBackend, QMPCommandError
 from hotluks.errors import HotluksError, Incomplete, InputError, NotAttached, RefusedError, RolledBack
 from hotluks.runner import transaction as tx
 from hotluks.runner.journal import CorruptRecordError, Record
 from hotluks.runner.results import JSONResult
+
+if TYPE_CHECKING:
+    from hotluks.runner.operator import Operator
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ def top_node(record: Record) -> str:
     raise RefusedError(f"the record of {record.target} has no device on a block node: nothing to resize")
 
 
-async def node_size(backend: Any, node: str) -> int:
+async def node_size(backend: MonitorBackend, node: str) -> int:
     """The virtual size QEMU reports for block node ``node``."""
     for entry in await backend.execute("query-named-block-nodes", {"flat": True}):
         if entry.get("node-name") == node:
@@ -114,7 +117,7 @@ async def node_size(backend: Any, node: str) -> int:
     raise RefusedError(f"block node {node} is not in the VM: run `hotluks status` (and `hotluks repair`)")
 
 
-async def resize(operator: Any, target: str, size: SizeSpec | str | int, *, force: bool = False) -> ResizeResult:
+async def resize(operator: Operator, target: str, size: SizeSpec | str | int, *, force: bool = False) -> ResizeResult:
     """Resize the disk attached on ``target`` of the operator's VM (under the VM's lock)."""
     spec = size if isinstance(size, SizeSpec) else SizeSpec(size) if isinstance(size, int) else parse_size(size)
     started = time.perf_counter()
@@ -144,7 +147,7 @@ async def resize(operator: Any, target: str, size: SizeSpec | str | int, *, forc
         return ResizeResult(backend.vm, target, record.device, node, old, now, time.perf_counter() - started)
 
 
-async def _send(backend: Any, node: str, old: int, new: int) -> None:
+async def _send(backend: MonitorBackend, node: str, old: int, new: int) -> None:
     """``block_resize``; on failure say whether the disk changed (1: unchanged, 3: changed)."""
     sending = asyncio.ensure_future(backend.execute("block_resize", {"node-name": node, "size": new}))
     try:

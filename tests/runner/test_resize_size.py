@@ -50,3 +50,34 @@ def test_result_json() -> None:
     same = ResizeResult("vm", "vdb", "hl-vdb", "hl-vdb-luks", MIB, MIB)
     assert same["changed"] is False and same.to_json()["new_size"] == MIB
     assert ResizeResult("vm", "vdb", "hl-vdb", "n", MIB, 2 * MIB, 0.25)["changed"] is True
+
+
+class _Backend:
+    """Just enough of a backend for the failure paths of one block_resize (edge cases QEMU rarely shows)."""
+
+    def __init__(self, after: int | None, error: Exception):
+        self.after, self.error, self.sent = after, error, 0
+
+    async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
+        if command == "block_resize":
+            self.sent += 1
+            raise self.error
+        if self.sent and self.after is None:
+            raise OSError("monitor gone")
+        return [{"node-name": "n", "image": {"virtual-size": self.after if self.sent else MIB}}]
+
+
+@pytest.mark.parametrize(("after", "kind", "code"), [(MIB, "RolledBack", 1), (2 * MIB, "Incomplete", 3),
+                                                     (None, "Incomplete", 3)])
+def test_a_failed_resize_says_what_the_size_is(after: int | None, kind: str, code: int) -> None:
+    import asyncio
+
+    from hotluks.backends.base import QMPCommandError
+    from hotluks.errors import HotluksError
+    from hotluks.runner.resize import _send
+
+    backend = _Backend(after, QMPCommandError("block_resize", "GenericError", "cannot grow"))
+    with pytest.raises(HotluksError) as failed:
+        asyncio.run(_send(backend, "n", MIB, 2 * MIB))  # type: ignore[arg-type]
+    assert type(failed.value).__name__ == kind and failed.value.exit_code == code
+    assert "cannot grow" in str(failed.value)
