@@ -44,9 +44,12 @@ def image_virtual_size(path: Path) -> int:
     return int(json.loads(out)["virtual-size"])
 
 
-def payload_grew(disk: TestDisk, new: int) -> None:
-    """What QEMU did to the files below the top node."""
+def payload_grew(monitor: Monitor, disk: TestDisk, new: int, header_size: int) -> None:
+    """What QEMU did to the nodes and files below the top node."""
     assert disk.payload is not None
+    if disk.header is not None:  # the payload's format node grew with the luks node; the header did not
+        assert node_size(monitor, f"hl-{disk.target}-fmt") == new
+        assert node_size(monitor, f"hl-{disk.target}-hdr-fmt") == disk.header.stat().st_size == header_size
     if disk.shape == "detached-header-raw":  # LUKS payload offset 0: the file is exactly the new size
         assert disk.payload.stat().st_size == new
     elif disk.shape == "detached-header-qcow2":  # the qcow2 format node under the luks node grew
@@ -63,12 +66,13 @@ def test_every_shape_grows_through_the_api(vm: QemuProcess, monitor: Monitor, in
     disks = [make_disk(tmp_path / "disks", shape, target_for(bus, i), bus) for i, shape in enumerate(SHAPES)]
     with hotluks.connect(f"unix:{vm.qmp_path}", state_dir=state_dir) as session:
         for disk in disks:
+            header_size = disk.header.stat().st_size if disk.header else 0
             top = session.attach(disk.disk(), disk.secrets()).top_node
             assert node_size(monitor, top) == MIB
             grown = session.resize(disk.target, "3M")
             assert (grown.node, grown.old_size, grown.new_size, grown.changed) == (top, MIB, 3 * MIB, True)
             assert node_size(monitor, top) == 3 * MIB
-            payload_grew(disk, 3 * MIB)
+            payload_grew(monitor, disk, 3 * MIB, header_size)
             assert qemu_io_read(monitor, vm, top) == "ok"  # the old plaintext still decrypts
             relative = session.resize(disk.disk(), "+512K")  # a Disk works as well as its target
             assert relative.new_size == node_size(monitor, top) == 3 * MIB + 512 * 1024
