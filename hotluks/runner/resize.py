@@ -7,6 +7,9 @@ for every shape: a ``luks`` node passes the new size plus its payload offset dow
 qcow2 node (qcow2-native encryption, or the payload under a detached header) grows its
 virtual size, a raw/protocol node its file, and filters pass it on.
 
+Disks decrypted by librbd are refused (see :data:`LIBRBD_REFUSAL`), and a size QEMU reports
+afterwards that is not the one asked for is an error (exit 3), never reported as success.
+
 A resize is one QMP command without an undo: an interruption after it was sent lets it
 finish (and the result is reported); a failure is re-checked against the size QEMU reports
 afterwards — unchanged: exit 1, changed anyway: exit 3.
@@ -22,7 +25,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
-from hotluks.errors import HotluksError, Incomplete, InputError, NotAttached, RefusedError, RolledBack
+from hotluks.errors import (
+    HotluksError,
+    Incomplete,
+    InputError,
+    NotAttached,
+    RefusedError,
+    RolledBack,
+    UnsupportedError,
+)
 from hotluks.runner import transaction as tx
 from hotluks.runner.journal import CorruptRecordError, Record
 from hotluks.runner.results import JSONResult
@@ -35,6 +46,13 @@ log = logging.getLogger(__name__)
 #: qemu-img's size suffixes (powers of 1024; ``B`` or none: bytes)
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 SECTOR = 512
+#: QEMU's rbd driver hands block_resize's size to rbd_resize as the raw image size, while the node shows
+#: librbd's decrypted view (raw size minus the LUKS data offset): asked to grow by less than the offset, a
+#: librbd-encrypted disk shrinks (seen with QEMU 10.0 on librbd 16.2; integration/ceph_runner checks it)
+LIBRBD_REFUSAL = ("resize of a disk decrypted by librbd (engine='librbd') is not supported: QEMU's rbd driver "
+                  "sets the raw image to the new size without counting librbd's LUKS header, so the disk would "
+                  "end up smaller than asked, or shrink; detach it, `rbd resize` the image (new size + the "
+                  "header's data offset), and attach it again")
 MAX_SIZE = (1 << 63) - 1
 _SIZE = re.compile(r"^([+-]?)([0-9]+)(?:\.([0-9]+))?\s*([A-Za-z]?)$")
 
@@ -134,6 +152,8 @@ async def resize(operator: Operator, target: str, size: SizeSpec | str | int, *,
         if record.status != "attached":
             raise RefusedError(f"target {target} has an interrupted {record.status} operation; "
                                "run `hotluks repair` first")
+        if record.shape.startswith("librbd"):
+            raise UnsupportedError(LIBRBD_REFUSAL)
         node = top_node(record)
         old = await node_size(backend, node)
         new = spec.target(old)
@@ -144,6 +164,9 @@ async def resize(operator: Operator, target: str, size: SizeSpec | str | int, *,
         log.info("resizing %s (node %s) of %s from %d to %d bytes", target, node, backend.vm, old, new)
         await _send(backend, node, old, new)
         now = await node_size(backend, node)
+        if now != new:
+            raise Incomplete(f"block_resize of {node} to {new} bytes succeeded but QEMU now reports {now} bytes "
+                             f"(it had {old})")
         return ResizeResult(backend.vm, target, record.device, node, old, now, time.perf_counter() - started)
 
 
