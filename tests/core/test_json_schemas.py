@@ -43,7 +43,7 @@ def test_schemas_are_valid_and_cover_the_commands() -> None:
     for doc in SCHEMAS.values():
         jsonschema.Draft202012Validator.check_schema(doc)
     assert set(SCHEMAS) >= {"plan.json", "cold-cmdline.json", "example.json", "attach.json", "detach.json",
-                            "status.json", "repair.json", "luks-dump.json", "error.json", "resize.json"}
+                            "status.json", "repair.json", "luks-dump.json", "error.json", "resize.json", "rotate.json"}
 
 
 def test_plan_and_cold_cmdline_outputs(example: Path, cli: Any, tmp_path: Path) -> None:
@@ -104,6 +104,10 @@ def test_runner_results_in_the_envelope() -> None:
 
     validate("resize", envelope("resize", ResizeResult("vm1", "vdb", "hl-vdb", "hl-vdb-luks", 1 << 20, 2 << 20,
                                                        0.01).to_json()))
+    from hotluks.headers.rotate import RotateResult
+
+    rotated = RotateResult("vdb", "/h.img", "/state/backups/h.img", 0, 1, "cd" * 32, False, 0.4)
+    validate("rotate", envelope("rotate", rotated.to_json()))  # its kebab keys come out snake_case
 
 
 def test_demo_report_in_the_envelope_keeps_its_verdict() -> None:
