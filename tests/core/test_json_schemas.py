@@ -141,3 +141,19 @@ def test_usage_error_document(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     validate("luks dump", doc)
     assert doc["error"]["exit_code"] == 2 and "DEVICE" in doc["error"]["message"]
+
+
+def test_luks_fingerprint_output(cli: Any, tmp_path: Path) -> None:
+    from hotluks import luks
+
+    payload, header = tmp_path / "payload.raw", tmp_path / "header.img"
+    payload.write_bytes(bytes(1 << 20))
+    luks.format_volume(payload, b"pass", type="luks1", header=header,
+                       kdf=luks.make_kdf("pbkdf2", iterations=1000), key_size=256)
+    done = cli("luks", "fingerprint", str(payload), "--header", str(header), "--json")
+    doc = json.loads(done.out)
+    validate("luks fingerprint", doc)
+    assert done.code == 0 and doc["fingerprint"] == luks.fingerprint.fingerprint(luks.open_header(header)).value
+    missing = cli("luks", "fingerprint", str(tmp_path / "nope"), "--json")
+    assert missing.code == 2
+    validate("luks fingerprint", json.loads(missing.out))
