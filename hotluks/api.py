@@ -42,6 +42,7 @@ from hotluks.secrets import SecretValue
 
 if TYPE_CHECKING:
     from hotluks.headers.rotate import RotateResult
+    from hotluks.runner.resize import ResizeResult
 
 SecretsArg = Mapping[str, bytes | str | SecretValue] | None
 T = TypeVar("T")
@@ -101,12 +102,12 @@ def _disk(disk: object) -> Disk:
     raise InvalidDisk(f"a disk is a hotluks.Disk, <disk> XML or the path of an XML file, not {type(disk).__name__}")
 
 
-def _target(disk_or_target: object) -> Disk | str:
+def _target(disk_or_target: object, verb: str = "detach") -> Disk | str:
     if isinstance(disk_or_target, Disk):
         return disk_or_target
     if isinstance(disk_or_target, str) and disk_or_target and disk_or_target.isprintable():
         return disk_or_target
-    raise InputError(f"detach takes a Disk or a target name such as 'vdb', not {disk_or_target!r:.80}")
+    raise InputError(f"{verb} takes a Disk or a target name such as 'vdb', not {disk_or_target!r:.80}")
 
 
 def _optional_text(value: object, what: str) -> str | None:
@@ -168,6 +169,17 @@ class AsyncSession:
 
     async def repair(self, timeout: float = 30.0) -> list[RepairAction]:
         return await self.operator.repair(timeout=_seconds(timeout))
+
+    async def resize(self, disk_or_target: Disk | str, size: int | str, force: bool = False) -> ResizeResult:
+        """Grow the attached disk to ``size`` (bytes, or qemu-img style ``"10G"``/``"+1G"``); shrink only
+        with ``force``. Raises :class:`~hotluks.errors.NotAttached` for a target hotluks has not attached."""
+        from hotluks.runner.resize import resize
+
+        what = _target(disk_or_target, "resize")
+        target = what.target_dev if isinstance(what, Disk) else what
+        if isinstance(size, bool) or not isinstance(size, int | str):
+            raise InputError(f"size must be a number of bytes or a string such as '10G', not {type(size).__name__}")
+        return await resize(self.operator, target, size, force=bool(force))
 
     async def rotate(self, disk: Disk | str | Path, new_passphrase: bytes,
                      secrets: SecretsArg = None) -> RotateResult:
@@ -301,6 +313,9 @@ class Session:
 
     def repair(self, timeout: float = 30.0) -> list[RepairAction]:
         return self._runner.run(self._session.repair(timeout))
+
+    def resize(self, disk_or_target: Disk | str, size: int | str, force: bool = False) -> ResizeResult:
+        return self._runner.run(self._session.resize(disk_or_target, size, force))
 
     def rotate(self, disk: Disk | str | Path, new_passphrase: bytes, secrets: SecretsArg = None) -> RotateResult:
         return self._runner.run(self._session.rotate(disk, new_passphrase, secrets))

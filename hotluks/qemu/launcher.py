@@ -118,7 +118,7 @@ def start_qemu(
     workdir: Path | None = None,
     timeout: float = 15.0,
 ) -> QemuProcess:
-    """Start QEMU in the background and return once its QMP socket accepts connections.
+    """Start QEMU in the background and return once each of its QMP sockets accepts connections.
 
     ``guest=False`` starts a paused (``-S``) guest-less VM. Each of ``qmp_sockets``
     QMP servers gets its own socket (``qmp.sock``, ``qmp1.sock``, ...). No QMP client

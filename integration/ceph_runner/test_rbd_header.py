@@ -81,8 +81,8 @@ def test_wrong_passphrase_refused_before_the_vm_is_touched(variant: str, request
         sent = proxy.executed()
     assert proc.returncode == 2, proc.stdout + proc.stderr
     reply = json.loads(proc.stdout)
-    assert reply["type"] == "PreflightFailed"
-    assert reply["error"] == (f"preflight: the passphrase does not open the LUKS header on rbd rbd/{images['header']}; "
+    assert reply["error"]["type"] == "PreflightFailed"
+    assert reply["error"]["message"] == (f"preflight: the passphrase does not open the LUKS header on rbd rbd/{images['header']}; "
                               "nothing was sent to the VM")
     assert sent and not set(sent) & MUTATING, sent  # only queries reached QEMU
     assert_unchanged()
@@ -122,7 +122,7 @@ def test_header_cluster_down_refused_by_preflight(ceph: Ceph, vm: QemuProcess, m
     took = time.monotonic() - started
     assert proc.returncode == 2, proc.stdout + proc.stderr
     reply = json.loads(proc.stdout)
-    assert reply["type"] == "RbdReadError" and f"cannot read rbd rbd/{images['header']}" in reply["error"]
+    assert reply["error"]["type"] == "RbdReadError" and f"cannot read rbd rbd/{images['header']}" in reply["error"]["message"]
     assert took < 12, took  # 4 s mount timeout + rbd and hotluks start-up, not rbd's 15 s
     assert_unchanged()
 

@@ -104,7 +104,7 @@ def test_wrong_chap_secret_is_refused_or_rolled_back(target: tuple[TestDisk, Isc
     proc = run_cli("attach", vm.qmp_path, disk.xml_path, *_secrets(disk, wrong), "--state-dir", state_dir,
                    "--no-preflight", "--json")
     assert proc.returncode == 1, proc.stderr
-    error = json.loads(proc.stdout)["error"]
+    error = json.loads(proc.stdout)["error"]["message"]
     assert "(blockdev-add hl-vdb-hdr-proto) failed" in error and "rolled back" in error, error
     assert monitor.snapshot() == initial
     assert not leaks(b"not-the-chap-secret-999", [proc.stdout, proc.stderr])

@@ -134,7 +134,7 @@ def test_unauthorised_certificate_is_refused_and_rolled_back(
     proc = run_cli("attach", vm.qmp_path, disk.xml_path, *disk.cli_secret(), "--state-dir", state_dir,
                    "--no-preflight", "--json", env=env)
     assert proc.returncode == 1, proc.stderr
-    error = json.loads(proc.stdout)["error"]
+    error = json.loads(proc.stdout)["error"]["message"]
     assert "(blockdev-add hl-vdb-hdr-proto) failed" in error and "rolled back" in error, error
     assert monitor.snapshot() == initial
     assert json.loads(run_cli("status", vm.qmp_path, "--state-dir", state_dir, "--json").stdout)["disks"] == []
