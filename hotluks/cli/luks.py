@@ -229,13 +229,13 @@ def _print_summary(info: dict[str, Any]) -> None:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from hotluks.cli.common import print_json
+    from hotluks.cli.output import emit
     from hotluks.luks import open_header
 
     _payload_must_exist(args)
     info = header_summary(open_header(args.device, header=args.header))
     if args.json:
-        print_json(info)
+        emit("luks dump", info)
     else:
         _print_summary(info)
     return 0

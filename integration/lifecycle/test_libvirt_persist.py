@@ -54,7 +54,7 @@ def test_persisted_disk_comes_back_after_destroy_start(libvirt_uri: str, guest_d
             give_to_qemu(path)
         persisted = run_cli("persist", name, disk.xml_path, *common, *keys, "--json")
         assert persisted.returncode == 0, persisted.stderr
-        assert json.loads(persisted.stdout)["in-definition"]
+        assert json.loads(persisted.stdout)["in_definition"]
         assert not leaks(PASSPHRASE, [virsh("dumpxml", "--inactive", name).stdout])
 
         for step in (("destroy", name), ("start", name)):
