@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import hotluks
-from hotluks.qemu.launcher import start_qemu
+from hotluks.demo.qemu.launcher import start_qemu
 
 pytestmark = [pytest.mark.qemu]
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 import hotluks
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import UnsupportedError
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import (
+from testsupport.vms import (
     PATTERN,
     Monitor,
     backend_snapshot,
@@ -104,7 +104,7 @@ def test_libvirt_domain_cephx_with_libvirt_secrets(cephx: Ceph, libvirt_uri: str
 
     from hotluks.backends.select import open_backend
     from hotluks.runner.operator import Operator
-    from hotluks.testing.libvirtd import QEMU_LOG_DIR, define_secret, start_domain
+    from testsupport.libvirtd import QEMU_LOG_DIR, define_secret, start_domain
 
     image = cephx.librbd_image("luks1")
     disk = hotluks.Disk.from_xml(cephx.librbd_xml(image, "luks", hosts=True))
@@ -140,7 +140,7 @@ def test_libvirt_cli_with_secret_file_and_conf(ceph: Ceph, libvirt_uri: str, sta
     """``hotluks attach DOMAIN --secret …`` through libvirt: the passphrase from a file, the cluster
     from a ``<config file>`` the libvirt-qemu user can read; detach via the CLI restores the domain."""
     from hotluks.backends.select import open_backend
-    from hotluks.testing.libvirtd import QEMU_LOG_DIR, qemu_accessible_dir, start_domain
+    from testsupport.libvirtd import QEMU_LOG_DIR, qemu_accessible_dir, start_domain
 
     image = ceph.librbd_image("luks2")
     with start_domain(libvirt_uri) as domain, qemu_accessible_dir() as shared:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import Monitor, journal_files, leaks, run_cli
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.vms import Monitor, journal_files, leaks, run_cli
 
 if TYPE_CHECKING:
     from conftest import Ceph

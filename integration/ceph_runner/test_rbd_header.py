@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 import hotluks
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import PreflightError
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.qmpproxy import MUTATING, QMPProxy
-from hotluks.testing.vms import PATTERN, PATTERN_LEN, Monitor, leaks, qemu_io_read, run_cli
+from testsupport.qmpproxy import MUTATING, QMPProxy
+from testsupport.vms import PATTERN, PATTERN_LEN, Monitor, leaks, qemu_io_read, run_cli
 
 if TYPE_CHECKING:
     from conftest import Ceph
@@ -152,7 +152,7 @@ def test_libvirt_cephx_header_and_payload_in_rbd_with_libvirt_secrets(cephx: Cep
 
     from hotluks.backends.select import open_backend
     from hotluks.runner.operator import Operator
-    from hotluks.testing.libvirtd import QEMU_LOG_DIR, define_secret, start_domain
+    from testsupport.libvirtd import QEMU_LOG_DIR, define_secret, start_domain
 
     images = cephx.detached_header()
     disk = hotluks.Disk.from_xml(cephx.header_xml(images["header"], images["payload-rbd"], payload_in_rbd=True,

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from hotluks.demo.qemu.launcher import start_qemu
 from hotluks.model import Disk
 from hotluks.plan.planner import build_plan
-from hotluks.qemu.launcher import start_qemu
 
 pytestmark = [pytest.mark.qemu]
 
@@ -137,7 +137,7 @@ def test_cli_attach_status_detach_of_a_tuned_disk(images: Any, tmp_path: Path) -
     """The runner journals and undoes the throttle group and filters like any other step."""
     import json
 
-    from hotluks.testing.vms import Monitor, run_cli, start_vm
+    from testsupport.vms import Monitor, run_cli, start_vm
 
     vol = images.raw("runner.raw", 4)
     xml = tmp_path / "tuned.xml"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.guest.vm import BootedGuest
-from hotluks.testing.vms import PASSPHRASE, Monitor, leaks, make_disk, run_cli
+from hotluks.demo.guest.vm import BootedGuest
+from testsupport.vms import PASSPHRASE, Monitor, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.slow]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.iscsi import IscsiTarget, start_target
-from hotluks.testing.vms import (
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.iscsi import IscsiTarget, start_target
+from testsupport.vms import (
     Monitor,
     Snapshot,
     TestDisk,

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.nbd_read import image_opts
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.nbd import NbdServer, X509Set, make_x509, serve_header
-from hotluks.testing.vms import (
+from testsupport.nbd import NbdServer, X509Set, make_x509, serve_header
+from testsupport.vms import (
     Monitor,
     Snapshot,
     TestDisk,
@@ -160,7 +160,7 @@ def test_header_serve_command_serves_one_authorised_client(x509: X509Set, tmp_pa
     """``hotluks header serve`` (foreground qemu-nbd, the same recipe) admits only the allowed DN."""
     from hotluks.model import Host, Source
     from hotluks.nbd_read import NetworkReadError, read_network_head
-    from hotluks.testing.nbd import free_port
+    from testsupport.nbd import free_port
 
     staging = make_disk(tmp_path / "staging", "detached-header-raw", "vdy")
     assert staging.header is not None

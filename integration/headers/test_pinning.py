@@ -17,12 +17,12 @@ import pytest
 
 from hotluks import luks
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import PreflightError, WrongPassphraseError
 from hotluks.luks.fingerprint import fingerprint
-from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
-from hotluks.testing.vms import FaultyBackend, Monitor, Snapshot, TestDisk, leaks, make_disk, qemu_io_read, run_cli
+from testsupport.vms import FaultyBackend, Monitor, Snapshot, TestDisk, leaks, make_disk, qemu_io_read, run_cli
 
 pytestmark = [pytest.mark.qemu, pytest.mark.cryptsetup]
 

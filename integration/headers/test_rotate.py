@@ -12,13 +12,13 @@ import pytest
 
 from hotluks import luks
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import RolledBackError, WrongPassphraseError
 from hotluks.headers.rotate import STEPS, rotate
 from hotluks.luks.fingerprint import fingerprint
-from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
-from hotluks.testing.vms import Monitor, Snapshot, leaks, make_disk, qemu_io_read, run_cli
+from testsupport.vms import Monitor, Snapshot, leaks, make_disk, qemu_io_read, run_cli
 
 pytestmark = [pytest.mark.qemu]
 NEW = b"the rotated passphrase 7"

@@ -15,7 +15,7 @@ from hotluks.backends.select import open_backend
 from hotluks.errors import RolledBackError, WrongPassphraseError
 from hotluks.headers.rotate import STEPS, rotate
 from hotluks.runner.operator import Operator
-from hotluks.testing.libvirtd import (
+from testsupport.libvirtd import (
     QEMU_LOG_DIR,
     LibvirtDaemon,
     define_secret,
@@ -24,7 +24,7 @@ from hotluks.testing.libvirtd import (
     start_domain,
     start_libvirtd,
 )
-from hotluks.testing.vms import PATTERN, make_disk, read_pattern_via_log
+from testsupport.vms import PATTERN, make_disk, read_pattern_via_log
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 NEW = b"rotated through libvirt 5"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.testing.libvirtd import TransientDomain, define_secret, give_to_qemu, qemu_accessible_dir
-from hotluks.testing.vms import make_disk, run_cli
+from testsupport.libvirtd import TransientDomain, define_secret, give_to_qemu, qemu_accessible_dir
+from testsupport.vms import make_disk, run_cli
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 

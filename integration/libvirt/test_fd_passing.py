@@ -24,8 +24,8 @@ from hotluks.backends.select import open_backend
 from hotluks.errors import RefusedError, RolledBackError
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
-from hotluks.testing.libvirtd import TransientDomain, give_to_qemu, qemu_accessible_dir
-from hotluks.testing.vms import PATTERN, backend_snapshot, make_disk
+from testsupport.libvirtd import TransientDomain, give_to_qemu, qemu_accessible_dir
+from testsupport.vms import PATTERN, backend_snapshot, make_disk
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 Run = Callable[..., Any]

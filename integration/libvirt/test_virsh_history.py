@@ -20,8 +20,8 @@ import pytest
 
 from hotluks.backends.virsh import VirshBackend
 from hotluks.runner.operator import Operator
-from hotluks.testing.libvirtd import TransientDomain, define_secret, give_to_qemu, qemu_accessible_dir
-from hotluks.testing.vms import make_disk
+from testsupport.libvirtd import TransientDomain, define_secret, give_to_qemu, qemu_accessible_dir
+from testsupport.vms import make_disk
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 Run = Callable[..., Any]

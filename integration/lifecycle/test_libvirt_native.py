@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from hotluks.guest.agent import SyncGuestAgent
+from hotluks.demo.guest.agent import SyncGuestAgent
 from hotluks.lifecycle.native import attach_native, detach_native
-from hotluks.testing.libvirtd import define_secret
-from hotluks.testing.vms import PASSPHRASE, make_disk
+from testsupport.libvirtd import define_secret
+from testsupport.vms import PASSPHRASE, make_disk
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt, pytest.mark.slow]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.luks import create
 from hotluks.luks.kdf import KdfParams
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import PASSPHRASE, Monitor, TestDisk, clear_templates, make_disk, run_cli, start_vm
+from testsupport.vms import PASSPHRASE, Monitor, TestDisk, clear_templates, make_disk, run_cli, start_vm
 
 pytestmark = pytest.mark.qemu
 

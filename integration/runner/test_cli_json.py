@@ -14,8 +14,8 @@ import jsonschema
 import pytest
 from referencing import Registry, Resource
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import Monitor, Snapshot, journal_files, leaks, make_disk, run_cli
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.vms import Monitor, Snapshot, journal_files, leaks, make_disk, run_cli
 
 pytestmark = pytest.mark.qemu
 

@@ -17,9 +17,9 @@ from referencing import Registry, Resource
 
 import hotluks
 from hotluks.cli.output import envelope
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import InputError, NotAttached, RefusedError
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import SHAPES, Monitor, Snapshot, TestDisk, make_disk, qemu_io_read, run_cli, target_for
+from testsupport.vms import SHAPES, Monitor, Snapshot, TestDisk, make_disk, qemu_io_read, run_cli, target_for
 
 pytestmark = pytest.mark.qemu
 

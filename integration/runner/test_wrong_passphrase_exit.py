@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.qmpproxy import MUTATING, QMPProxy
-from hotluks.testing.vms import Monitor, Snapshot, leaks, make_disk, run_cli
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.qmpproxy import MUTATING, QMPProxy
+from testsupport.vms import Monitor, Snapshot, leaks, make_disk, run_cli
 
 pytestmark = pytest.mark.qemu
 

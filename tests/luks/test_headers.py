@@ -15,7 +15,7 @@ from hotluks.luks import create, luks1, luks2
 from hotluks.luks.kdf import KdfParams
 from hotluks.luks.keyslots import unlock_header
 from hotluks.luks.volume import open_header
-from hotluks.testing.luks_mutations import set_at
+from testsupport.luks_mutations import set_at
 
 HDR = 0x4000
 

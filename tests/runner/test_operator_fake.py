@@ -20,8 +20,8 @@ from hotluks.runner.lock import vm_lock
 from hotluks.runner.operator import Operator
 from hotluks.runner.statedir import UntrustedStateDirError
 from hotluks.runner.transaction import UnplugPendingError
-from hotluks.testing.fakeqemu import FakeQemu
-from hotluks.testing.faultmatrix import Case, FaultInjector, journal_failing_at
+from testsupport.fakeqemu import FakeQemu
+from testsupport.faultmatrix import Case, FaultInjector, journal_failing_at
 
 from .fakedisks import SECRETS, SHAPES, make
 
