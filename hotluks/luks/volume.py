@@ -15,12 +15,12 @@ from hotluks.luks import create, luks1, luks2
 from hotluks.luks.kdf import KdfParams, pbkdf2
 from hotluks.luks.keyslots import unlock_header
 from hotluks.luks.metadata import Header, VolumeKey
-from hotluks.luks.sectors import IV_UNIT, crypt_sectors, parse_cipher
+from hotluks.luks.sectors import parse_cipher
 
 PathLike = str | os.PathLike[str]
 Source = PathLike | bytes
 Progress = Callable[[int, int], None]
-CHUNK = 512 << 10  # cache-sized chunks are fastest for the vectorised sector crypto
+CHUNK = 4 << 20  # per in-flight chunk of the streaming pipeline (hotluks.luks.pipeline)
 _FIRST_READ = 2 * luks2.HDR_SIZES[-1] + 4096
 
 
@@ -246,31 +246,23 @@ def decrypt_payload(device: PathLike, out: IO[bytes], secret: bytes | VolumeKey,
     parse_cipher(hdr.cipher).check_key_size(len(key))
     try:
         return _decrypt_stream(device, out, key, hdr, progress, chunk)
+    except BrokenPipeError:  # the reader went away (``decrypt - | head``): not an I/O error of ours
+        raise
     except OSError as exc:
         raise InputError(f"I/O error while decrypting {os.fspath(device)}: {exc.strerror or exc}") from None
 
 
 def _decrypt_stream(device: PathLike, out: IO[bytes], key: bytes, hdr: Header, progress: Progress | None,
                     chunk: int) -> int:
-    spec = parse_cipher(hdr.cipher)
+    from hotluks.luks import pipeline
+
     seg = hdr.data_segment
-    chunk -= chunk % seg.sector_size
-    done = 0
     with _open_read(device) as f:
         offset, length = _payload_geometry(hdr, _size_of(f))
-        f.seek(offset)
-        while done < length:
-            data = f.read(min(chunk, length - done))
-            if not data:
-                break
-            data = data[:len(data) - len(data) % seg.sector_size]
-            plain = crypt_sectors(spec, key, data, sector_size=seg.sector_size,
-                                  first_iv=seg.iv_tweak + done // IV_UNIT, encrypt=False)
-            out.write(plain)
-            done += len(data)
-            if progress:
-                progress(done, length)
-    return done
+        run = pipeline.SectorPipeline(parse_cipher(hdr.cipher), key, sector_size=seg.sector_size,
+                                      iv_base=seg.iv_tweak, encrypt=False, chunk=chunk)
+        return run.run(pipeline.file_reader(f.fileno(), offset), lambda _pos, view: out.write(view),
+                       limit=length, progress=progress, total=length)
 
 
 def encrypt_payload(src: IO[bytes], device: PathLike, secret: bytes | VolumeKey, *, header: PathLike | None = None,
@@ -291,30 +283,21 @@ def encrypt_payload(src: IO[bytes], device: PathLike, secret: bytes | VolumeKey,
 
 def _encrypt_stream(src: IO[bytes], device: PathLike, key: bytes, hdr: Header, progress: Progress | None,
                     total: int, chunk: int) -> int:
-    spec = parse_cipher(hdr.cipher)
+    from hotluks.luks import pipeline
+
     seg = hdr.data_segment
-    chunk -= chunk % seg.sector_size
-    done = 0
+    limit = None if seg.size is None else seg.size + 1  # one byte more: an oversized input is detected
+    run = pipeline.SectorPipeline(parse_cipher(hdr.cipher), key, sector_size=seg.sector_size,
+                                  iv_base=seg.iv_tweak, encrypt=True, chunk=chunk)
     with open(device, "r+b") as f:
-        f.seek(seg.offset)
-        while True:
-            data = src.read(chunk)
-            if not data:
-                break
-            while len(data) < chunk:
-                more = src.read(chunk - len(data))
-                if not more:
-                    break
-                data += more
-            if len(data) % seg.sector_size:
-                data += bytes(seg.sector_size - len(data) % seg.sector_size)
-            if seg.size is not None and done + len(data) > seg.size:
+        write = pipeline.file_writer(f.fileno(), seg.offset)
+
+        def write_at(pos: int, view: memoryview) -> None:
+            if seg.size is not None and pos + len(view) > seg.size:
                 raise InputError("the input is larger than the LUKS data segment")
-            f.write(crypt_sectors(spec, key, data, sector_size=seg.sector_size,
-                                  first_iv=seg.iv_tweak + done // IV_UNIT, encrypt=True))
-            done += len(data)
-            if progress:
-                progress(done, total)
-        f.flush()
+            write(pos, view)
+
+        done = run.run(pipeline.stream_reader(src), write_at, limit=limit, pad_last=True, progress=progress,
+                       total=total)
         os.fsync(f.fileno())
     return done
