@@ -1,11 +1,12 @@
 """Streaming payload crypto on every core: read, crypt and write overlap, output stays in order.
 
-The payload is cut into chunks (default 4 MiB). The calling thread reads chunk *i+k*
-while worker threads crypt chunks *i+1 … i+k-1* and it writes chunk *i*; numpy and
-``cryptography`` release the GIL, so the workers run on separate cores. At most
-``depth`` chunks are in flight (default: workers + 2), each owning one input and one
-output buffer, so memory is bounded by ``depth × (2 × chunk + 1 MiB of tweak scratch)``
-(36 MiB with the defaults on 2 cores), whatever the payload size.
+The payload is cut into chunks (default 512 KiB). Each of ``workers`` threads (one per
+core, the calling thread included) takes the next chunk — reads are serialised and in
+order — crypts it, and writes it when its turn comes, so chunk *i* is written while
+chunk *i+1* is crypted on the other core. numpy, ``cryptography`` and the I/O calls
+release the GIL, so the workers really run side by side, and a chunk stays in one
+core's cache from read to write. Memory is bounded by ``workers × (2 × chunk + 1 MiB of
+tweak scratch)`` — 4 MiB on 2 cores — whatever the payload size.
 
 aes-xts-plain/plain64 takes a fast path: AES runs in ECB through ``cryptography``
 over cache-sized slices and every XTS tweak of a slice (``E_k2(iv) · x^j``) is built
@@ -16,9 +17,8 @@ cipher goes through :func:`hotluks.luks.sectors.crypt_sectors` on the workers.
 from __future__ import annotations
 
 import os
-from collections import deque
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any
 
 from hotluks.luks.sectors import IV_UNIT, CipherSpec, crypt_sectors
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
 
-CHUNK = 4 << 20
+CHUNK = 512 << 10  # one worker's chunk: read, crypted and written while in its core's cache
 SLICE = 512 << 10  # one slice's tweak table + scratch (1 MiB) stay near a core's L2
 Progress = Callable[[int, int], None]
 #: fills a buffer from the source; returns bytes read (0 at the end)
@@ -132,7 +132,7 @@ class _XtsSlicer:
 
 
 class _Slot:
-    """One in-flight chunk: its buffers and, while busy, its position and length."""
+    """One worker's buffers and, while busy, its chunk's position and length."""
 
     def __init__(self, chunk: int, scratch: dict[str, Any] | None) -> None:
         self.inbuf = bytearray(chunk)
@@ -142,17 +142,33 @@ class _Slot:
         self.length = 0
 
 
+class _Turns:
+    """Hands out chunks in source order and lets their writes happen in the same order."""
+
+    def __init__(self) -> None:
+        self.read_lock = threading.Lock()
+        self.cond = threading.Condition()
+        self.next_index = self.next_write = self.pos = self.done = 0
+        self.ended = False
+        self.error: BaseException | None = None
+
+
 class SectorPipeline:
-    """Crypt a stream of whole sectors on a thread pool, delivering results in order."""
+    """Crypt a stream of whole sectors on worker threads, writing results in order.
+
+    Each worker takes the next chunk (reads are serialised, in order), crypts it on its
+    own core while the others read, crypt or write, then waits for its turn to write.
+    A chunk stays in one core's cache from read to write; at most ``workers`` chunks
+    are in flight.
+    """
 
     def __init__(self, spec: CipherSpec, key: bytes, *, sector_size: int, iv_base: int, encrypt: bool,
-                 chunk: int = CHUNK, workers: int | None = None, depth: int | None = None) -> None:
+                 chunk: int = CHUNK, workers: int | None = None) -> None:
         spec.check_key_size(len(key))
         self.spec, self.key, self.sector_size, self.iv_base = spec, key, sector_size, iv_base
         self.encrypt = encrypt
         self.chunk = max(sector_size, chunk - chunk % sector_size)
         self.workers = workers or default_workers()
-        self.depth = max(2, depth or self.workers + 2)
         self.xts = _XtsSlicer(spec, key, sector_size, encrypt) if _fast_xts(spec, key) else None
 
     def _crypt(self, slot: _Slot) -> None:
@@ -164,6 +180,50 @@ class SectorPipeline:
             slot.outbuf[:slot.length] = crypt_sectors(self.spec, self.key, src, sector_size=self.sector_size,
                                                       first_iv=first_iv, encrypt=self.encrypt)
 
+    def _read(self, t: _Turns, slot: _Slot, read_into: ReadInto, limit: int | None, pad_last: bool) -> int | None:
+        """Fill ``slot`` with the next chunk; its index, or None at the end."""
+        with t.read_lock:
+            if t.ended or t.error is not None:
+                return None
+            want = self.chunk if limit is None else min(self.chunk, limit - t.pos)
+            got = _fill(read_into, memoryview(slot.inbuf)[:want]) if want > 0 else 0
+            t.ended = got < want or want <= 0
+            tail = got % self.sector_size
+            if tail and pad_last:
+                slot.inbuf[got:got + self.sector_size - tail] = bytes(self.sector_size - tail)
+                got += self.sector_size - tail
+            elif tail:
+                got -= tail
+            if not got:
+                t.ended = True
+                return None
+            slot.pos, slot.length = t.pos, got
+            t.pos += got
+            t.next_index += 1
+            return t.next_index - 1
+
+    def _worker(self, t: _Turns, read_into: ReadInto, write_at: WriteAt, limit: int | None, pad_last: bool,
+                progress: Progress | None, total: int) -> None:
+        slice_bytes = max(self.sector_size, SLICE - SLICE % self.sector_size)
+        slot = _Slot(self.chunk, self.xts.scratch(slice_bytes) if self.xts else None)
+        try:
+            while (index := self._read(t, slot, read_into, limit, pad_last)) is not None:
+                self._crypt(slot)
+                with t.cond:
+                    t.cond.wait_for(lambda: t.next_write == index or t.error is not None)
+                    if t.error is not None:
+                        return
+                    write_at(slot.pos, memoryview(slot.outbuf)[:slot.length])
+                    t.done = slot.pos + slot.length
+                    t.next_write += 1
+                    t.cond.notify_all()
+                    if progress:
+                        progress(t.done, total)
+        except BaseException as exc:  # handed to the caller; the other workers stop at their next turn
+            with t.cond:
+                t.error = t.error or exc
+                t.cond.notify_all()
+
     def run(self, read_into: ReadInto, write_at: WriteAt, *, limit: int | None = None,
             pad_last: bool = False, progress: Progress | None = None, total: int = 0) -> int:
         """Read → crypt → write until the source ends (or ``limit`` bytes); return bytes crypted.
@@ -171,45 +231,18 @@ class SectorPipeline:
         A source ending inside a sector is zero-padded with ``pad_last``, else the
         partial sector is dropped (a device whose size is not a whole number of sectors).
         """
-        slice_bytes = max(self.sector_size, SLICE - SLICE % self.sector_size)
-        free = deque(_Slot(self.chunk, self.xts.scratch(slice_bytes) if self.xts else None)
-                     for _ in range(self.depth))
-        busy: deque[tuple[_Slot, Future[None]]] = deque()
-        done = pos = 0
-        ended = False
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hotluks-crypt") as pool:
-            try:
-                while busy or not ended:
-                    while free and not ended:
-                        slot = free.popleft()
-                        want = self.chunk if limit is None else min(self.chunk, limit - pos)
-                        got = _fill(read_into, memoryview(slot.inbuf)[:want]) if want > 0 else 0
-                        ended = got < want or want <= 0
-                        tail = got % self.sector_size
-                        if tail and pad_last:
-                            slot.inbuf[got:got + self.sector_size - tail] = bytes(self.sector_size - tail)
-                            got += self.sector_size - tail
-                        elif tail:
-                            got -= tail
-                        if not got:
-                            free.append(slot)
-                            break
-                        slot.pos, slot.length = pos, got
-                        pos += got
-                        busy.append((slot, pool.submit(self._crypt, slot)))
-                    if not busy:
-                        break
-                    slot, fut = busy.popleft()
-                    fut.result()
-                    write_at(slot.pos, memoryview(slot.outbuf)[:slot.length])
-                    done = slot.pos + slot.length
-                    free.append(slot)
-                    if progress:
-                        progress(done, total)
-            finally:
-                for _, fut in busy:
-                    fut.cancel()
-        return done
+        t = _Turns()
+        args = (t, read_into, write_at, limit, pad_last, progress, total)
+        threads = [threading.Thread(target=self._worker, args=args, name=f"hotluks-crypt-{i}", daemon=True)
+                   for i in range(self.workers - 1)]
+        for th in threads:
+            th.start()
+        self._worker(*args)  # the calling thread is a worker too
+        for th in threads:
+            th.join()
+        if t.error is not None:
+            raise t.error
+        return t.done
 
 
 def _fill(read_into: ReadInto, view: memoryview) -> int:
@@ -258,3 +291,14 @@ def stream_reader(src: IO[bytes]) -> ReadInto:
         return len(data)
 
     return read_into
+
+
+def stream_writer(out: IO[bytes]) -> WriteAt:
+    """Sequential writes to a file object; a raw file's short writes are completed."""
+
+    def write_at(_pos: int, view: memoryview) -> None:
+        done = out.write(view) or 0
+        while done < len(view):
+            done += out.write(view[done:]) or 0
+
+    return write_at

@@ -31,7 +31,7 @@ def _xts_oracle(key: bytes, data: bytes, sector: int, first_iv: int, encrypt: bo
 
 
 def _run(spec: str, key: bytes, data: bytes, *, sector: int, iv_base: int, encrypt: bool, chunk: int,
-         workers: int = 2, depth: int | None = None) -> bytes:
+         workers: int = 2) -> bytes:
     src = io.BytesIO(data)
     out = bytearray()
 
@@ -40,7 +40,7 @@ def _run(spec: str, key: bytes, data: bytes, *, sector: int, iv_base: int, encry
         out.extend(view)
 
     run = pipeline.SectorPipeline(parse_cipher(spec), key, sector_size=sector, iv_base=iv_base, encrypt=encrypt,
-                                  chunk=chunk, workers=workers, depth=depth)
+                                  chunk=chunk, workers=workers)
     assert run.run(pipeline.stream_reader(src), write_at) == len(data)
     return bytes(out)
 
@@ -111,8 +111,8 @@ def test_short_reads_are_gathered_and_a_partial_last_sector_is_padded() -> None:
     assert n == 512 * 100 and bytes(dropped) == bytes(out[:n])
 
 
-def test_memory_is_bounded_by_depth_chunks_in_flight() -> None:
-    chunk, depth = 16 << 10, 3
+def test_memory_is_bounded_by_one_chunk_per_worker() -> None:
+    chunk, workers = 16 << 10, 3
     total = 64 * chunk
     state = {"read": 0, "written": 0, "ahead": 0}
     lock = threading.Lock()
@@ -130,10 +130,10 @@ def test_memory_is_bounded_by_depth_chunks_in_flight() -> None:
             state["written"] += len(view)
 
     run = pipeline.SectorPipeline(parse_cipher("aes-xts-plain64"), os.urandom(64), sector_size=512, iv_base=0,
-                                  encrypt=False, chunk=chunk, workers=2, depth=depth)
+                                  encrypt=False, chunk=chunk, workers=workers)
     assert run.run(read_into, write_at) == total
     assert state["written"] == total
-    assert chunk < state["ahead"] <= depth * chunk  # it does read ahead, and never more than depth chunks
+    assert chunk < state["ahead"] <= workers * chunk  # it does read ahead, and never more than a chunk per worker
 
 
 def test_limit_stops_reading_and_a_writer_error_stops_the_run() -> None:
@@ -153,7 +153,7 @@ def test_limit_stops_reading_and_a_writer_error_stops_the_run() -> None:
 
     with pytest.raises(InputError):
         run.run(pipeline.stream_reader(io.BytesIO(data)), failing)
-    assert calls == [0, 8 << 10, 16 << 10]
+    assert calls == [0, 8 << 10, 16 << 10]  # in order, and nothing written after the failure
 
 
 def _volume(tmp_path: Path, payload_mib: int) -> Path:
@@ -209,3 +209,28 @@ def test_decrypt_to_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 1
     assert err == b""
+
+
+class _ShortWriter(io.RawIOBase):
+    """A raw file that takes at most 1000 bytes per write, as a raw pipe may."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: object) -> int:
+        view = memoryview(b)  # type: ignore[arg-type]
+        self.data += view[:1000]
+        return min(1000, len(view))
+
+
+def test_short_writes_of_a_raw_output_are_completed(tmp_path: Path) -> None:
+    img = _volume(tmp_path, 1)
+    vk = luks.unlock(img, b"pw")
+    plain = os.urandom(1 << 20)
+    luks.encrypt_payload(io.BytesIO(plain), img, vk)
+    out = _ShortWriter()
+    assert luks.decrypt_payload(img, out, vk) == 1 << 20  # type: ignore[arg-type]
+    assert bytes(out.data) == plain
