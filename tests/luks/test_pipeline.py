@@ -116,6 +116,7 @@ def test_memory_is_bounded_by_one_chunk_per_worker() -> None:
     total = 64 * chunk
     state = {"read": 0, "written": 0, "ahead": 0}
     lock = threading.Lock()
+    second_chunk_read = threading.Event()
 
     def read_into(view: memoryview) -> int:
         n = min(len(view), total - state["read"])
@@ -123,9 +124,13 @@ def test_memory_is_bounded_by_one_chunk_per_worker() -> None:
         with lock:
             state["read"] += n
             state["ahead"] = max(state["ahead"], state["read"] - state["written"])
+            if state["read"] >= 2 * chunk:
+                second_chunk_read.set()
         return n
 
     def write_at(pos: int, view: memoryview) -> None:
+        if pos == 0:  # the first write waits: another worker must be reading meanwhile (I/O overlaps)
+            assert second_chunk_read.wait(10)
         with lock:
             state["written"] += len(view)
 
