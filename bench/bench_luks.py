@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Benchmark the bundled LUKS engine against cryptsetup, openssl and qemu-img, in one run.
 
-Usage: .venv/bin/python bench/bench_luks.py [--size-mib 1024] [--repeat 3] [--workdir DIR]
+Usage: .venv/bin/python bench/bench_luks.py [--size-mib 1024] [--repeat 3] [--workdir DIR] [--no-unlock]
 
 Prints, measured in this run:
 - unlock time: engine (open_header + unlock, in process) / ``cryptsetup luksOpen
   --test-passphrase`` (wall time) for LUKS2 pbkdf2 and argon2id keyslots (goal <= 1.10);
 - decrypt throughput of an aes-xts-plain64 (512-bit key) volume: engine / ``openssl speed
   -evp aes-256-xts`` (single core, 16 KiB blocks; goal >= 0.3) and engine / ``qemu-img
-  convert`` of the same volume (goal >= 3).
+  convert`` of the same volume (goal >= 3), plus encrypt of the same size for context;
+- the load average before and after, since the machine may be shared.
 """
 
 from __future__ import annotations
@@ -32,13 +33,20 @@ import hotluks.luks as luks  # noqa: E402
 PASS = b"benchmark passphrase"
 
 
-def best(fn: Callable[[], object], repeat: int) -> float:
+CPU_SECONDS: dict[str, float] = {}
+
+
+def best(fn: Callable[[], object], repeat: int, name: str = "") -> float:
+    """Best wall time of ``repeat`` runs (the least loaded); this process's CPU time of that run under ``name``."""
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
+    wall, cpu = min(times)
+    if name:
+        CPU_SECONDS[name] = cpu
+    return wall
 
 
 def run(*args: str, input: bytes | None = None) -> None:
@@ -70,9 +78,9 @@ def unlock_rows(work: Path, repeat: int) -> list[tuple[str, float, float]]:
     return rows
 
 
-def openssl_xts() -> float:
-    """openssl speed -evp aes-256-xts, 16 KiB column, bytes/s."""
-    out = subprocess.run(["openssl", "speed", "-evp", "aes-256-xts", "-seconds", "3"],
+def openssl_xts(*extra: str) -> float:
+    """openssl speed -evp aes-256-xts, 16 KiB column, bytes/s (per CPU-second unless ``-elapsed``)."""
+    out = subprocess.run(["openssl", "speed", *extra, "-evp", "aes-256-xts", "-seconds", "3"],
                          capture_output=True, text=True).stdout
     line = next(ln for ln in out.splitlines() if ln.upper().startswith("AES-256-XTS"))
     value = re.findall(r"([\d.]+)k", line)[-1]
@@ -115,12 +123,18 @@ def throughput_rows(work: Path, size: int, repeat: int) -> dict[str, float]:
         run("qemu-img", "convert", "--object", f"secret,id=sec0,file={key}", "--image-opts",
             f"driver=luks,key-secret=sec0,file.driver=file,file.filename={img}", "-O", "raw", str(out))
 
+    def engine_encrypt() -> None:
+        with open(out, "rb") as f:
+            luks.encrypt_payload(f, img, vk)
+
     engine_null()  # warm the page cache
     results = {
-        "engine → file": size / best(engine_file, repeat),
-        "engine → /dev/null": size / best(engine_null, repeat),
+        "engine → file": size / best(engine_file, repeat, "file"),
+        "engine → /dev/null": size / best(engine_null, repeat, "null"),
         "qemu-img convert → file": size / best(qemu, repeat),
         "openssl speed aes-256-xts (16 KiB)": openssl_xts(),
+        "openssl speed -elapsed aes-256-xts (16 KiB, wall clock)": openssl_xts("-elapsed"),
+        "engine encrypt file → volume (with fsync)": size / best(engine_encrypt, repeat),
     }
     out.unlink(missing_ok=True)
     return results
@@ -131,7 +145,8 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024, help="payload size for the throughput test")
     ap.add_argument("--repeat", type=int, default=3, help="best of N")
     ap.add_argument("--workdir", help="where to put the test images (default: a temporary directory)")
-    ap.add_argument("--throughput-only", action="store_true", help="skip the unlock rows")
+    ap.add_argument("--no-unlock", action="store_true", help="skip the unlock rows (throughput only)")
+    ap.add_argument("--throughput-only", dest="no_unlock", action="store_true", help="the same as --no-unlock")
     args = ap.parse_args()
     for tool in ("cryptsetup", "openssl", "qemu-img"):
         if shutil.which(tool) is None:
@@ -140,8 +155,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-luks-", dir=args.workdir) as tmp:
         work = Path(tmp)
         print(f"# LUKS engine benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-              f"{os.cpu_count()} CPUs, best of {args.repeat})\n")
-        if not args.throughput_only:
+              f"{os.cpu_count()} CPUs, best of {args.repeat}, load average {load()})\n")
+        if not args.no_unlock:
             print("| unlock | engine s | cryptsetup s | engine / cryptsetup (goal <= 1.10) |")
             print("|---|---|---|---|")
             for name, engine, cs in unlock_rows(work, args.repeat):
@@ -158,7 +173,20 @@ def main() -> int:
     print(f"engine → /dev/null / openssl: "
           f"{rates['engine → /dev/null'] / rates['openssl speed aes-256-xts (16 KiB)']:.2f}")
     print(f"engine → file / qemu-img convert: {engine / rates['qemu-img convert → file']:.2f} (goal >= 3)")
+    print("context (openssl's default divides by CPU time, the engine's rows are wall clock):")
+    elapsed = rates["openssl speed -elapsed aes-256-xts (16 KiB, wall clock)"]
+    print(f"  engine → file / openssl -elapsed: {engine / elapsed:.2f}")
+    for name, label in (("file", "→ file"), ("null", "→ /dev/null")):
+        per_cpu = size / CPU_SECONDS[name]
+        print(f"  engine {label}: {CPU_SECONDS[name]:.2f} CPU-s for the run, {per_cpu / 1e6:.0f} MB per CPU-second "
+              f"= {per_cpu / rates['openssl speed aes-256-xts (16 KiB)']:.2f} of openssl's per CPU-second")
+    print(f"load average at the end: {load()}")
     return 0
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages (the machine may be shared)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

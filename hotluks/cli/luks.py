@@ -67,6 +67,17 @@ def _header_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--header", metavar="H", help="detached LUKS header file or device")
 
 
+def _progress_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar (also under --json)")
+
+
+def _bar(args: argparse.Namespace, total: int) -> ProgressBar:
+    quiet = args.quiet or getattr(args, "global_json", False) or getattr(args, "json", False)
+    return ProgressBar(total, force=args.progress, quiet=quiet)
+
+
 def _kdf_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pbkdf", choices=("pbkdf2", "argon2i", "argon2id"), help="keyslot KDF")
     g = p.add_mutually_exclusive_group()
@@ -118,6 +129,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("out", metavar="OUT")
     _header_arg(p)
     _key_file_arg(p)
+    _progress_args(p)
     p.set_defaults(func=cmd_decrypt)
 
     p = cmds.add_parser("encrypt", help="encrypt IN ('-' = stdin) into DEVICE's data segment")
@@ -125,6 +137,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("device", metavar="DEVICE")
     _header_arg(p)
     _key_file_arg(p)
+    _progress_args(p)
     p.set_defaults(func=cmd_encrypt)
 
     p = cmds.add_parser("add-key", help="add a keyslot (new passphrase from NEW_KEY_FILE or prompt)")
@@ -175,20 +188,35 @@ def _kdf(args: argparse.Namespace, default: str, hash_name: str, key_bytes: int)
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr, only on a terminal and for long runs."""
+    """A one-line progress bar on stderr for long runs: on a terminal (or ``force``), never ``quiet``.
 
-    def __init__(self, total: int, stream: IO[str] | None = None) -> None:
+    A run is long when its known size is at least PROGRESS_MIN_BYTES or, size unknown
+    (stdin, a block device), once that much is done or a second has passed.
+    """
+
+    def __init__(self, total: int, stream: IO[str] | None = None, *, force: bool = False,
+                 quiet: bool = False) -> None:
         self.total = total
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() and total >= PROGRESS_MIN_BYTES
+        self.enabled = not quiet and (force or self.stream.isatty())
+        self.force = force
         self.start = time.monotonic()
         self.last = 0.0
+        self.drawn = False
+
+    def _long(self, done: int, total: int, now: float) -> bool:
+        if self.force or self.drawn:
+            return True
+        if total:
+            return total >= PROGRESS_MIN_BYTES
+        return done >= PROGRESS_MIN_BYTES or now - self.start >= 1.0
 
     def __call__(self, done: int, total: int) -> None:
         total = total or self.total
         now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.2 and done < total):
+        if not self.enabled or (now - self.last < 0.2 and done < total) or not self._long(done, total, now):
             return
+        self.drawn = True
         self.last = now
         rate = done / max(now - self.start, 1e-6) / (1 << 20)
         if total:
@@ -200,7 +228,7 @@ class ProgressBar:
         self.stream.flush()
 
     def finish(self) -> None:
-        if self.enabled:
+        if self.drawn:
             self.stream.write("\n")
             self.stream.flush()
 
@@ -297,12 +325,13 @@ def _open_out(path: str) -> IO[bytes]:
 
 
 def _quiet_broken_pipe() -> int:
-    """The reader went away (``decrypt - | head``): stop quietly, as ``cat`` would."""
+    """The reader went away (``decrypt - | head``): stop without a message, exit 1 (not all was written;
+    ``cat`` would die of SIGPIPE, also non-zero)."""
     import os
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    return 0
+    return 1
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
@@ -313,7 +342,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     hdr = open_header(args.device, header=args.header)
     vk = unlock(hdr, read_passphrase(args.key_file))
     size = os.stat(args.device).st_size if os.path.isfile(args.device) else 0
-    bar = ProgressBar(max(0, size - hdr.payload_offset))
+    bar = _bar(args, max(0, size - hdr.payload_offset))
     out = _open_out(args.out)
     try:
         decrypt_payload(args.device, out, vk, header=args.header, progress=bar)
@@ -344,7 +373,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InputError(f"cannot read {args.input}: {exc.strerror}") from None
         total = os.fstat(src.fileno()).st_size
-    bar = ProgressBar(total)
+    bar = _bar(args, total)
     try:
         encrypt_payload(src, args.device, vk, header=args.header, progress=bar, total=total)
     finally:

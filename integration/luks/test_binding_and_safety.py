@@ -169,7 +169,7 @@ def test_decrypt_into_a_closed_pipe_is_quiet(tmp_path: Path, keyfile: Path) -> N
     proc = subprocess.run(f"{sys.executable} -m hotluks luks decrypt {device} - --key-file {keyfile} | head -c 10 "
                           ">/dev/null; echo rc=${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
                           capture_output=True, timeout=300)
-    assert proc.stdout.strip() == b"rc=0" and proc.stderr == b"", proc.stderr
+    assert proc.stdout.strip() == b"rc=1" and proc.stderr == b"", proc.stderr
 
 
 @pytest.mark.parametrize("answer,written", [(b"YES\n", True), (b"yes\n", False)])
