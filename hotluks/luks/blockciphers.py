@@ -99,9 +99,14 @@ def ecb(name: str, key: bytes, data: bytes | bytearray | memoryview, encrypt: bo
 
 def _algorithm(name: str, key: bytes) -> Any:
     if name == "cast5":
-        from cryptography.hazmat.decrepit.ciphers.algorithms import CAST5
+        try:
+            from cryptography.hazmat.decrepit.ciphers.algorithms import CAST5
 
-        return CAST5(key)
+            return CAST5(key)
+        except ImportError:  # cryptography < 43 keeps it with the other algorithms
+            import importlib
+
+            return importlib.import_module("cryptography.hazmat.primitives.ciphers.algorithms").CAST5(key)
     from cryptography.hazmat.primitives.ciphers import algorithms
 
     return algorithms.AES(key)

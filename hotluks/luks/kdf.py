@@ -133,15 +133,15 @@ def argon2(kind: str, password: bytes, salt: bytes, *, time: int, memory_kib: in
     if not (1 <= time <= MAX_U32 and 1 <= cpus <= MAX_ARGON2_LANES and 8 * cpus <= memory_kib <= MAX_ARGON2_KIB):
         raise LuksUnsupportedError(f"{kind} parameters are out of range (time {time}, memory {memory_kib} KiB, "
                                    f"{cpus} lanes; memory at most {MAX_ARGON2_KIB} KiB as in cryptsetup)")
+    if memory_kib > ARGON2_MEMORY_LIMIT_KIB:
+        raise LuksUnsupportedError(f"{kind} asks for {memory_kib >> 10} MiB; the engine spends at most "
+                                   f"{ARGON2_MEMORY_LIMIT_KIB >> 10} MiB per try (at most 1 GiB, cryptsetup's default "
+                                   "ceiling, and half of this machine's RAM)")
     if not hasattr(a2, "Argon2i" if kind == "argon2i" else "Argon2id"):
         import cryptography
 
         raise LuksUnsupportedError(f"{kind} keyslots need the Python 'cryptography' package >= "
                                    f"{47 if kind == 'argon2i' else 44}; this one is {cryptography.__version__}")
-    if memory_kib > ARGON2_MEMORY_LIMIT_KIB:
-        raise LuksUnsupportedError(f"{kind} asks for {memory_kib >> 10} MiB; the engine spends at most "
-                                   f"{ARGON2_MEMORY_LIMIT_KIB >> 10} MiB per try (at most 1 GiB, cryptsetup's default "
-                                   "ceiling, and half of this machine's RAM)")
     try:
         if kind == "argon2i":
             return a2.Argon2i(salt=salt, length=length, iterations=time, lanes=cpus,
