@@ -29,8 +29,11 @@ class Interrupted(HotluksError):
     """SIGINT/SIGTERM (or cancellation) arrived before anything was sent to the VM."""
 
 
-def _common(p: argparse.ArgumentParser, *, json_help: str = "machine-readable output") -> None:
-    p.add_argument("vm", metavar="VM", help=VM_HELP)
+def _common(p: argparse.ArgumentParser, *, json_help: str = "machine-readable output", vm_optional: bool = False) -> None:
+    if vm_optional:
+        p.add_argument("vm", metavar="VM", nargs="?", default=None, help=VM_HELP + " (none: as --all)")
+    else:
+        p.add_argument("vm", metavar="VM", help=VM_HELP)
     p.add_argument("--connect", "-c", dest="uri", metavar="URI", default=None,
                    help="libvirt URI (default qemu:///system)")
     p.add_argument("--backend", choices=("qmp", "libvirt", "virsh"), default=None,
@@ -74,8 +77,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.set_defaults(func=cmd_detach)
 
     s = sub.add_parser("status", help="list hotluks-managed disks of a VM and their live nodes",
-                       epilog="read-only (takes no lock); exit 3 when a disk needs `hotluks repair` or attention")
-    _common(s)
+                       epilog="read-only (takes no lock); exit 3 when a disk needs `hotluks repair` or attention "
+                              "(also a `lost` disk: its QEMU is gone; `attach` plugs it again, `detach` forgets it)")
+    _common(s, vm_optional=True)
+    s.add_argument("--all", action="store_true",
+                   help="every hotluks disk on this host: the VMs of all records in the state directory")
     s.set_defaults(func=cmd_status, timeout=10.0)  # read-only: takes no lock
 
     r = sub.add_parser("repair", help="finish or undo operations interrupted by a crash", epilog=EXIT_CODES)
@@ -184,8 +190,12 @@ def cmd_detach(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.all or args.vm is None:
+        from hotluks.cli.status_all import cmd_status_all
+
+        return cmd_status_all(args)
     disks = _run(args, lambda s: s.status())
-    attention = 3 if any(d.needs_repair for d in disks) else 0
+    attention = 3 if any(d.needs_repair or d.status == "lost" for d in disks) else 0
     if args.json:
         print_json({"vm": args.vm, "disks": disks})
         return attention
@@ -200,7 +210,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"       header pinned: sha256:{d.header_fingerprint}")
         if d.error:
             print(f"       last error: {d.error}")
-    if attention:
+    if any(d.status == "lost" for d in disks):
+        print(f"hotluks: lost disks: the QEMU they were attached to is gone; `hotluks attach {args.vm} DISK.xml` "
+              "plugs one again, `hotluks detach` forgets it", file=sys.stderr)
+    if any(d.needs_repair for d in disks):
         print(f"hotluks: some disks need attention: run `hotluks repair {args.vm}`", file=sys.stderr)
     return attention
 

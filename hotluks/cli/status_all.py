@@ -1,0 +1,112 @@
+"""``hotluks status --all``: every hotluks disk on this host, across all VMs with records.
+
+Each VM is reached the way its records say it was: a QMP socket by its path (a socket
+that is gone means its QEMU is gone), a libvirt domain by its UUID on ``--connect``.
+A VM whose recorded QEMU no longer runs (``/proc``), whose domain is shut off or gone,
+or whose socket now leads to another QEMU has ``lost`` disks; one that cannot be asked
+for another reason (a busy socket, a different libvirt) has ``unknown`` disks.
+Read-only, no locks; exit 3 when any disk is not attached and consistent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hotluks.cli.common import print_json
+from hotluks.errors import DomainNotFound, HotluksError, InputError, NotRunning
+from hotluks.runner.inventory import KnownVM, instance_gone, known_vms, offline_entries
+from hotluks.runner.results import StatusEntry
+
+
+@dataclass(frozen=True)
+class VMStatus:
+    vm: str
+    vm_key: str
+    backend: str
+    reached: bool
+    note: str | None
+    disks: list[StatusEntry]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vm": self.vm, "vm_key": self.vm_key, "backend": self.backend, "reached": self.reached,
+                "note": self.note, "disks": self.disks}
+
+
+def _kind(known: KnownVM) -> str:
+    return "qmp" if known.vm.startswith("unix:") or "/" in known.vm else "libvirt"
+
+
+async def _one(known: KnownVM, args: argparse.Namespace) -> VMStatus:
+    from hotluks.backends.identity import looks_like_uuid
+    from hotluks.backends.select import open_backend
+    from hotluks.runner.operator import Operator
+
+    kind = _kind(known)
+
+    def offline(status: str, why: str) -> VMStatus:
+        return VMStatus(known.vm, known.vm_key, kind, False, why, offline_entries(known, status, why))
+
+    if known.instances and all(instance_gone(i) for i in known.instances):
+        return offline("lost", "the QEMU process the disks were attached to is gone")
+    backend: str | None = "qmp"
+    if kind == "qmp":
+        path = known.vm[5:] if known.vm.startswith("unix:") else known.vm
+        if not Path(path).is_socket():
+            return offline("lost", f"QMP socket {path} is gone")
+        name = path
+    else:
+        name = known.vm_key if looks_like_uuid(known.vm_key) else known.vm
+        backend = args.backend if args.backend in ("libvirt", "virsh") else None
+    try:
+        vm = await open_backend(name, uri=args.uri, backend=backend, timeout=max(args.timeout, 1.0))
+    except (DomainNotFound, NotRunning) as exc:
+        return offline("lost", f"{exc}")
+    except HotluksError as exc:
+        return offline("unknown", f"cannot reach the VM: {exc}")
+    try:
+        operator = Operator(vm, state_dir=known.journal.state_dir)
+        ident = await operator.identity()
+        if ident.key != known.vm_key:
+            return offline("lost", f"{known.vm} now leads to another VM ({ident.key})")
+        return VMStatus(known.vm, known.vm_key, vm.name, True, None, await operator.status())
+    except HotluksError as exc:
+        return offline("unknown", f"cannot ask the VM: {exc}")
+    finally:
+        await vm.close()
+
+
+async def status_all(state_dir: Path, args: argparse.Namespace) -> list[VMStatus]:
+    """The status of every VM with records under ``state_dir`` (asked one after the other)."""
+    return [await _one(known, args) for known in known_vms(state_dir)]
+
+
+def cmd_status_all(args: argparse.Namespace) -> int:
+    from hotluks.runner.journal import default_state_dir
+
+    if args.vm is not None:
+        raise InputError("status --all takes no VM (it lists the VMs of every record)")
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    vms = asyncio.run(status_all(state_dir, args))
+    disks = [d for v in vms for d in v.disks]
+    attention = 3 if any(not d.consistent for d in disks) else 0
+    if args.json:
+        print_json({"all": True, "state_dir": str(state_dir), "vms": [v.to_json() for v in vms]})
+        return attention
+    if not vms:
+        print(f"no hotluks-managed disks in {state_dir}")
+    for v in vms:
+        print(f"{v.vm} ({v.vm_key}, {v.backend}{'' if v.reached else ', not reached'})")
+        for d in v.disks:
+            health = "ok" if d.consistent else "in progress" if d.in_progress else d.error or d.status
+            print(f"  {d.target:<6} {d.device:<16} {d.shape:<22} {d.status:<13} {health}")
+    if attention:
+        print("hotluks: some disks are not attached as recorded: `hotluks status VM` for one VM", file=sys.stderr)
+    return attention
+
+
+__all__ = ["cmd_status_all", "status_all", "VMStatus"]
