@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hotluks.errors import HotluksError
-from hotluks.plan.names import valid_name
+from hotluks.plan.names import guard_node, valid_name
 from hotluks.plan.steps import Plan
 from hotluks.runner.statedir import (
     UntrustedStateDirError,
@@ -141,7 +141,8 @@ def validate(doc: Any, vm_key: str | None = None) -> Record:
     """Build a :class:`Record` from ``doc`` only if it matches the schema; ``ValueError`` says why.
 
     Every name must be one hotluks gives this target (``hl-TARGET-…``; a device may carry the
-    disk's ``ua-`` alias), every command the one that creates its kind of step.
+    disk's ``ua-`` alias; the migration guard is exactly the node ``hlg-TARGET`` and its fdset is
+    tagged for that node), every command the one that creates its kind of step.
     """
     _check(isinstance(doc, dict), "not a JSON object")
     _check(doc.get("version", 1) in (1, RECORD_VERSION), f"unknown record version {doc.get('version')!r}")
@@ -185,14 +186,16 @@ def _validate_step(raw: Any, target: str) -> JournalStep:
     _check(execute == CREATES[kind], f"step {name!r}: {execute!r} is not how hotluks creates a {kind}")
     _check(isinstance(args, dict), f"step {name!r}: arguments are not an object")
     _check(raw.get("state", "pending") in STEP_STATES, f"step {name!r}: unknown state")
-    own = f"hl-{target}"
+    own, guard = f"hl-{target}", guard_node(target)
     if kind == "fd":
         number = fdset_id(name)
         _check(number is not None and args.get("fdset-id") == number, f"{name!r} is not an fdset hotluks chose")
-        _check(isinstance(args.get("opaque"), str) and args["opaque"].startswith(FD_TAG + own + "-"),
+        opaque = args.get("opaque")
+        _check(isinstance(opaque, str) and (opaque.startswith(FD_TAG + own + "-") or opaque == FD_TAG + guard),
                f"{name!r} is not tagged for target {target}")
     else:
-        ours = name.startswith(own + "-") or (kind == "device" and (name == own or name.startswith("ua-")))
+        ours = (name.startswith(own + "-") or (kind == "device" and (name == own or name.startswith("ua-")))
+                or (kind == "node" and name == guard))
         _check(ours and valid_name(name), f"{name!r} is not a name hotluks gives target {target}")
         _check(args.get("node-name" if kind == "node" else "id") == name, f"step {name!r}: arguments name another")
     unknown = set(raw) - {f.name for f in fields(JournalStep)} - {"undo"}  # v1 records stored an undo: ignored

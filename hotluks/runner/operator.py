@@ -20,14 +20,17 @@ from typing import Any
 from hotluks.backends.base import MasterKey, MonitorBackend, QMPCommandError, VMIdentity
 from hotluks.errors import HotluksError, RefusedError, RolledBackError
 from hotluks.headers.pins import PinStore, check_pin
+from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_image
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
+from hotluks.plan.names import guard_node
 from hotluks.plan.planner import build_plan
 from hotluks.plan.steps import Plan
 from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner import transaction as tx
 from hotluks.runner.executor import journal_quietly, send_step, undo_shielded
 from hotluks.runner.fdplan import with_fd_passing
+from hotluks.runner.guardplan import with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
 from hotluks.runner.maintenance import Maintenance
@@ -102,6 +105,12 @@ class Operator(Maintenance):
         plan = build_plan(disk, caps, await plan_context(self.backend, disk, before, machine=await self.machine()))
         if self.backend.passes_fds:
             plan = with_fd_passing(plan, before.fdsets)
+        if self.backend.passes_fds and self.backend.name in LIBVIRT_BACKENDS:  # libvirt's lifecycle: refused
+            node = guard_node(disk.target_dev)
+            if node in before.nodes:
+                raise RefusedError(f"the VM already has a node {node} (a migration guard hotluks did not record); "
+                                   f"remove it with blockdev-del before attaching {disk.target_dev}")
+            plan = with_migration_guard(plan, str(guard_image(self.state_dir)), before.fdsets)
         return plan, before
 
     # -- attach ----------------------------------------------------------------
