@@ -2,7 +2,7 @@
 
 Each VM is reached the way its records say it was: a QMP socket by its path (a socket
 that is gone means its QEMU is gone), a libvirt domain by its UUID on ``--connect``.
-A VM whose recorded QEMU no longer runs (``/proc``), whose domain is shut off or gone,
+A QMP VM whose recorded QEMU no longer runs (``/proc``), a domain that is shut off or gone,
 or whose socket now leads to another QEMU has ``lost`` disks; one that cannot be asked
 for another reason (a busy socket, a different libvirt) has ``unknown`` disks.
 Read-only, no locks; exit 3 when any disk is not attached and consistent.
@@ -51,10 +51,10 @@ async def _one(known: KnownVM, args: argparse.Namespace) -> VMStatus:
     def offline(status: str, why: str) -> VMStatus:
         return VMStatus(known.vm, known.vm_key, kind, False, why, offline_entries(known, status, why))
 
-    if known.instances and all(instance_gone(i) for i in known.instances):
-        return offline("lost", "the QEMU process the disks were attached to is gone")
     backend: str | None = "qmp"
-    if kind == "qmp":
+    if kind == "qmp":  # (a libvirt domain's next QEMU may carry the disks in its definition: ask libvirt)
+        if known.instances and all(instance_gone(i) for i in known.instances):
+            return offline("lost", "the QEMU process the disks were attached to is gone")
         path = known.vm[5:] if known.vm.startswith("unix:") else known.vm
         if not Path(path).is_socket():
             return offline("lost", f"QMP socket {path} is gone")

@@ -149,11 +149,12 @@ class Operator(Maintenance):
                 existing: Record | CorruptRecordError | None = journal.load(disk.target_dev)
             except CorruptRecordError as exc:
                 existing = exc
-            start = tx.attach_start(existing, fingerprint, ident.instance, disk.target_dev)
+            live = await snapshot(self.backend) if isinstance(existing, Record) else None
+            is_carried = isinstance(existing, Record) and live is not None and tx.carried(existing, live)
+            start = tx.attach_start(existing, fingerprint, ident.instance, disk.target_dev, is_carried)
             if start == "already-attached":
-                assert isinstance(existing, Record)
-                live = await snapshot(self.backend)
-                missing = [st.name for st in existing.steps if not tx.present(st, live)]
+                assert isinstance(existing, Record) and live is not None
+                missing = tx.missing(existing, live, ident.instance)
                 if missing:
                     raise RefusedError(f"target {disk.target_dev} is recorded as attached but the VM lacks "
                                        f"{', '.join(missing)}; `hotluks detach` it, then attach again")
@@ -250,8 +251,9 @@ class Operator(Maintenance):
                 record = journal.load(target_dev)
             except CorruptRecordError as exc:
                 raise RefusedError(f"{exc}; run `hotluks repair` to quarantine it") from None
-            if record is None or tx.is_lost(record, ident.instance):
-                if record is not None:  # its QEMU is gone: nothing of it can be in this one
+            if record is None or (tx.is_lost(record, ident.instance)
+                                  and not tx.carried(record, await snapshot(self.backend))):
+                if record is not None:  # its QEMU is gone: nothing of it is in this one
                     journal.remove(target_dev)
                 return DetachResult(self.backend.vm, target_dev, record.device if record else "", (),
                                     time.perf_counter() - started, already_absent=True)
