@@ -37,6 +37,7 @@ from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.errors import InputError, InvalidDisk, SecretError
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, remove_unrecorded_guard
 from hotluks.model import Disk
+from hotluks.runner.native_path import PathChoice
 from hotluks.runner.operator import AttachResult, DetachResult, Operator, RepairAction, StatusEntry
 from hotluks.secrets import SecretValue
 
@@ -142,9 +143,12 @@ class AsyncSession:
         self.operator = operator
 
     async def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-                     dry_run: bool = False, timeout: float = 30.0, pin: bool = False) -> AttachResult:
+                     dry_run: bool = False, timeout: float = 30.0, pin: bool = False, path: PathChoice = "qmp",
+                     persistent: bool = False) -> AttachResult:
+        """``path``: ``qmp`` (hotluks' steps), ``libvirt-native`` (libvirt's device API) or ``auto``."""
         return await self.operator.attach(_disk(disk), _secret_values(secrets), preflight=bool(preflight),
-                                          dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin))
+                                          dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin),
+                                          path=path, persistent=bool(persistent))
 
     async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         what = _target(disk_or_target)
@@ -276,8 +280,10 @@ class Session:
         return self._session.operator.master_key is not None or self._session.backend.can_seal
 
     def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-               dry_run: bool = False, timeout: float = 30.0, pin: bool = False) -> AttachResult:
-        return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin))
+               dry_run: bool = False, timeout: float = 30.0, pin: bool = False, path: PathChoice = "qmp",
+               persistent: bool = False) -> AttachResult:
+        return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin, path,
+                                                     persistent))
 
     def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return self._runner.run(self._session.detach(disk_or_target, timeout))

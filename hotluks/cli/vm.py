@@ -64,6 +64,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "first use (STATE/pins); a replaced header is refused")
     a.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for QEMU (and for unplug during rollback); default 30")
+    a.add_argument("--path", choices=("qmp", "libvirt-native", "auto"), default="qmp",
+                   help="qmp: hotluks' steps through the monitor; libvirt-native: libvirt's device API for disks "
+                        "it expresses (libvirt secrets, libvirt backend); auto: the latter where possible")
+    a.add_argument("--persistent", action="store_true",
+                   help="libvirt-native only: also add the disk to the domain's definition")
     a.set_defaults(func=cmd_attach)
 
     d = sub.add_parser("detach", help="unplug a disk hotluks attached and delete its nodes and secrets",
@@ -158,7 +163,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     disk = load_disk(args.disk)
     secrets = read_secrets(args.secret)
     result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run,
-                                           timeout=args.timeout, pin=args.pin))
+                                           timeout=args.timeout, pin=args.pin, path=args.path,
+                                           persistent=args.persistent))
     if args.json:
         print_json(result.to_json())
     elif result.already_attached:
@@ -172,7 +178,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     else:
         total = sum(s.seconds for s in result.steps)
         print(f"attached {result.target} to {result.vm} as device {result.device} "
-              f"({len(result.steps)} steps, {total * 1000:.1f} ms); preflight: {result.preflight}")
+              f"({len(result.steps)} steps, {total * 1000:.1f} ms, {result.path}); preflight: {result.preflight}")
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend, QMPCommandError, VMIdentity
-from hotluks.errors import HotluksError, RefusedError, RolledBackError
+from hotluks.errors import HotluksError, InputError, RefusedError, RolledBackError
 from hotluks.headers.pins import PinStore, check_pin
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_image
 from hotluks.model import Disk
@@ -34,6 +34,14 @@ from hotluks.runner.guardplan import with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
 from hotluks.runner.maintenance import Maintenance
+from hotluks.runner.native_path import (
+    PATH_CHOICES,
+    PathChoice,
+    attach_through_libvirt,
+    native_disk,
+    native_record,
+    why_not_native,
+)
 from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight, verify_pin
 from hotluks.runner.results import AttachResult, DetachResult, RepairAction, StatusEntry, StepReport
 from hotluks.runner.vmstate import VMSnapshot, machine_type, plan_context, probe_capabilities, snapshot
@@ -116,13 +124,25 @@ class Operator(Maintenance):
     # -- attach ----------------------------------------------------------------
     async def attach(self, disk: Disk, secrets: Mapping[str, SecretValue] | None = None, *,
                      preflight: bool = True, dry_run: bool = False, timeout: float = 30.0,
-                     pin: bool = False) -> AttachResult:
+                     pin: bool = False, path: PathChoice = "qmp", persistent: bool = False) -> AttachResult:
         """Attach ``disk``: refuse (exit 2), succeed, or roll back completely (exit 1) or record a repair (3).
 
         The LUKS preflight runs before the VM's lock is taken; ``timeout`` also bounds the
         unplug wait of a rollback. With ``pin`` the header's fingerprint is checked against the
-        one recorded for its location, or recorded on this first use.
+        one recorded for its location, or recorded on this first use. ``path`` picks hotluks'
+        QMP steps, libvirt's device API (``libvirt-native``, :mod:`hotluks.runner.native_path`;
+        with ``persistent`` also in the domain's definition), or the latter where it can (``auto``).
         """
+        if path not in PATH_CHOICES:
+            raise InputError(f"path must be one of {', '.join(PATH_CHOICES)}, not {path!r}")
+        native_reason = why_not_native(self.backend, disk, secrets or {}) if path != "qmp" else "not asked"
+        if path == "libvirt-native" and native_reason is not None:
+            raise RefusedError(f"target {disk.target_dev} cannot take the libvirt-native path: {native_reason}")
+        if persistent and native_reason is not None:
+            raise RefusedError("--persistent is for the libvirt-native path (libvirt keeps the disk in the "
+                               "definition); for other disks see `hotluks persist`")
+        if path == "auto" and native_reason is not None:
+            log.info("attaching %s through QMP: %s", disk.target_dev, native_reason)
         ident = await self.identity()
         caps = await self.capabilities()
         draft = build_plan(disk, caps)  # no VM facts: which secrets, and the disk's fingerprint
@@ -158,10 +178,15 @@ class Operator(Maintenance):
                 if missing:
                     raise RefusedError(f"target {disk.target_dev} is recorded as attached but the VM lacks "
                                        f"{', '.join(missing)}; `hotluks detach` it, then attach again")
-                top = next((s.arguments.get("drive") for s in existing.steps if s.kind == "device"), "")
+                top = next((s.arguments.get("drive") for s in existing.steps if s.kind == "device"), "") \
+                    or existing.device
                 return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=existing.device,
                                     top_node=str(top), shape=existing.shape, preflight=note, dry_run=dry_run,
-                                    already_attached=True, header_fingerprint=existing.header_fingerprint or None)
+                                    already_attached=True, header_fingerprint=existing.header_fingerprint or None,
+                                    path=existing.path)
+            if native_reason is None:
+                return await self._attach_native(journal, native_disk(disk), ident, fingerprint, note,
+                                                 header_fp, dry_run=dry_run, timeout=timeout, persistent=persistent)
             plan, before = await self._plan(disk, caps)
             commands = [bound_command(step, values, sealing) for step in plan.steps]
             if dry_run:
@@ -184,6 +209,46 @@ class Operator(Maintenance):
             return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,
                                 top_node=plan.top_node, shape=disk.shape, preflight=note, steps=tuple(reports),
                                 header_fingerprint=header_fp)
+
+    async def _attach_native(self, journal: Journal, disk: Disk, ident: VMIdentity, fingerprint: str, note: str,
+                             header_fp: str | None, *, dry_run: bool, timeout: float,
+                             persistent: bool) -> AttachResult:
+        """One journaled ``libvirt-disk`` step through libvirt's device API (held under the VM's lock)."""
+        from hotluks.lifecycle.native_xml import libvirt_disk_xml
+
+        assert disk.alias is not None
+        record = native_record(self.backend.vm, disk, libvirt_disk_xml(disk), persistent=persistent,
+                               vm_key=ident.key, instance=ident.instance, fingerprint=fingerprint,
+                               header_fingerprint=header_fp or "")
+        step = record.steps[0]
+        if dry_run:
+            return AttachResult(self.backend.vm, disk.target_dev, disk.alias, disk.alias, disk.shape, note,
+                                dry_run=True, commands=({"execute": step.execute, "arguments": dict(step.arguments)},),
+                                header_fingerprint=header_fp, path="libvirt-native")
+        before = await snapshot(self.backend)
+        try:
+            journal.save(record)
+        except OSError as exc:
+            raise RefusedError(f"cannot write the journal in {journal.dir}: {exc.strerror or exc}; "
+                               "nothing was sent to the VM") from None
+        log.info("attaching %s to %s through libvirt (%s, persistent: %s); preflight: %s", disk.target_dev,
+                 self.backend.vm, disk.shape, persistent, note)
+        started = time.perf_counter()
+        try:
+            journal.mark(record, 0, "started")
+            attached = await attach_through_libvirt(self.backend, step, timeout)
+            step.state = "done"
+            journal.set_status(record, "attached")
+        except InputError:  # libvirt refused before changing anything (e.g. the target is taken)
+            journal_quietly(lambda: journal.remove(record.target), [])
+            raise
+        except BaseException as exc:
+            await self._roll_back(journal, record, 0, exc, before, timeout)
+            raise AssertionError("unreachable") from None
+        top = f"libvirt-{attached.source_index}-format" if attached.source_index is not None else disk.alias
+        return AttachResult(self.backend.vm, disk.target_dev, disk.alias, top, disk.shape, note,
+                            steps=(StepReport(step.execute, step.name, time.perf_counter() - started),),
+                            header_fingerprint=header_fp, path="libvirt-native")
 
     async def _run_steps(self, journal: Journal, record: Record, plan: Plan, commands: list[dict[str, Any]],
                          before: VMSnapshot, timeout: float) -> list[StepReport]:

@@ -17,7 +17,8 @@ from hotluks.runner.guardplan import GUARD_ROLE
 from hotluks.runner.journal import FD_TAG, CorruptRecordError, JournalStep, Record, fdset_id
 from hotluks.runner.vmstate import VMSnapshot
 
-UNDO = {"secret": "object-del", "node": "blockdev-del", "device": "device_del", "fd": "remove-fd"}
+UNDO = {"secret": "object-del", "node": "blockdev-del", "device": "device_del", "fd": "remove-fd",
+        "libvirt-disk": "detach-device"}
 
 
 class UnplugPendingError(IncompleteError, DetachTimeoutError):
@@ -37,6 +38,9 @@ def undo_command(step: JournalStep) -> tuple[str, dict[str, Any]]:
         if number is None:
             raise ValueError(f"{step.name} is not an fdset name")
         return "remove-fd", {"fdset-id": number}
+    if step.kind == "libvirt-disk":  # through libvirt, by target (never arguments replayed from the record)
+        return "detach-device", {"id": step.name, "target": step.arguments.get("target"),
+                                 "persistent": step.arguments.get("persistent") is True}
     key = "node-name" if step.kind == "node" else "id"
     return UNDO[step.kind], {key: step.name}
 
@@ -46,7 +50,8 @@ def present(step: JournalStep, live: VMSnapshot) -> bool:
     if step.kind == "fd":
         number = fdset_id(step.name)
         return number is not None and step.arguments.get("opaque") in live.fdsets.get(number, ())
-    return step.name in {"secret": live.objects, "node": live.nodes, "device": live.devices}[step.kind]
+    return step.name in {"secret": live.objects, "node": live.nodes, "device": live.devices,
+                         "libvirt-disk": live.devices}[step.kind]
 
 
 def undo_order(steps: list[JournalStep], live: VMSnapshot) -> list[int]:
