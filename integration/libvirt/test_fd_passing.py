@@ -60,7 +60,7 @@ def test_root_only_files_attach_through_descriptors(domain: TransientDomain, bac
             nodes = {n["node-name"]: n for n in await backend.execute("query-named-block-nodes", {"flat": True})}
             assert nodes["hl-vdb-proto"]["file"].startswith("/dev/fdset/")
             assert nodes["hl-vdb-hdr-proto"]["file"].startswith("/dev/fdset/")
-            assert len(await _tagged_fdsets(backend)) == 2
+            assert len(await _tagged_fdsets(backend)) == 3  # payload, header, and the migration guard's image
             mark = await backend.execute("human-monitor-command",
                                          {"command-line": f'qemu-io {result.top_node} "read -P {PATTERN:#x} 0 4k"'})
             assert "Pattern verification failed" not in str(mark)
