@@ -9,6 +9,7 @@ rollback (:class:`RolledBackError`, exit 1) or a recorded repair (exit 3).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from hotluks.plan.planner import build_plan
 from hotluks.plan.steps import Plan
 from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner import transaction as tx
-from hotluks.runner.executor import journal_quietly, send_step, undo_shielded
+from hotluks.runner.executor import journal_quietly, send_step, shielded, undo_shielded
 from hotluks.runner.fdplan import with_fd_passing
 from hotluks.runner.guardplan import with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
@@ -236,7 +237,12 @@ class Operator(Maintenance):
         started = time.perf_counter()
         try:
             journal.mark(record, 0, "started")
-            attached = await attach_through_libvirt(self.backend, step, timeout)
+            task = asyncio.ensure_future(attach_through_libvirt(self.backend, step, timeout))
+            try:
+                attached = await asyncio.shield(task)
+            except asyncio.CancelledError:  # let libvirt's call finish, so the rollback sees what it did
+                await shielded(lambda: asyncio.wait([task]), timeout + 15)
+                raise
             step.state = "done"
             journal.set_status(record, "attached")
         except InputError:  # libvirt refused before changing anything (e.g. the target is taken)

@@ -141,3 +141,40 @@ def test_native_attach_is_libvirts_and_survives_save_restore_and_restart(
             outputs += [dry.stdout, attached.stdout, again.stdout, refused.stderr, auto.stdout, pending.stdout,
                         hot.stdout, detached.stdout]
     assert not leaks(PASSPHRASE, outputs)
+
+
+def test_cancelled_native_attach_waits_for_libvirt_then_rolls_back(libvirt_uri: str, defined_domain: str,
+                                                                   virsh: Any, tmp_path: Path) -> None:
+    """Cancellation while libvirt attaches (an agent's timeout, SIGINT): libvirt's call finishes, then the
+    rollback detaches what it did: RolledBack, no disk in the domain, no record."""
+    import asyncio
+
+    from hotluks.backends.libvirt import LibvirtBackend
+    from hotluks.errors import RolledBackError
+    from hotluks.runner.operator import Operator
+
+    state = tmp_path / "state"
+    with qemu_accessible_dir() as work:
+        disk = make_disk(work / "d", "attached-luks", "vdb", "virtio")
+        for path in [work / "d", *disk.files]:
+            give_to_qemu(path)
+        with define_secret(libvirt_uri, "volume", disk.secret_key, PASSPHRASE):
+            async def go() -> None:
+                backend = await LibvirtBackend(defined_domain, libvirt_uri).connect()
+                try:
+                    op = Operator(backend, state_dir=state)
+                    task = asyncio.ensure_future(op.attach(disk.disk(), path="libvirt-native", preflight=False))
+                    records = list(state.glob("*/vdb.json"))
+                    while not (records and '"state":"started"' in records[0].read_text()):
+                        assert not task.done(), task
+                        await asyncio.sleep(0.001)
+                        records = list(state.glob("*/vdb.json"))
+                    task.cancel()
+                    with pytest.raises(RolledBackError, match="rolled back: detach-device ua-hl-vdb"):
+                        await task
+                    assert await op.status() == []
+                finally:
+                    await backend.close()
+
+            asyncio.run(go())
+    assert "vdb" not in virsh("domblklist", defined_domain).stdout
