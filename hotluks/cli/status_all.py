@@ -109,4 +109,37 @@ def cmd_status_all(args: argparse.Namespace) -> int:
     return attention
 
 
-__all__ = ["cmd_status_all", "status_all", "VMStatus"]
+def cmd_repair_all(args: argparse.Namespace) -> int:
+    """``repair --all``: forget the records of VMs that can never run again (a UUID-less QEMU that is gone);
+    every other VM is left to ``repair VM`` (its records may be plugged again once it runs)."""
+    from hotluks.runner.inventory import vm_gone_for_good
+    from hotluks.runner.journal import default_state_dir
+    from hotluks.runner.lock import vm_lock
+
+    if args.vm is not None:
+        raise InputError("repair --all takes no VM")
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    forgotten: list[dict[str, Any]] = []
+
+    async def forget() -> None:
+        for known in known_vms(state_dir):
+            if not vm_gone_for_good(known):
+                continue
+            known.journal.ensure(recheck=True)
+            async with vm_lock(known.journal.dir, 10.0):
+                for target, _ in known.entries:
+                    known.journal.remove(target)
+                    forgotten.append({"vm": known.vm, "vm_key": known.vm_key, "target": target})
+
+    asyncio.run(forget())
+    if args.json:
+        print_json({"all": True, "state_dir": str(state_dir), "forgotten": forgotten})
+        return 0
+    for f in forgotten:
+        print(f"{f['vm']}: {f['target']}: forgotten (its QEMU process is gone and the VM has no UUID)")
+    if not forgotten:
+        print(f"nothing to forget in {state_dir}")
+    return 0
+
+
+__all__ = ["cmd_status_all", "cmd_repair_all", "status_all", "VMStatus"]

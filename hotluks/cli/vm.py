@@ -90,7 +90,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(func=cmd_status, timeout=10.0)  # read-only: takes no lock
 
     r = sub.add_parser("repair", help="finish or undo operations interrupted by a crash", epilog=EXIT_CODES)
-    _common(r)
+    _common(r, vm_optional=True)
+    r.add_argument("--all", action="store_true",
+                   help="instead: forget the records of VMs that can never run again (a QEMU without a UUID "
+                        "whose process is gone)")
     r.add_argument("--timeout", type=float, default=30.0, metavar="S", help="unplug wait (default 30)")
     r.set_defaults(func=cmd_repair)
 
@@ -225,6 +228,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
+    if args.all or args.vm is None:
+        from hotluks.cli.status_all import cmd_repair_all
+
+        if not args.all:
+            from hotluks.errors import InputError
+
+            raise InputError("repair needs a VM (or --all)")
+        return cmd_repair_all(args)
     actions = _run(args, lambda s: s.repair(timeout=args.timeout))
     if args.json:
         print_json({"vm": args.vm, "actions": actions})

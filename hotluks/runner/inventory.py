@@ -24,6 +24,8 @@ from hotluks.runner.statedir import UntrustedStateDirError, read_regular, untrus
 
 #: directories of the state directory that hold no VM's records
 NOT_VMS = frozenset({"capabilities", "pins", "keys"})
+#: the key of a bare QMP VM without a UUID: its QEMU process (``qemu-pidPID-STARTTIME``)
+QEMU_PROCESS_KEY = "qemu-pid"
 
 
 @dataclass(frozen=True)
@@ -94,3 +96,9 @@ def offline_entries(vm: KnownVM, status: str, why: str) -> list[StatusEntry]:
         out.append(StatusEntry(target, entry.device, entry.shape, status, False, False, why,
                                items, False, entry.header_fingerprint or None))
     return out
+
+
+def vm_gone_for_good(vm: KnownVM) -> bool:
+    """A VM that can never run again: one known only by its QEMU process (no UUID), which is gone."""
+    instance = vm.vm_key[len(QEMU_PROCESS_KEY):] if vm.vm_key.startswith(QEMU_PROCESS_KEY) else ""
+    return bool(instance) and instance_gone(instance)

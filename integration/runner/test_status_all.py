@@ -15,6 +15,10 @@ pytestmark = pytest.mark.qemu
 
 
 def _validate(doc: dict[str, object]) -> None:
+    _validate_as("status", doc)
+
+
+def _validate_as(command: str, doc: dict[str, object]) -> None:
     from importlib import resources
 
     import jsonschema
@@ -25,7 +29,7 @@ def _validate(doc: dict[str, object]) -> None:
     schemas = {p.name: json.loads(p.read_text()) for p in resources.files("hotluks").joinpath("schemas").iterdir()
                if p.name.endswith(".json")}
     registry = Registry().with_resources((n, Resource.from_contents(d)) for n, d in schemas.items())
-    jsonschema.Draft202012Validator(schemas["status.json"], registry=registry).validate(envelope("status", doc))
+    jsonschema.Draft202012Validator(schemas[f"{command}.json"], registry=registry).validate(envelope(command, doc))
 
 
 def test_status_all_lists_every_vm_and_a_killed_qemu_is_lost(tmp_path: Path) -> None:
@@ -71,6 +75,15 @@ def test_status_all_lists_every_vm_and_a_killed_qemu_is_lost(tmp_path: Path) -> 
         last = run_cli("status", "--all", *state, "--json")
         assert last.returncode == 3  # only the lost disk is left
         assert [v["vm"] for v in json.loads(last.stdout)["vms"]] == [str(second.qmp_path)]
+
+        # `detach` cannot reach a dead QEMU; `repair --all` forgets what can never run again
+        forgot = run_cli("repair", "--all", *state, "--json")
+        assert forgot.returncode == 0, forgot.stderr
+        doc = json.loads(forgot.stdout)
+        _validate_as("repair", doc)
+        assert [(f["vm"], f["target"]) for f in doc["forgotten"]] == [(str(second.qmp_path), "vdb")]
+        clean = run_cli("status", "--all", *state, "--json")
+        assert clean.returncode == 0 and json.loads(clean.stdout)["vms"] == []
     finally:
         first.stop()
         second.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 from hotluks.backends.identity import process_instance
 from hotluks.model import Disk
 from hotluks.plan.planner import build_plan
-from hotluks.runner.inventory import instance_gone, known_vms, offline_entries
+from hotluks.runner.inventory import instance_gone, known_vms, offline_entries, vm_gone_for_good
 from hotluks.runner.journal import Journal, Record, vm_dirname
 
 
@@ -37,6 +37,7 @@ def test_known_vms_and_lost_from_proc(example_xml: Path, tmp_path: Path) -> None
     gone = vms["unix:/run/gone.qmp"]
     assert all(instance_gone(i) for i in gone.instances)
     assert not instance_gone("domid5")  # only libvirt can tell
+    assert vm_gone_for_good(gone) and not vm_gone_for_good(vms["dom1"])  # a domain (UUID) may run again
     (entry,) = offline_entries(gone, "lost", "the QEMU process is gone")
     assert (entry.target, entry.status, entry.consistent, entry.error) == ("vdb", "lost", False,
                                                                           "the QEMU process is gone")
