@@ -5,7 +5,7 @@ snapshots, migration, and with ``persistent`` the next start). hotluks plans and
 preflights it as usual, journals it as one ``libvirt-disk`` step named by the disk's
 libvirt alias (``ua-hl-TARGET`` unless the XML gives one), and undoes it — in a
 rollback, ``detach`` or ``repair`` — with libvirt's detach, never the monitor. Only
-the ``libvirt`` backend (libvirt-python) can take this path, and only when every
+the ``libvirt`` and ``virsh`` backends can take this path, and only when every
 secret of the disk is a libvirt secret (libvirt resolves them itself; a ``--secret``
 file never reaches it).
 """
@@ -30,8 +30,8 @@ def why_not_native(backend: MonitorBackend, disk: Disk, given: Mapping[str, Secr
     """Why ``disk`` cannot take the libvirt-native path on ``backend``, or None when it can."""
     from hotluks.lifecycle.native_xml import libvirt_expressible
 
-    if backend.name != "libvirt":
-        return f"the {backend.name} backend has no libvirt device API (libvirt-python is needed)"
+    if backend.name not in ("libvirt", "virsh"):
+        return f"the {backend.name} backend has no libvirt device API (a libvirt domain is needed)"
     if not libvirt_expressible(disk):
         return f"libvirt cannot express a {disk.shape} disk"
     user_given = [ref.describe() for ref in disk.secrets if value_for(given, ref) is not None]
@@ -65,11 +65,15 @@ def _domain(backend: MonitorBackend) -> tuple[str, str]:
 
 
 async def attach_through_libvirt(backend: MonitorBackend, step: JournalStep, timeout: float) -> Any:
-    """Send the recorded ``libvirt-disk`` step (virDomainAttachDeviceFlags)."""
+    """Send the recorded ``libvirt-disk`` step (virDomainAttachDeviceFlags, or ``virsh attach-device``)."""
     from hotluks.lifecycle.native import attach_native_xml
 
-    domain, uri = _domain(backend)
     args = step.arguments
+    if backend.name == "virsh":
+        from hotluks.runner.native_virsh import virsh_attach
+
+        return await virsh_attach(backend, str(args["xml"]), str(args["target"]), bool(args["persistent"]))
+    domain, uri = _domain(backend)
     return await attach_native_xml(str(args["xml"]), str(args["target"]), domain=domain, uri=uri,
                                    persistent=bool(args["persistent"]), timeout=timeout)
 
@@ -79,8 +83,14 @@ async def detach_through_libvirt(backend: MonitorBackend, arguments: Mapping[str
     from hotluks.lifecycle.native import detach_native
     from hotluks.runner.transaction import UnplugPendingError
 
-    domain, uri = _domain(backend)
     try:
+        if backend.name == "virsh":
+            from hotluks.runner.native_virsh import virsh_detach
+
+            await virsh_detach(backend, str(arguments["target"]), str(arguments["id"]),
+                               bool(arguments["persistent"]), timeout)
+            return
+        domain, uri = _domain(backend)
         await detach_native(str(arguments["target"]), domain=domain, uri=uri,
                             persistent=bool(arguments["persistent"]), timeout=timeout)
     except DetachTimeoutError as exc:

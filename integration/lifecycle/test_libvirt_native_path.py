@@ -62,10 +62,11 @@ def _status(name: str, common: list[str]) -> tuple[int, list[tuple[str, str, boo
     return proc.returncode, [(d["target"], d["status"], d["consistent"]) for d in json.loads(proc.stdout)["disks"]]
 
 
+@pytest.mark.parametrize("backend", ["libvirt", "virsh"])
 def test_native_attach_is_libvirts_and_survives_save_restore_and_restart(
-        libvirt_uri: str, defined_domain: str, virsh: Any, tmp_path: Path) -> None:
+        libvirt_uri: str, defined_domain: str, virsh: Any, tmp_path: Path, backend: str) -> None:
     name = defined_domain
-    common = ["--connect", libvirt_uri, "--state-dir", str(tmp_path / "state")]
+    common = ["--connect", libvirt_uri, "--backend", backend, "--state-dir", str(tmp_path / "state")]
     outputs: list[str] = []
     with qemu_accessible_dir() as work:
         disk = make_disk(work / "d", "attached-luks", "vdb", "virtio")

@@ -45,7 +45,7 @@ def test_native_record_round_trips_and_is_undone_by_target() -> None:
 
 def test_why_not_native(example_xml: Path) -> None:
     disk = Disk.from_xml(ATTACHED.format(u=UUID))
-    assert "libvirt-python" in str(why_not_native(FakeQemu(), disk, {}))
+    assert "libvirt domain is needed" in str(why_not_native(FakeQemu(), disk, {}))
     libvirt_like = FakeQemu(passes_fds=True)  # named "libvirt"
     assert why_not_native(libvirt_like, disk, {}) is None
     assert "--secret" in str(why_not_native(libvirt_like, disk, {UUID: SecretValue(b"x")}))
