@@ -25,15 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testsupport/ lives in the checkout
+
 import hotluks
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import QemuProcess, start_qemu
 from hotluks.plan.planner import build_plan
-from hotluks.qemu.launcher import QemuProcess, start_qemu
 from hotluks.render.qmp import bound_command
 from hotluks.runner.operator import Operator
 from hotluks.runner.vmstate import plan_context, snapshot
 from hotluks.secrets import SecretValue
-from hotluks.testing.vms import clear_templates, make_disk, target_for, vm_args
+from testsupport.vms import clear_templates, make_disk, target_for, vm_args
 
 
 def _vm(ports: int = 4) -> QemuProcess:
@@ -214,8 +216,8 @@ def bench_libvirt(reps: int) -> dict[str, float]:
 
     import libvirt
 
-    from hotluks.testing.libvirtd import define_secret, give_to_qemu, qemu_accessible_dir, start_domain, start_libvirtd
-    from hotluks.testing.vms import hotluks_cmd
+    from testsupport.libvirtd import define_secret, give_to_qemu, qemu_accessible_dir, start_domain, start_libvirtd
+    from testsupport.vms import hotluks_cmd
 
     def timed(argv: list[str]) -> float:
         started = time.perf_counter()

@@ -7,8 +7,8 @@ Prints, measured in this run:
 - unlock time: engine (open_header + unlock, in process) / ``cryptsetup luksOpen
   --test-passphrase`` (wall time) for LUKS2 pbkdf2 and argon2id keyslots (goal <= 1.10);
 - decrypt throughput of an aes-xts-plain64 (512-bit key) volume: engine / ``openssl speed
-  -evp aes-256-xts`` (single core, 16 KiB blocks; goal >= 0.5) and engine / ``qemu-img
-  convert`` of the same volume (goal >= 2).
+  -evp aes-256-xts`` (single core, 16 KiB blocks; goal >= 0.3) and engine / ``qemu-img
+  convert`` of the same volume (goal >= 3).
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024, help="payload size for the throughput test")
     ap.add_argument("--repeat", type=int, default=3, help="best of N")
     ap.add_argument("--workdir", help="where to put the test images (default: a temporary directory)")
+    ap.add_argument("--throughput-only", action="store_true", help="skip the unlock rows")
     args = ap.parse_args()
     for tool in ("cryptsetup", "openssl", "qemu-img"):
         if shutil.which(tool) is None:
@@ -140,10 +141,11 @@ def main() -> int:
         work = Path(tmp)
         print(f"# LUKS engine benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{os.cpu_count()} CPUs, best of {args.repeat})\n")
-        print("| unlock | engine s | cryptsetup s | engine / cryptsetup (goal <= 1.10) |")
-        print("|---|---|---|---|")
-        for name, engine, cs in unlock_rows(work, args.repeat):
-            print(f"| {name} | {engine:.3f} | {cs:.3f} | {engine / cs:.2f} |")
+        if not args.throughput_only:
+            print("| unlock | engine s | cryptsetup s | engine / cryptsetup (goal <= 1.10) |")
+            print("|---|---|---|---|")
+            for name, engine, cs in unlock_rows(work, args.repeat):
+                print(f"| {name} | {engine:.3f} | {cs:.3f} | {engine / cs:.2f} |")
         size = args.size_mib << 20
         rates = throughput_rows(work, size, args.repeat)
     mb = 1e6
@@ -152,10 +154,10 @@ def main() -> int:
     for name, rate in rates.items():
         print(f"| {name} | {rate / mb:.0f} |")
     engine = rates["engine → file"]
-    print(f"\nengine → file / openssl: {engine / rates['openssl speed aes-256-xts (16 KiB)']:.2f} (goal >= 0.5)")
+    print(f"\nengine → file / openssl: {engine / rates['openssl speed aes-256-xts (16 KiB)']:.2f} (goal >= 0.3)")
     print(f"engine → /dev/null / openssl: "
           f"{rates['engine → /dev/null'] / rates['openssl speed aes-256-xts (16 KiB)']:.2f}")
-    print(f"engine → file / qemu-img convert: {engine / rates['qemu-img convert → file']:.2f} (goal >= 2)")
+    print(f"engine → file / qemu-img convert: {engine / rates['qemu-img convert → file']:.2f} (goal >= 3)")
     return 0
 
 

@@ -27,16 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testsupport/ lives in the checkout
+
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import start_qemu
 from hotluks.model import Disk
 from hotluks.plan.planner import build_plan
-from hotluks.qemu.launcher import start_qemu
 from hotluks.render.qmp import bound_command
 from hotluks.runner.operator import Operator
 from hotluks.runner.vmstate import plan_context, snapshot
 from hotluks.secrets import SecretValue
-from hotluks.testing.ceph import CephCluster, CephPortsBusyError
-from hotluks.testing.vms import vm_args
+from testsupport.ceph import CephCluster, CephPortsBusyError
+from testsupport.vms import vm_args
 
 XML_FORMAT = {"luks1": "luks", "luks2": "luks2"}
 

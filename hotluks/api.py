@@ -43,6 +43,7 @@ from hotluks.secrets import SecretValue
 
 if TYPE_CHECKING:
     from hotluks.headers.rotate import RotateResult
+    from hotluks.runner.resize import ResizeResult
 
 SecretsArg = Mapping[str, bytes | str | SecretValue] | None
 T = TypeVar("T")
@@ -102,12 +103,12 @@ def _disk(disk: object) -> Disk:
     raise InvalidDisk(f"a disk is a hotluks.Disk, <disk> XML or the path of an XML file, not {type(disk).__name__}")
 
 
-def _target(disk_or_target: object) -> Disk | str:
+def _target(disk_or_target: object, verb: str = "detach") -> Disk | str:
     if isinstance(disk_or_target, Disk):
         return disk_or_target
     if isinstance(disk_or_target, str) and disk_or_target and disk_or_target.isprintable():
         return disk_or_target
-    raise InputError(f"detach takes a Disk or a target name such as 'vdb', not {disk_or_target!r:.80}")
+    raise InputError(f"{verb} takes a Disk or a target name such as 'vdb', not {disk_or_target!r:.80}")
 
 
 def _optional_text(value: object, what: str) -> str | None:
@@ -143,12 +144,14 @@ class AsyncSession:
         self.operator = operator
 
     async def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-                     dry_run: bool = False, timeout: float = 30.0, pin: bool = False, path: PathChoice = "qmp",
+                     dry_run: bool = False, timeout: float = 30.0, pin: bool = False,
+                     allow_weak_header: bool = False, path: PathChoice = "qmp",
                      persistent: bool = False) -> AttachResult:
         """``path``: ``qmp`` (hotluks' steps), ``libvirt-native`` (libvirt's device API) or ``auto``."""
         return await self.operator.attach(_disk(disk), _secret_values(secrets), preflight=bool(preflight),
                                           dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin),
-                                          path=path, persistent=bool(persistent))
+                                          allow_weak_header=bool(allow_weak_header), path=path,
+                                          persistent=bool(persistent))
 
     async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         what = _target(disk_or_target)
@@ -163,12 +166,25 @@ class AsyncSession:
     async def repair(self, timeout: float = 30.0) -> list[RepairAction]:
         return await self.operator.repair(timeout=_seconds(timeout))
 
+    async def resize(self, disk_or_target: Disk | str, size: int | str, force: bool = False) -> ResizeResult:
+        """Grow the attached disk to ``size`` (bytes, or qemu-img style ``"10G"``/``"+1G"``); shrink only
+        with ``force``. Raises :class:`~hotluks.errors.NotAttached` for a target hotluks has not attached."""
+        from hotluks.runner.resize import resize
+
+        what = _target(disk_or_target, "resize")
+        target = what.target_dev if isinstance(what, Disk) else what
+        if isinstance(size, bool) or not isinstance(size, int | str):
+            raise InputError(f"size must be a number of bytes or a string such as '10G', not {type(size).__name__}")
+        return await resize(self.operator, target, size, force=bool(force))
+
     async def rotate(self, disk: Disk | str | Path, new_passphrase: bytes,
                      secrets: SecretsArg = None) -> RotateResult:
         """Change the passphrase of an attached disk's header file (:mod:`hotluks.headers.rotate`)."""
         from hotluks.headers.rotate import rotate
 
-        return await rotate(self.backend, _disk(disk), new_passphrase, _secret_values(secrets),
+        disk = _disk(disk)
+        return await rotate(self.backend, disk, new_passphrase, _secret_values(secrets),
+                            disk_fingerprint=await self.operator.disk_fingerprint(disk),
                             state_dir=self.operator.state_dir)
 
     async def close(self) -> None:
@@ -280,10 +296,11 @@ class Session:
         return self._session.operator.master_key is not None or self._session.backend.can_seal
 
     def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
-               dry_run: bool = False, timeout: float = 30.0, pin: bool = False, path: PathChoice = "qmp",
+               dry_run: bool = False, timeout: float = 30.0, pin: bool = False,
+               allow_weak_header: bool = False, path: PathChoice = "qmp",
                persistent: bool = False) -> AttachResult:
-        return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin, path,
-                                                     persistent))
+        return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin,
+                                                     allow_weak_header, path, persistent))
 
     def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return self._runner.run(self._session.detach(disk_or_target, timeout))
@@ -293,6 +310,9 @@ class Session:
 
     def repair(self, timeout: float = 30.0) -> list[RepairAction]:
         return self._runner.run(self._session.repair(timeout))
+
+    def resize(self, disk_or_target: Disk | str, size: int | str, force: bool = False) -> ResizeResult:
+        return self._runner.run(self._session.resize(disk_or_target, size, force))
 
     def rotate(self, disk: Disk | str | Path, new_passphrase: bytes, secrets: SecretsArg = None) -> RotateResult:
         return self._runner.run(self._session.rotate(disk, new_passphrase, secrets))

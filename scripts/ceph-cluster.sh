@@ -7,6 +7,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 py="$here/.venv/bin/python"
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"  # testsupport/ lives in the checkout
 cmd=${1:-}; shift || true
 variant=none; extra=()
 for arg in "$@"; do
@@ -21,15 +22,15 @@ case $cmd in
         if [ -e "$state" ] && [ -d "$(cat "$state")" ]; then
             echo "already running in $(cat "$state"); use: $0 env|stop ${extra[*]:-}" >&2; exit 2
         fi
-        out=$("$py" -m hotluks.testing.ceph start "${extra[@]}")
+        out=$("$py" -m testsupport.ceph start "${extra[@]}")
         printf '%s\n' "$out"
         printf '%s\n' "$out" | sed -n 's/^export HOTLUKS_CEPH_DIR=//p' >"$state" ;;
     env)
         [ -e "$state" ] || { echo "no $variant cluster running" >&2; exit 1; }
-        "$py" -m hotluks.testing.ceph env "$(cat "$state")" ;;
+        "$py" -m testsupport.ceph env "$(cat "$state")" ;;
     stop)
         [ -e "$state" ] || { echo "no $variant cluster running" >&2; exit 1; }
-        "$py" -m hotluks.testing.ceph stop "$(cat "$state")"
+        "$py" -m testsupport.ceph stop "$(cat "$state")"
         rm -f "$state" ;;
     *) sed -n '2,6p' "$0" >&2; exit 2 ;;
 esac

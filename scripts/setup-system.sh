@@ -63,6 +63,7 @@ ensure_deb_src() {
     done
 }
 ensure_deb_src bookworm-backports
+ensure_deb_src bookworm
 
 stamp=/var/lib/apt/periodic/hotluks-update-stamp
 if [ "${need_update:-0}" = 1 ] || [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +720 2>/dev/null)" ]; then
@@ -85,6 +86,7 @@ BACKPORTS_PKGS=(
 )
 BASE_PKGS=(
     cryptsetup-bin busybox-static cpio xz-utils kmod openssl tgt
+    python3-botan jq dpkg-dev
     pkg-config gcc python3-venv
     ceph-mon ceph-osd ceph-common
 )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from hotluks.cli.common import print_json
+from hotluks.cli.output import emit
 
 if TYPE_CHECKING:
     from hotluks.demo import DemoStep
@@ -41,7 +41,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               flush=True)
     report = run_demo(lambda s: None if args.json else _print_step(s), use_guest=not args.no_guest)
     if args.json:
-        print_json(report.to_json())
+        emit("demo", report.to_json())
         return 0 if report.ok else 1
     total = sum(s.seconds for s in report.steps)
     if report.error:

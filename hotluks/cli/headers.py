@@ -35,13 +35,13 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
-    from hotluks.cli.common import print_json
+    from hotluks.cli.output import emit
     from hotluks.luks import open_header
     from hotluks.luks.fingerprint import fingerprint
 
     fp = fingerprint(open_header(args.device, header=args.header))
     if args.json:
-        print_json(fp.to_json())
+        emit("luks fingerprint", fp.to_json())
     elif args.xml:
         print(f"<fingerprint type='sha256'>{fp.value}</fingerprint>")
     else:

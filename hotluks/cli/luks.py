@@ -16,6 +16,47 @@ from hotluks.errors import InputError
 PROGRESS_MIN_BYTES = 64 << 20
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters shown as ``\\xNN`` (see :mod:`hotluks.luks.summary`)."""
+    from hotluks.luks.summary import printable as escape
+
+    return escape(text)
+
+
+def header_summary(hdr: Any) -> dict[str, Any]:
+    """The ``luks dump`` summary of a header (imported lazily: CLI start-up stays light)."""
+    from hotluks.luks.summary import header_summary as summary
+
+    return summary(hdr)
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Positionals may follow options (``add-key DEV --header H --key-file K NEWKEY``, as cryptsetup takes)."""
+
+    _nested = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._nested:
+            return super().parse_known_args(args, namespace)
+        self._nested = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._nested = False
+
+
+def _weak_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-weak-header", action="store_true",
+                   help="accept a weak header (cipher_null, ECB, PBKDF2 < 1000 iterations, argon2 below minimum)")
+
+
+def _payload_must_exist(args: argparse.Namespace) -> None:
+    import os
+
+    if args.header and not os.path.exists(args.device):
+        raise InputError(f"{args.device}: no such payload file or device (with --header, DEVICE is the payload)")
+
+
 def _key_file_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--key-file", "-d", metavar="FILE", required=required,
                    help="read the passphrase from FILE, byte for byte ('-' = stdin); "
@@ -49,10 +90,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_dump)
 
-    p = cmds.add_parser("verify", help="check a passphrase: 0 opens, 1 wrong, 2 invalid/unsupported")
+    p = cmds.add_parser("verify", help="check a passphrase: 0 opens, 1 wrong, 2 invalid/unsupported/weak")
     p.add_argument("device", metavar="DEVICE")
     _header_arg(p)
     _key_file_arg(p)
+    _weak_arg(p)
     p.set_defaults(func=cmd_verify)
 
     p = cmds.add_parser("format", help="write a new LUKS1/LUKS2 header (--header: detached)")
@@ -61,13 +103,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _key_file_arg(p)
     p.add_argument("--type", choices=("luks1", "luks2"), default="luks2")
     p.add_argument("--cipher", default="aes-xts-plain64")
-    p.add_argument("--key-size", type=int, choices=(128, 256, 512), default=None,
+    p.add_argument("--key-size", type=int, choices=(128, 192, 256, 384, 512), default=None,
                    help="volume key bits (default 512 for xts, 256 otherwise)")
     p.add_argument("--hash", default="sha256")
     _kdf_args(p)
     p.add_argument("--sector-size", type=int, default=512, choices=(512, 1024, 2048, 4096))
     p.add_argument("--force", "--batch-mode", dest="force", action="store_true",
-                   help="overwrite an existing LUKS header (its keyslots are lost)")
+                   help="overwrite an existing LUKS header, filesystem, partition table or non-empty header file "
+                        "without asking")
     p.set_defaults(func=cmd_format)
 
     p = cmds.add_parser("decrypt", help="write the decrypted data segment to OUT ('-' = stdout)")
@@ -89,7 +132,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("new_key_file", metavar="NEW_KEY_FILE", nargs="?")
     _header_arg(p)
     _key_file_arg(p)
+    p.add_argument("--key-slot", "-S", type=int, metavar="N", help="put the new passphrase in keyslot N")
     _kdf_args(p)
+    p.__class__ = _IntermixedParser
     p.set_defaults(func=cmd_add_key)
 
     p = cmds.add_parser("remove-key", help="remove the keyslot the passphrase opens")
@@ -160,34 +205,12 @@ class ProgressBar:
             self.stream.flush()
 
 
-def header_summary(hdr: Any) -> dict[str, Any]:
-    """A JSON-friendly description of a header (no secrets, no salts)."""
-    return {
-        "version": hdr.version, "uuid": hdr.uuid, "label": hdr.label, "cipher": hdr.cipher,
-        "key_bits": hdr.key_bytes * 8, "hash": hdr.hash, "payload_offset": hdr.payload_offset,
-        "detached": hdr.detached, "sector_size": hdr.sector_size, "seqid": hdr.seqid,
-        "metadata_size": hdr.metadata_size, "requirements": list(hdr.requirements),
-        "read_only": hdr.read_only, "warnings": list(hdr.warnings),
-        "keyslots": [{"slot": k.index, "type": k.type, "kdf": k.kdf.type, "priority": k.priority,
-                      **({"hash": k.kdf.hash, "iterations": k.kdf.iterations} if k.kdf.type == "pbkdf2" else {}),
-                      **({"time": k.kdf.time, "memory": k.kdf.memory, "cpus": k.kdf.cpus}
-                         if k.kdf.type.startswith("argon2") else {}),
-                      "cipher": k.area_cipher, "key_bits": k.key_bytes * 8, "stripes": k.stripes,
-                      "af_hash": k.af_hash, "area_offset": k.area_offset, "area_size": k.area_size}
-                     for k in hdr.keyslots],
-        "segments": [{"segment": s.index, "type": s.type, "offset": s.offset,
-                      "size": "dynamic" if s.size is None else s.size, "iv_tweak": s.iv_tweak,
-                      "encryption": s.encryption, "sector_size": s.sector_size} for s in hdr.segments],
-        "digests": [{"digest": d.index, "type": d.type, "hash": d.hash, "iterations": d.iterations,
-                     "keyslots": list(d.keyslots), "segments": list(d.segments)} for d in hdr.digests],
-    }
-
-
 def _print_summary(info: dict[str, Any]) -> None:
     print(f"LUKS header information (version {info['version']})")
     for key in ("uuid", "label", "cipher", "key_bits", "hash", "payload_offset", "detached", "sector_size",
-                "seqid", "metadata_size"):
-        print(f"{key + ':':16}{info[key]}")
+                "seqid", "metadata_size", "keyslots_size"):
+        if key in info:
+            print(f"{key + ':':16}{info[key]}")
     if info["requirements"]:
         print(f"{'requirements:':16}{', '.join(info['requirements'])} (read-only)")
     print("Keyslots:")
@@ -199,44 +222,58 @@ def _print_summary(info: dict[str, Any]) -> None:
     for s in info["segments"]:
         print(f"  {s['segment']}: {s['type']} offset {s['offset']} size {s['size']} {s['encryption']} "
               f"sector {s['sector_size']}")
+    for w in info["weak"]:
+        print(f"WEAK: {w}")
     for w in info["warnings"]:
         print(f"warning: {w}")
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from hotluks.cli.common import print_json
+    from hotluks.cli.output import emit
     from hotluks.luks import open_header
 
+    _payload_must_exist(args)
     info = header_summary(open_header(args.device, header=args.header))
     if args.json:
-        print_json(info)
+        emit("luks dump", info)
     else:
         _print_summary(info)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from hotluks.luks import unlock
+    from hotluks.luks import open_header, unlock
+    from hotluks.luks.policy import enforce
 
-    vk = unlock(args.device, read_passphrase(args.key_file), header=args.header)
+    _payload_must_exist(args)
+    hdr = open_header(args.device, header=args.header)
+    for note in enforce(hdr, allow_weak_header=args.allow_weak_header):
+        print(f"warning: {printable(note)}", file=sys.stderr)
+    vk = unlock(hdr, read_passphrase(args.key_file))
     print(f"passphrase opens keyslot {vk.keyslot}")
     return 0
 
 
-def _has_luks_signature(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(6) in (b"LUKS\xba\xbe", b"SKUL\xba\xbe")
-    except OSError:
-        return False
+def _confirm_overwrite(concern: str, target: str, key_file: str | None) -> None:
+    """Ask on a terminal, as cryptsetup does; refuse elsewhere (``--force`` skips this)."""
+    if key_file == "-" or not sys.stdin.isatty():
+        raise InputError(f"{printable(concern)}; add --force to overwrite it")
+    sys.stderr.write(f"WARNING: {printable(concern)}.\nThis will overwrite data on {printable(target)} "
+                     "irrevocably.\nAre you sure? (Type 'yes' in capital letters): ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip() != "YES":
+        raise InputError("operation aborted: nothing was written")
 
 
 def cmd_format(args: argparse.Namespace) -> int:
     from hotluks.luks import format_volume
+    from hotluks.luks.signatures import overwrite_concern
 
+    _payload_must_exist(args)
     target = args.header or args.device
-    if not args.force and _has_luks_signature(target):
-        raise InputError(f"{target} already holds a LUKS header; add --force to overwrite it (its keyslots are lost)")
+    concern = overwrite_concern(target, header_file=bool(args.header))
+    if concern and not args.force:
+        _confirm_overwrite(concern, target, args.key_file)
     passphrase = read_passphrase(args.key_file)
     if not passphrase:
         raise InputError("empty passphrase")
@@ -259,6 +296,15 @@ def _open_out(path: str) -> IO[bytes]:
         raise InputError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``decrypt - | head``): stop quietly, as ``cat`` would."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
 def cmd_decrypt(args: argparse.Namespace) -> int:
     import os
 
@@ -271,15 +317,15 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     out = _open_out(args.out)
     try:
         decrypt_payload(args.device, out, vk, header=args.header, progress=bar)
+        if out is sys.stdout.buffer:
+            out.flush()
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     finally:
         bar.finish()
         if out is not sys.stdout.buffer:
             out.close()
-        else:
-            out.flush()
     return 0
-
-
 def cmd_encrypt(args: argparse.Namespace) -> int:
     import os
 
@@ -321,7 +367,7 @@ def cmd_add_key(args: argparse.Namespace) -> int:
         raise InputError("empty new passphrase")
     default = "pbkdf2" if hdr.version == 1 else "argon2id"
     kdf = _kdf(args, default, hdr.hash or "sha256", len(vk.key))
-    slot = add_key(args.device, passphrase, new, header=args.header, kdf=kdf)
+    slot = add_key(args.device, passphrase, new, header=args.header, kdf=kdf, keyslot=args.key_slot)
     print(f"added keyslot {slot}")
     return 0
 

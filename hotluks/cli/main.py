@@ -160,7 +160,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 #: commands that act on a VM: an interruption outside their event loop (which turns SIGINT/SIGTERM
 #: into rollback or repair itself) happens before anything was sent, so it exits 2, never 130
-VM_COMMANDS = frozenset({"attach", "detach", "status", "repair"})
+VM_COMMANDS = frozenset({"attach", "detach", "status", "repair", "resize"})
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
@@ -205,9 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, 2, f"hotluks: error: {where}{exc.strerror or exc}")
     except KeyboardInterrupt:
         if vm_command:
-            print("hotluks: error: interrupted before anything was sent to the VM; nothing changed",
-                  file=sys.stderr)
-            return 2
+            what = KeyboardInterrupt("interrupted before anything was sent to the VM; nothing changed")
+            return _fail(args, what, 2, f"hotluks: error: {what}")
         print("hotluks: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not bad input: say so without a traceback unless -vv

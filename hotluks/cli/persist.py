@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from hotluks.cli.common import add_secret_option, load_disk, print_json, read_secrets
+from hotluks.cli.common import add_secret_option, load_disk, read_secrets
 from hotluks.errors import InputError
 
 
@@ -62,7 +62,9 @@ def cmd_persist(args: argparse.Namespace) -> int:
 
         result = asyncio.run(run())
     if args.json:
-        print_json(result.to_json())
+        from hotluks.cli.output import emit
+
+        emit("persist", result.to_json())
     elif args.remove:
         print(f"{result.target}: {'removed from' if result.changed else 'was not in'} the definition of {result.domain}")
     else:

@@ -7,7 +7,6 @@ same bus and slot, as live migration needs.
 from __future__ import annotations
 
 import argparse
-import json
 
 from hotluks.cli.vm import VM_HELP
 
@@ -45,8 +44,10 @@ def cmd_placement(args: argparse.Namespace) -> int:
     where = asyncio.run(probe())
     flags = where.cold_cmdline_flags()
     if args.json:
-        print(json.dumps({"device": device, "bus": where.bus, "slot": where.slot, "function": where.function,
-                          "flags": flags}))
+        from hotluks.cli.output import emit
+
+        emit("placement", {"device": device, "bus": where.bus, "slot": where.slot, "function": where.function,
+                           "flags": flags})
     else:
         print(" ".join(flags))
     return 0

@@ -23,18 +23,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    from hotluks.cli.common import load_disk, print_json, read_secrets
+    from hotluks.cli.common import load_disk, read_secrets
+    from hotluks.cli.output import emit
     from hotluks.cli.vm import _run
-    from hotluks.headers.rotate import rotate
     from hotluks.secrets import read_secret_file
 
     disk = load_disk(args.disk)
     secrets = read_secrets(args.secret)
     new = read_secret_file(args.new_key_file).value
-    result = _run(args, lambda s: rotate(s.backend, disk, new, secrets,
-                                         state_dir=s.operator.state_dir))
+    result = _run(args, lambda s: s.rotate(disk, new, secrets))
     if args.json:
-        print_json(result.to_json())
+        emit("rotate", result.to_json())
     else:
         where = " and the libvirt secret" if result.libvirt_secret_updated else ""
         print(f"rotated {result.target}: keyslot {result.removed_keyslot} removed, {result.added_keyslot} added in "

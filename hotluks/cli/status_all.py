@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hotluks.cli.common import print_json
+from hotluks.cli.output import emit
 from hotluks.errors import DomainNotFound, HotluksError, InputError, NotRunning
 from hotluks.runner.inventory import KnownVM, instance_gone, known_vms, offline_entries
 from hotluks.runner.results import StatusEntry
@@ -95,7 +95,7 @@ def cmd_status_all(args: argparse.Namespace) -> int:
     disks = [d for v in vms for d in v.disks]
     attention = 3 if any(not d.consistent for d in disks) else 0
     if args.json:
-        print_json({"all": True, "state_dir": str(state_dir), "vms": [v.to_json() for v in vms]})
+        emit("status", {"all": True, "state_dir": str(state_dir), "vms": [v.to_json() for v in vms]})
         return attention
     if not vms:
         print(f"no hotluks-managed disks in {state_dir}")
@@ -133,7 +133,7 @@ def cmd_repair_all(args: argparse.Namespace) -> int:
 
     asyncio.run(forget())
     if args.json:
-        print_json({"all": True, "state_dir": str(state_dir), "forgotten": forgotten})
+        emit("repair", {"all": True, "state_dir": str(state_dir), "forgotten": forgotten})
         return 0
     for f in forgotten:
         print(f"{f['vm']}: {f['target']}: forgotten (its QEMU process is gone and the VM has no UUID)")

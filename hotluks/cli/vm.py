@@ -8,7 +8,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from hotluks.cli.common import add_secret_option, load_disk, print_json, read_secrets
+from hotluks.cli.common import add_secret_option, load_disk, read_secrets
+from hotluks.cli.output import emit
 from hotluks.errors import HotluksError
 from hotluks.headers.tls import add_option as tls_option
 from hotluks.headers.tls import apply_option as apply_tls_option
@@ -59,6 +60,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--no-preflight", action="store_true", help="skip the LUKS header/passphrase check")
     a.add_argument("--dry-run", action="store_true", help="probe and plan against the VM, send nothing")
     tls_option(a)
+    a.add_argument("--allow-weak-header", action="store_true",
+                   help="attach even when the LUKS header is below the policy (cipher_null, ECB, PBKDF2 under "
+                        "1000 iterations, argon2 under cryptsetup's minimum); refused otherwise")
     a.add_argument("--pin", action="store_true",
                    help="check the LUKS header against the fingerprint pinned for its location, pinning it on "
                         "first use (STATE/pins); a replaced header is refused")
@@ -96,6 +100,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "whose process is gone)")
     r.add_argument("--timeout", type=float, default=30.0, metavar="S", help="unplug wait (default 30)")
     r.set_defaults(func=cmd_repair)
+
+    z = sub.add_parser("resize", help="grow a disk hotluks attached (QMP block_resize); the guest sees the new size",
+                       description="Resize the block node the disk's device sits on (as recorded at attach): "
+                                   "its LUKS node, or its format node for qcow2-native; a detached-header "
+                                   "payload grows with it. Shrinking is refused without --force.",
+                       epilog="exit codes: 0 resized (or already that size); 1 QEMU refused, the disk is "
+                              "unchanged; 2 refused before anything was sent (unknown target, shrink without "
+                              "--force, bad SIZE); 3 the resize failed and the size changed anyway")
+    _common(z)
+    z.add_argument("target", metavar="TARGET", help="the target dev of the attached disk (e.g. vdb)")
+    z.add_argument("size", metavar="SIZE",
+                   help="new size: bytes, or with K, M, G, T, P, E (powers of 1024, as qemu-img); "
+                        "+SIZE/-SIZE grow/shrink by that much")
+    z.add_argument("--force", action="store_true", help="allow shrinking (data past the new end is lost)")
+    z.set_defaults(func=cmd_resize, timeout=30.0)
 
 
 async def _with_session(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -150,15 +169,10 @@ async def _interruptible(args: argparse.Namespace, work: Callable[[AsyncSession]
 
 
 def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` on a session; errors propagate (``main`` prints them, as JSON under ``--json``)."""
     import asyncio
 
-    try:
-        return asyncio.run(_interruptible(args, work))
-    except HotluksError as exc:
-        if getattr(args, "json", False):
-            print_json({"ok": False, "exit": exc.exit_code, "error": str(exc), "type": type(exc).__name__})
-            raise SystemExit(exc.exit_code) from None
-        raise
+    return asyncio.run(_interruptible(args, work))
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
@@ -166,10 +180,11 @@ def cmd_attach(args: argparse.Namespace) -> int:
     disk = load_disk(args.disk)
     secrets = read_secrets(args.secret)
     result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run,
-                                           timeout=args.timeout, pin=args.pin, path=args.path,
+                                           timeout=args.timeout, pin=args.pin,
+                                           allow_weak_header=args.allow_weak_header, path=args.path,
                                            persistent=args.persistent))
     if args.json:
-        print_json(result.to_json())
+        emit("attach", result.to_json())
     elif result.already_attached:
         print(f"{result.target} is already attached to {result.vm} as device {result.device} (same disk): "
               "nothing to do")
@@ -189,7 +204,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
     target = args.target or load_disk(args.disk).target_dev
     result = _run(args, lambda s: s.detach(target, timeout=args.timeout))
     if args.json:
-        print_json(result.to_json())
+        emit("detach", result.to_json())
     elif result.already_absent:
         print(f"{result.target} is not attached by hotluks to {result.vm}: nothing to do")
     else:
@@ -206,7 +221,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     disks = _run(args, lambda s: s.status())
     attention = 3 if any(d.needs_repair or d.status == "lost" for d in disks) else 0
     if args.json:
-        print_json({"vm": args.vm, "disks": disks})
+        emit("status", {"vm": args.vm, "disks": [d.to_json() for d in disks]})
         return attention
     if not disks:
         print(f"{args.vm}: no hotluks-managed disks")
@@ -238,7 +253,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
         return cmd_repair_all(args)
     actions = _run(args, lambda s: s.repair(timeout=args.timeout))
     if args.json:
-        print_json({"vm": args.vm, "actions": actions})
+        emit("repair", {"vm": args.vm, "actions": [a.to_json() for a in actions]})
     elif not actions:
         print(f"{args.vm}: nothing to repair")
     else:
@@ -250,6 +265,21 @@ def cmd_repair(args: argparse.Namespace) -> int:
         print("hotluks: error: repair incomplete; run it again once the guest released its devices",
               file=sys.stderr)
         return 3
+    return 0
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    from hotluks.runner.resize import parse_size
+
+    parse_size(args.size)  # a bad SIZE is refused before connecting
+    result = _run(args, lambda s: s.resize(args.target, args.size, force=args.force))
+    if args.json:
+        emit("resize", result.to_json())
+    elif not result.changed:
+        print(f"{result.target} of {result.vm} already has {result.new_size} bytes: nothing to do")
+    else:
+        print(f"resized {result.target} of {result.vm} (node {result.node}) from {result.old_size} to "
+              f"{result.new_size} bytes in {result.seconds * 1000:.1f} ms")
     return 0
 
 

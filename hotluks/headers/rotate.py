@@ -62,8 +62,8 @@ class RotateResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, "target": self.target, "header": self.header, "backup": self.backup,
-                "removed-keyslot": self.removed_keyslot, "added-keyslot": self.added_keyslot,
-                "header-fingerprint": self.fingerprint, "libvirt-secret-updated": self.libvirt_secret_updated,
+                "removed_keyslot": self.removed_keyslot, "added_keyslot": self.added_keyslot,
+                "header_fingerprint": self.fingerprint, "libvirt_secret_updated": self.libvirt_secret_updated,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -175,12 +175,15 @@ def _verify_committed(path: Path, old: bytes, new: bytes, value: str) -> None:
 
 
 async def rotate(backend: Any, disk: Disk, new_passphrase: bytes, secrets: Mapping[str, SecretValue], *,
-                 state_dir: Path, lock_timeout: float = 120.0, fault: Fault | None = None) -> RotateResult:
+                 state_dir: Path, lock_timeout: float = 120.0, fault: Fault | None = None,
+                 disk_fingerprint: str | None = None) -> RotateResult:
     """Rotate the passphrase of ``disk`` (attached by hotluks to the VM behind ``backend``).
 
     The old passphrase is taken from ``secrets`` (by the secret's uuid or usage), else from
     the backend's secret store (libvirt), which then gets the new one. ``fault`` (for tests)
-    is called with each step name of :data:`STEPS` before that step runs.
+    is called with each step name of :data:`STEPS` before that step runs. ``disk_fingerprint``
+    (:meth:`Operator.disk_fingerprint`) identifies the disk when its header node reads a passed
+    descriptor (``/dev/fdset/N``) rather than the path.
     """
     from hotluks.runner.journal import Journal
     from hotluks.runner.lock import vm_lock
@@ -196,7 +199,9 @@ async def rotate(backend: Any, disk: Disk, new_passphrase: bytes, secrets: Mappi
         if record is None or record.status != "attached":
             raise RefusedError(f"target {disk.target_dev} is not attached by hotluks in {backend.vm} "
                                "(see `hotluks status`)")
-        if not any(s.role == "header-protocol" and s.arguments.get("filename") == str(path) for s in record.steps):
+        same_file = any(s.role == "header-protocol" and s.arguments.get("filename") == str(path)
+                        for s in record.steps)
+        if not same_file and (disk_fingerprint is None or record.fingerprint != disk_fingerprint):
             raise RefusedError(f"target {disk.target_dev} was attached with another header than {path}")
         given = next((secrets[k] for k in (ref.uuid, ref.usage) if k is not None and k in secrets), None)
         from_libvirt = given is None

@@ -40,8 +40,8 @@ class Persisted:
     changed: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {"domain": self.domain, "target": self.target, "key-file": self.key_file,
-                "in-definition": self.in_definition, "changed": self.changed}
+        return {"domain": self.domain, "target": self.target, "key_file": self.key_file,
+                "in_definition": self.in_definition, "changed": self.changed}
 
 
 async def _secret_values(backend: MonitorBackend, disk: Disk,

@@ -22,8 +22,15 @@ appear in messages):
   and ``encrypt_payload(src: IO[bytes], device, secret, *, header=None, progress=None) -> int``
   — streaming, sector-exact; ``secret`` is a passphrase or a ``VolumeKey``.
 
-The pure core (``luks1``, ``luks2``, ``keyslots``, ``create``, ``sectors``,
-``kdf``) works on bytes; ``volume`` is the thin file layer.
+Only a keyslot bound (through its digest) to the data segment unlocks it.
+``policy.enforce(header, allow_weak_header=False)`` refuses weak headers
+(``cipher_null``, ECB, KDFs below cryptsetup's minimum) with WeakHeaderError.
+Ciphers: aes, serpent, twofish (Botan, Debian's python3-botan), cast5; xts/cbc/ecb
+with plain, plain64, essiv:<hash> (``blockciphers``, ``sectors``).
+
+The pure core (``luks1``, ``luks2``, ``luks2_json``, ``keyslots``, ``create``,
+``sectors``, ``kdf``, ``policy``, ``summary``) works on bytes; ``volume`` and
+``payload`` are the thin file layer, ``signatures`` probes what a format would overwrite.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from hotluks.errors import LuksFormatError, LuksUnsupportedError, ReadOnlyHeaderError
 from hotluks.luks import luks1, luks2
-from hotluks.luks.kdf import KdfParams, hash_algorithm, pbkdf2
+from hotluks.luks.kdf import KdfParams, hash_digest_size, pbkdf2
 from hotluks.luks.keyslots import material_size, seal_keyslot
 from hotluks.luks.metadata import Header
 from hotluks.luks.sectors import parse_cipher
@@ -42,7 +42,7 @@ def build_luks1(key: bytes, passphrase: bytes, *, cipher: str, hash_name: str, k
     """A LUKS1 header with keyslot 0 set (QEMU- and cryptsetup-compatible layout)."""
     spec = parse_cipher(cipher)
     spec.check_key_size(len(key))
-    hash_algorithm(hash_name)
+    hash_digest_size(hash_name)
     offsets, end = luks1.layout(len(key))
     payload = 0 if detached else LUKS1_PAYLOAD_SECTORS
     if not detached and end > payload:
@@ -89,7 +89,7 @@ def build_luks2(key: bytes, passphrase: bytes, *, cipher: str, kdf: KdfParams, d
     material = seal_keyslot(key, passphrase, kdf, spec.name, len(key), digest_hash, luks1.STRIPES,
                             rand(len(key) * (luks1.STRIPES - 1)))
     salt = rand(32)
-    dig = pbkdf2(digest_hash, key, salt, digest_iterations, hash_algorithm(digest_hash).digest_size)
+    dig = pbkdf2(digest_hash, key, salt, digest_iterations, hash_digest_size(digest_hash))
     doc = {
         "keyslots": {"0": {
             "type": "luks2", "key_size": len(key),
@@ -127,7 +127,8 @@ def ensure_writable(header: Header) -> None:
 
 def add_keyslot(header: Header, key: bytes, passphrase: bytes, kdf: KdfParams, rand: Rand,
                 slot: int | None = None) -> tuple[int, list[Write]]:
-    """Writes that add a keyslot for ``key`` opened by ``passphrase``."""
+    """Writes that add a keyslot for ``key`` opened by ``passphrase``, in a crash-safe order: the key
+    material (in an area no header references yet), then the header (LUKS2: primary, then secondary)."""
     ensure_writable(header)
     if header.version == 1:
         raw = luks1.raw_slots(header.metadata)
@@ -172,7 +173,12 @@ def add_keyslot(header: Header, key: bytes, passphrase: bytes, kdf: KdfParams, r
         "kdf": _kdf_json(kdf)}
     doc["digests"][str(dig.index)]["keyslots"].append(str(index))
     headers = _repack(header, doc, rand)
-    return index, [Write(start, material), Write(0, headers)]
+    return index, [Write(start, material), *_copies(headers, header.hdr_size)]
+
+
+def _copies(headers: bytes, hdr_size: int) -> list[Write]:
+    """The primary then the secondary LUKS2 copy, as separate writes (each made durable before the next)."""
+    return [Write(0, headers[:hdr_size]), Write(hdr_size, headers[hdr_size:2 * hdr_size])]
 
 
 def _repack(header: Header, doc: dict[str, object], rand: Rand) -> bytes:
@@ -182,7 +188,8 @@ def _repack(header: Header, doc: dict[str, object], rand: Rand) -> bytes:
 
 
 def remove_keyslot(header: Header, index: int, rand: Rand) -> list[Write]:
-    """Writes that disable keyslot ``index`` and wipe its key material."""
+    """Writes that disable keyslot ``index`` and then wipe its key material (header first: a crash in
+    between leaves a header whose remaining keyslots all open)."""
     ensure_writable(header)
     slot = next((s for s in header.keyslots if s.index == index), None)
     if slot is None:
@@ -191,11 +198,11 @@ def remove_keyslot(header: Header, index: int, rand: Rand) -> list[Write]:
     if header.version == 1:
         raw = luks1.raw_slots(header.metadata)[index]
         dead = luks1.RawSlot(luks1.KEY_DISABLED, 0, bytes(32), raw.offset, raw.stripes)
-        return [wipe, Write(0, luks1.replace_slot(header.metadata[:luks1.PHDR_SIZE], index, dead))]
+        return [Write(0, luks1.replace_slot(header.metadata[:luks1.PHDR_SIZE], index, dead)), wipe]
     assert header.json is not None
     doc = copy.deepcopy(header.json)
     del doc["keyslots"][str(index)]
     for section in ("digests", "tokens"):
         for item in doc[section].values():
             item["keyslots"] = [k for k in item["keyslots"] if k != str(index)]
-    return [wipe, Write(0, _repack(header, doc, rand))]
+    return [*_copies(_repack(header, doc, rand), header.hdr_size), wipe]

@@ -29,6 +29,19 @@ _SIZES = {"sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64,
           "sm3": 32, "blake2b-512": 64, "blake2s-256": 32}
 
 
+_CRYPTOGRAPHY_HASHES = frozenset({"sha1", "sha224", "sha256", "sha384", "sha512", "sha3-224", "sha3-256",
+                                  "sha3-384", "sha3-512"})
+
+
+def hash_digest_size(name: str) -> int:
+    """Digest size of a hash the engine can compute (``cryptography`` or Botan); LuksUnsupportedError otherwise."""
+    if _botan_hash(name):
+        from hotluks.luks import botanhash
+
+        return botanhash.digest_size(name)
+    return hash_algorithm(name).digest_size
+
+
 def hash_algorithm(name: str) -> HashAlgorithm:
     """Return the ``cryptography`` hash for a LUKS hash name, or raise LuksUnsupportedError."""
     from cryptography.hazmat.primitives import hashes
@@ -44,6 +57,12 @@ def hash_algorithm(name: str) -> HashAlgorithm:
     return cls()
 
 
+def _botan_hash(name: str) -> bool:
+    from hotluks.luks import botanhash
+
+    return name.lower() not in _CRYPTOGRAPHY_HASHES and botanhash.available(name)
+
+
 def hash_size(name: str) -> int:
     """Digest size of a hash cryptsetup knows; 0 when unknown."""
     return _SIZES.get(name.lower(), 0)
@@ -51,6 +70,10 @@ def hash_size(name: str) -> int:
 
 def digest(name: str, data: bytes) -> bytes:
     """One-shot hash."""
+    if _botan_hash(name):
+        from hotluks.luks import botanhash
+
+        return botanhash.digest(name, data)
     from cryptography.hazmat.primitives import hashes
 
     h = hashes.Hash(hash_algorithm(name))
@@ -66,6 +89,21 @@ MAX_ARGON2_KIB = 4 * 1024 * 1024
 MAX_ARGON2_LANES = 2**24 - 1
 
 
+def _half_of_ram_kib() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2048
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-Linux
+        return MAX_ARGON2_KIB
+
+
+#: argon2 memory the engine spends on one try: 1 GiB (cryptsetup's default ceiling for the keyslots it
+#: creates; its hard limit is 4 GiB) and never more than half of this machine's RAM, so a hostile header
+#: cannot push the host into swap or the OOM killer. Larger keyslots are "not supported" (preflight: not checked).
+ARGON2_MEMORY_LIMIT_KIB = min(1024 * 1024, _half_of_ram_kib())
+
+
 def pbkdf2(hash_name: str, password: bytes, salt: bytes, iterations: int, length: int) -> bytes:
     """PBKDF2-HMAC."""
     from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
@@ -75,6 +113,10 @@ def pbkdf2(hash_name: str, password: bytes, salt: bytes, iterations: int, length
     if iterations > MAX_PBKDF2_ITERATIONS:
         raise LuksUnsupportedError(f"PBKDF2 with {iterations} iterations is beyond what the engine supports "
                                    f"(at most {MAX_PBKDF2_ITERATIONS})")
+    if _botan_hash(hash_name):
+        from hotluks.luks import botanhash
+
+        return botanhash.pbkdf2(hash_name, password, salt, iterations, length)
     return PBKDF2HMAC(hash_algorithm(hash_name), length, salt, iterations).derive(password)
 
 
@@ -96,6 +138,10 @@ def argon2(kind: str, password: bytes, salt: bytes, *, time: int, memory_kib: in
 
         raise LuksUnsupportedError(f"{kind} keyslots need the Python 'cryptography' package >= "
                                    f"{47 if kind == 'argon2i' else 44}; this one is {cryptography.__version__}")
+    if memory_kib > ARGON2_MEMORY_LIMIT_KIB:
+        raise LuksUnsupportedError(f"{kind} asks for {memory_kib >> 10} MiB; the engine spends at most "
+                                   f"{ARGON2_MEMORY_LIMIT_KIB >> 10} MiB per try (at most 1 GiB, cryptsetup's default "
+                                   "ceiling, and half of this machine's RAM)")
     try:
         if kind == "argon2i":
             return a2.Argon2i(salt=salt, length=length, iterations=time, lanes=cpus,
@@ -131,6 +177,15 @@ class KdfParams:
 def _diffuser(hash_name: str, length: int) -> Callable[[bytes], bytes]:
     """The LUKS AF diffusion for ``length``-byte buffers: hash each digest-sized block
     with its big-endian index (the index prefixes are hashed once and copied)."""
+    if _botan_hash(hash_name):
+        from hotluks.luks import botanhash
+
+        bsize = botanhash.digest_size(hash_name)
+
+        def diffuse_botan(data: bytes) -> bytes:
+            return b"".join(botanhash.digest(hash_name, i.to_bytes(4, "big"), data[i * bsize:(i + 1) * bsize])
+                            [:len(data[i * bsize:(i + 1) * bsize])] for i in range(-(-length // bsize)))
+        return diffuse_botan
     from cryptography.hazmat.primitives import hashes
 
     algo = hash_algorithm(hash_name)

@@ -25,46 +25,67 @@ def digest_matches(dig: Digest, key: bytes) -> bool:
     return hmac.compare_digest(candidate, dig.value)
 
 
-def _digest_for(header: Header, slot: Keyslot) -> Digest:
-    for dig in header.digests:
-        if slot.index in dig.keyslots:
-            return dig
-    raise LuksFormatError(f"keyslot {slot.index} is not assigned to any digest")
+#: cryptsetup tries keyslots 0..31 only
+MAX_KEYSLOTS = 32
+#: bounds on keyslot work for hostile headers (cryptsetup makes 4000 stripes, keys up to 512 bits)
+MAX_KEY_BYTES = 512
+MAX_STRIPES = 65536
+
+
+def bound_digest(header: Header) -> Digest | None:
+    """The digest that covers the data segment (the volume key's digest)."""
+    seg = header.data_segment.index
+    return next((d for d in header.digests if seg in d.segments), None)
+
+
+def is_bound(header: Header, slot: Keyslot) -> bool:
+    """True when ``slot`` belongs to the digest of the data segment (only such a keyslot unlocks it)."""
+    dig = bound_digest(header)
+    return dig is not None and slot.index in dig.keyslots
 
 
 def open_keyslot(header: Header, slot: Keyslot, passphrase: bytes) -> bytes | None:
-    """Return the volume key if ``passphrase`` opens ``slot``, else None."""
+    """Return the volume key if ``passphrase`` opens ``slot`` (which must be bound to the data segment), else None."""
     if slot.type not in ("luks1", "luks2"):
         raise LuksUnsupportedError(f"keyslot {slot.index} has unsupported type {slot.type!r}")
+    dig = bound_digest(header)
+    if dig is None or slot.index not in dig.keyslots:
+        raise LuksFormatError(f"keyslot {slot.index} is not assigned to the data segment's digest")
     if slot.kdf.type == "invalid":
         raise LuksFormatError(f"keyslot {slot.index} has an invalid KDF section")
     spec = parse_cipher(slot.area_cipher)
     spec.check_key_size(slot.area_key_bytes)
-    dig = _digest_for(header, slot)
+    if not 0 < slot.key_bytes <= MAX_KEY_BYTES or not 0 < slot.stripes <= MAX_STRIPES:
+        raise LuksUnsupportedError(f"keyslot {slot.index} has {slot.key_bytes}-byte keys in {slot.stripes} stripes "
+                                   f"(the engine takes at most {MAX_KEY_BYTES} bytes, {MAX_STRIPES} stripes)")
     size = material_size(slot.key_bytes, slot.stripes)
-    if slot.stripes < 1 or slot.key_bytes < 1 or size > slot.area_size:
+    if size > slot.area_size:
         raise LuksFormatError(f"keyslot {slot.index} area is too small for its key material")
-    if slot.area_offset + size > len(header.metadata):
-        raise LuksFormatError(f"keyslot {slot.index} key material lies beyond the end of the device")
+    encrypted = header.read_metadata(slot.area_offset, size)
     derived = slot.kdf.derive(passphrase, slot.area_key_bytes)
-    encrypted = header.metadata[slot.area_offset:slot.area_offset + size]
     material = bytes(crypt_sectors(spec, derived, encrypted, sector_size=SECTOR, first_iv=0, encrypt=False))
     key = af_merge(material, slot.key_bytes, slot.stripes, slot.af_hash)
     return key if digest_matches(dig, key) else None
 
 
 def candidate_slots(header: Header, keyslot: int | None = None) -> list[Keyslot]:
-    """Keyslots to try, in cryptsetup's order (priority 2 first; priority 0 only when named)."""
-    slots = list(header.keyslots)
+    """Keyslots to try, in cryptsetup's order: bound to the data segment, numbers 0..31,
+    priority 2 first, then 1 (priority 0 only when named)."""
+    dig = bound_digest(header)
+    bound = set(dig.keyslots) if dig else set()
+    slots = [s for s in header.keyslots if s.index in bound and s.index < MAX_KEYSLOTS]
     if keyslot is not None:
         return [s for s in slots if s.index == keyslot]
     return [s for s in slots if s.priority == 2] + [s for s in slots if s.priority == 1]
 
 
 def unlock_header(header: Header, passphrase: bytes, keyslot: int | None = None) -> VolumeKey:
-    """Try each keyslot; raise WrongPassphraseError when none opens."""
+    """Try each keyslot bound to the data segment; WrongPassphraseError when none opens."""
     slots = candidate_slots(header, keyslot)
     if not slots:
+        if keyslot is not None and any(s.index == keyslot for s in header.keyslots):
+            raise WrongPassphraseError(f"keyslot {keyslot} is not assigned to the data segment; "
+                                       "no key available with this passphrase")
         raise WrongPassphraseError("no usable keyslot" if keyslot is None else f"keyslot {keyslot} is not active")
     unsupported: LuksUnsupportedError | None = None
     for slot in slots:

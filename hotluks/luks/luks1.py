@@ -70,8 +70,9 @@ def check_keyslots(key_bytes: int, payload: int, slots: list[RawSlot]) -> None:
 def parse(data: bytes, device_size: int | None = None) -> Header:
     """Parse and validate a LUKS1 header from the start of ``data``.
 
-    ``data`` must hold the keyslot areas too (for unlock); ``device_size`` is the
-    metadata device size (defaults to ``len(data)``).
+    ``data`` holds at least the phdr; keyslot material beyond it is read later
+    through the header's ``reader``. ``device_size`` is the metadata device size
+    (defaults to ``len(data)``).
     """
     if len(data) < PHDR_SIZE:
         raise LuksFormatError("device is too small for a LUKS1 header")
@@ -115,7 +116,7 @@ def parse(data: bytes, device_size: int | None = None) -> Header:
         version=1, uuid=_cstr(uuid), cipher=spec, key_bytes=key_bytes, hash=hash_name,
         keyslots=tuple(keyslots), digests=(digest,), segments=(segment,),
         metadata_size=need * SECTOR, metadata=bytes(data[:need * SECTOR]),
-        warnings=tuple(warnings))
+        warnings=tuple(warnings), device_size=size)
 
 
 def pack(*, cipher_name: str, cipher_mode: str, hash_name: str, payload_sectors: int,

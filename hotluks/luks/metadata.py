@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hotluks.errors import LuksFormatError
 from hotluks.luks.kdf import KdfParams
+
+#: reads ``length`` bytes at ``offset`` of the metadata device
+Reader = Callable[[int, int], bytes]
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,9 @@ class Segment:
 class Header:
     """A parsed, validated LUKS header (no secrets).
 
-    ``metadata`` holds the header bytes plus the keyslot areas, so a keyslot can
-    be opened without re-reading the device.
+    ``metadata`` holds the header bytes read so far (at most a few MiB); keyslot
+    material beyond it is read on demand through ``reader`` (so a huge sparse
+    "header" never costs its size in memory).
     """
 
     version: int
@@ -80,6 +86,22 @@ class Header:
     flags: tuple[str, ...] = ()
     json: dict[str, Any] | None = field(default=None, repr=False)
     warnings: tuple[str, ...] = ()
+    device_size: int = 0  # bytes of the metadata device (0: unknown, ``len(metadata)``)
+    reader: Reader | None = field(default=None, repr=False, compare=False)
+
+    def read_metadata(self, offset: int, length: int) -> bytes:
+        """Bytes of the metadata device (keyslot material), from memory or read on demand."""
+        size = self.device_size or len(self.metadata)
+        if offset < 0 or length < 0 or offset + length > size:
+            raise LuksFormatError("keyslot material lies beyond the end of the device")
+        if offset + length <= len(self.metadata):
+            return self.metadata[offset:offset + length]
+        if self.reader is None:
+            raise LuksFormatError("keyslot material lies beyond the data read")
+        data = self.reader(offset, length)
+        if len(data) != length:
+            raise LuksFormatError("short read of keyslot material")
+        return data
 
     @property
     def data_segment(self) -> Segment:

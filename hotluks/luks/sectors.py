@@ -1,13 +1,15 @@
 """Sector encryption as dm-crypt does it: cipher specs and vectorised sector crypto.
 
-A cipher spec is ``aes-<chain>[-<ivgen>]`` (``aes-xts-plain64``,
-``aes-cbc-essiv:sha256``, ``aes-cbc-plain``, ``aes-cbc-plain64``, ``aes-ecb``).
+A cipher spec is ``<cipher>-<chain>[-<ivgen>]``: cipher ``aes``, ``serpent``,
+``twofish`` (16-byte blocks) or ``cast5``; chain ``xts``, ``cbc`` or ``ecb``;
+IV generator ``plain``, ``plain64`` or ``essiv:<hash>`` (``aes-xts-plain64``,
+``aes-xts-essiv:sha256``, ``serpent-cbc-essiv:sha256``, ``cast5-cbc-plain``).
 IVs count 512-byte units whatever the sector size (dm-crypt without
-``iv_large_sectors``). Every sector of a buffer is processed in one pass:
-AES itself runs in ECB over the whole buffer (``cryptography``) and the
-XTS tweaks / CBC chaining are applied with numpy, so the per-sector cost is
-a handful of vector operations instead of one cipher object per sector.
-Small buffers (keyslot material) take the per-sector path through
+``iv_large_sectors``). The block ciphers come from libraries
+(:mod:`hotluks.luks.blockciphers`); for 16-byte-block ciphers every sector of
+a buffer is processed in one pass: the cipher runs in ECB over the whole
+buffer and the XTS tweaks / CBC chaining are applied with numpy. Small
+buffers (keyslot material) of AES and CAST5 take the per-sector path through
 ``cryptography``'s own XTS/CBC and never import numpy.
 """
 
@@ -17,14 +19,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hotluks.errors import LuksUnsupportedError
+from hotluks.luks import blockciphers
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
 
 IV_UNIT = 512
-_AES_KEY_BYTES = (16, 24, 32)
-_IVGENS = ("plain", "plain64", "essiv:sha256")
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,17 @@ class CipherSpec:
         """The LUKS1 ``cipher-mode`` field, e.g. ``xts-plain64``."""
         return f"{self.chain}-{self.ivgen}" if self.ivgen else self.chain
 
+    @property
+    def essiv_hash(self) -> str:
+        return self.ivgen.partition(":")[2] if self.ivgen.startswith("essiv:") else ""
+
+    def key_sizes(self) -> tuple[int, ...]:
+        sizes = blockciphers.CIPHERS[self.cipher][1]
+        return tuple(2 * k for k in sizes) if self.chain == "xts" else sizes
+
     def check_key_size(self, key_bytes: int) -> None:
         """Raise LuksUnsupportedError unless the key length fits this cipher."""
-        sizes = tuple(2 * k for k in (16, 32)) if self.chain == "xts" else _AES_KEY_BYTES
+        sizes = self.key_sizes()
         if key_bytes not in sizes:
             raise LuksUnsupportedError(
                 f"cipher {self.name} with a {key_bytes * 8}-bit key is not supported "
@@ -64,17 +73,23 @@ def parse_cipher(cipher: str, mode: str | None = None) -> CipherSpec:
             raise LuksUnsupportedError(f"cipher specification {cipher!r} is not supported")
     else:
         name = cipher
-    name = name.strip()
+    name = name.strip().lower()
     chain, _, ivgen = mode.strip().partition("-")
-    if name != "aes":
-        raise LuksUnsupportedError(f"cipher {name!r} is not supported (only aes)")
+    blockciphers.check(name)
     if chain == "ecb":
-        return CipherSpec("aes", "ecb", "")
-    if chain == "xts" and ivgen in ("plain", "plain64"):
-        return CipherSpec("aes", chain, ivgen)
-    if chain == "cbc" and ivgen in _IVGENS:
-        return CipherSpec("aes", chain, ivgen)
-    raise LuksUnsupportedError(f"cipher mode {mode!r} is not supported")
+        return CipherSpec(name, "ecb", "")
+    if chain not in ("xts", "cbc") or (chain == "xts" and blockciphers.block_size(name) != 16):
+        raise LuksUnsupportedError(f"cipher mode {mode!r} is not supported for {name}")
+    if ivgen in ("plain", "plain64"):
+        return CipherSpec(name, chain, ivgen)
+    if ivgen.startswith("essiv:"):
+        from hotluks.luks.kdf import hash_digest_size
+
+        size = hash_digest_size(ivgen[6:])  # LuksUnsupportedError for a hash the engine lacks
+        if size not in blockciphers.CIPHERS[name][1]:
+            raise LuksUnsupportedError(f"ESSIV hash {ivgen[6:]!r} makes a {size * 8}-bit key, unusable with {name}")
+        return CipherSpec(name, chain, ivgen)
+    raise LuksUnsupportedError(f"cipher mode {mode!r} is not supported (IV generators: plain, plain64, essiv:<hash>)")
 
 
 def _flat(arr: npt.NDArray[Any]) -> memoryview:
@@ -84,12 +99,14 @@ def _flat(arr: npt.NDArray[Any]) -> memoryview:
     return np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
 
 
-def _ecb(key: bytes, data: bytes | bytearray | memoryview, encrypt: bool) -> bytes:
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+def _ecb(spec: CipherSpec, key: bytes, data: bytes | bytearray | memoryview, encrypt: bool) -> bytes:
+    return blockciphers.ecb(spec.cipher, key, data, encrypt)
 
-    c = Cipher(algorithms.AES(key), modes.ECB())
-    ctx = c.encryptor() if encrypt else c.decryptor()
-    return ctx.update(data) + ctx.finalize()
+
+def _essiv_key(spec: CipherSpec, key: bytes) -> bytes:
+    from hotluks.luks.kdf import digest
+
+    return digest(spec.essiv_hash, key)
 
 
 def _iv_blocks(spec: CipherSpec, key: bytes, ivs: npt.NDArray[np.uint64]) -> bytes:
@@ -99,12 +116,8 @@ def _iv_blocks(spec: CipherSpec, key: bytes, ivs: npt.NDArray[np.uint64]) -> byt
     blocks = np.zeros((ivs.shape[0], 2), dtype="<u8")
     blocks[:, 0] = ivs & np.uint64(0xFFFFFFFF) if spec.ivgen == "plain" else ivs
     raw = blocks.tobytes()
-    if spec.ivgen == "essiv:sha256":
-        from cryptography.hazmat.primitives import hashes
-
-        h = hashes.Hash(hashes.SHA256())
-        h.update(key)
-        raw = _ecb(h.finalize(), raw, True)
+    if spec.essiv_hash:
+        raw = _ecb(spec, _essiv_key(spec, key), raw, True)
     return raw
 
 
@@ -152,13 +165,17 @@ def _xts(spec: CipherSpec, key: bytes, data: bytes | bytearray | memoryview, n: 
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     half = len(key) // 2
-    first = np.frombuffer(_ecb(key[half:], _iv_blocks(spec, key, ivs), True), dtype="<u8").reshape(n, 2)
+    first = np.frombuffer(_ecb(spec, key[half:], _iv_blocks(spec, key, ivs), True), dtype="<u8").reshape(n, 2)
     tweaks = _xts_tweaks(first, bps)
     mixed = np.bitwise_xor(np.frombuffer(data, dtype="<u8").reshape(n, bps, 2), tweaks)
-    cipher = Cipher(algorithms.AES(key[:half]), modes.ECB())
-    ctx = cipher.encryptor() if encrypt else cipher.decryptor()
     out = bytearray(len(data) + 16)
-    written = ctx.update_into(_flat(mixed), out)
+    if spec.cipher == "aes":  # straight into the output buffer
+        cipher = Cipher(algorithms.AES(key[:half]), modes.ECB())
+        ctx = cipher.encryptor() if encrypt else cipher.decryptor()
+        written = ctx.update_into(_flat(mixed), out)
+    else:
+        written = len(data)
+        out[:written] = _ecb(spec, key[:half], _flat(mixed), encrypt)
     view = np.frombuffer(out, dtype="<u8", count=written // 8).reshape(n, bps, 2)
     np.bitwise_xor(view, tweaks, out=view)
     del view
@@ -172,19 +189,16 @@ VECTOR_MIN_SECTORS = 64
 
 
 def _sector_iv(spec: CipherSpec, key: bytes, iv: int) -> bytes:
-    block = (iv & 0xFFFFFFFF if spec.ivgen == "plain" else iv).to_bytes(16, "little")
-    if spec.ivgen == "essiv:sha256":
-        from cryptography.hazmat.primitives import hashes
-
-        h = hashes.Hash(hashes.SHA256())
-        h.update(key)
-        block = _ecb(h.finalize(), block, True)
+    size = blockciphers.block_size(spec.cipher)
+    block = (iv & 0xFFFFFFFF if spec.ivgen == "plain" else iv & ((1 << 64) - 1)).to_bytes(size, "little")
+    if spec.essiv_hash:
+        block = _ecb(spec, _essiv_key(spec, key), block, True)
     return block
 
 
 def _per_sector(spec: CipherSpec, key: bytes, data: bytes | bytearray | memoryview, sector_size: int,
                 first_iv: int, encrypt: bool) -> bytes:
-    """The textbook path: ``cryptography``'s own XTS/CBC, one cipher object per sector."""
+    """The textbook path (aes, cast5): ``cryptography``'s own XTS/CBC, one cipher object per sector."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     step = sector_size // IV_UNIT
@@ -192,14 +206,24 @@ def _per_sector(spec: CipherSpec, key: bytes, data: bytes | bytearray | memoryvi
     out = bytearray()
     for i in range(len(data) // sector_size):
         iv = _sector_iv(spec, key, first_iv + i * step)
+        chunk = view[i * sector_size:(i + 1) * sector_size]
         if spec.chain == "xts":
             xts = Cipher(algorithms.AES(key), modes.XTS(iv))
             ctx = xts.encryptor() if encrypt else xts.decryptor()
+            out += ctx.update(chunk) + ctx.finalize()
         else:
-            cbc = Cipher(algorithms.AES(key), modes.CBC(iv))
-            ctx = cbc.encryptor() if encrypt else cbc.decryptor()
-        out += ctx.update(view[i * sector_size:(i + 1) * sector_size]) + ctx.finalize()
+            out += blockciphers.cbc(spec.cipher, key, iv, chunk, encrypt)
     return bytes(out)
+
+
+def _vectorised(spec: CipherSpec, key_bytes: int, sectors: int) -> bool:
+    """numpy for 16-byte-block ciphers on many sectors, and where ``cryptography`` has no XTS (192-bit AES,
+    Botan's ciphers); CAST5 (8-byte blocks) always per sector."""
+    if spec.cipher == "cast5":
+        return False
+    if spec.cipher != "aes" or (spec.chain == "xts" and key_bytes == 48):
+        return True
+    return sectors >= VECTOR_MIN_SECTORS
 
 
 def crypt_sectors(
@@ -220,8 +244,8 @@ def crypt_sectors(
     n = len(data) // sector_size
     bps = sector_size // 16
     if spec.chain == "ecb":
-        return _ecb(key, data, encrypt)
-    if n < VECTOR_MIN_SECTORS:
+        return _ecb(spec, key, data, encrypt)
+    if not _vectorised(spec, len(key), n):
         return _per_sector(spec, key, data, sector_size, first_iv, encrypt)
     import numpy as np
 
@@ -231,7 +255,7 @@ def crypt_sectors(
     blocks = np.frombuffer(data, dtype="<u8").reshape(n, bps, 2)
     iv = np.frombuffer(_iv_blocks(spec, key, ivs), dtype="<u8").reshape(n, 2)
     if not encrypt:
-        plain = np.frombuffer(_ecb(key, data, False), dtype="<u8").reshape(n, bps, 2).copy()
+        plain = np.frombuffer(_ecb(spec, key, data, False), dtype="<u8").reshape(n, bps, 2).copy()
         plain[:, 0] ^= iv
         plain[:, 1:] ^= blocks[:, :-1]
         return plain.tobytes()
@@ -239,6 +263,6 @@ def crypt_sectors(
     prev = iv
     for j in range(bps):
         col = np.ascontiguousarray(blocks[:, j] ^ prev)
-        prev = np.frombuffer(_ecb(key, _flat(col), True), dtype="<u8").reshape(n, 2)
+        prev = np.frombuffer(_ecb(spec, key, _flat(col), True), dtype="<u8").reshape(n, 2)
         result[:, j] = prev
     return result.tobytes()

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import stat
+import tempfile
 import time
 import uuid as uuidlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from hotluks.errors import InputError, LuksFormatError, LuksUnsupportedError, ReadOnlyHeaderError
+from hotluks.errors import InputError, LuksFormatError
 from hotluks.luks import create, luks1, luks2
 from hotluks.luks.kdf import KdfParams, pbkdf2
 from hotluks.luks.keyslots import unlock_header
-from hotluks.luks.metadata import Header, VolumeKey
-from hotluks.luks.sectors import IV_UNIT, crypt_sectors, parse_cipher
+from hotluks.luks.metadata import Header, Reader, VolumeKey
+from hotluks.luks.payload import CHUNK, decrypt_payload, encrypt_payload
 
 PathLike = str | os.PathLike[str]
 Source = PathLike | bytes
-Progress = Callable[[int, int], None]
-CHUNK = 512 << 10  # cache-sized chunks are fastest for the vectorised sector crypto
 _FIRST_READ = 2 * luks2.HDR_SIZES[-1] + 4096
 
 
@@ -44,36 +44,37 @@ def parse_metadata(data: bytes, device_size: int | None = None) -> Header:
     """Parse a LUKS1 or LUKS2 header from bytes (keyslot areas included when present).
 
     Like cryptsetup, the version is taken from the signature at offset 0; a LUKS2
-    primary copy that is damaged (checksum, JSON) falls back to the secondary.
+    primary copy that is damaged (checksum, JSON) or wiped falls back to the secondary.
     """
-    if len(data) < 8 or data[:6] not in (luks1.MAGIC, luks2.MAGIC2):
-        raise LuksFormatError("not a LUKS device (no LUKS signature)")
-    version = int.from_bytes(data[6:8], "big")
-    if version == 1 and data[:6] == luks1.MAGIC:
+    if len(data) >= 8 and data[:6] == luks1.MAGIC and data[6:8] == b"\0\x01":
         return luks1.parse(data, device_size)
-    if version == 2:
+    if luks2.is_luks2(data):
         return luks2.parse(data)
-    raise LuksFormatError(f"unsupported LUKS version {version}")
+    if len(data) >= 8 and data[:6] in (luks1.MAGIC, luks2.MAGIC2):
+        raise LuksFormatError(f"unsupported LUKS version {int.from_bytes(data[6:8], 'big')}")
+    raise LuksFormatError("not a LUKS device (no LUKS signature)")
+
+
+def _file_reader(path: PathLike) -> Reader:
+    def read(offset: int, length: int) -> bytes:
+        with _open_read(path) as f:
+            return _read_at(f, offset, length)
+    return read
 
 
 def read_header_file(path: PathLike) -> Header:
-    """Read and parse the header at the start of a file or block device."""
+    """Read and parse the header at the start of a file or block device.
+
+    Only the binary headers and JSON areas are read up front (at most 8 MiB);
+    keyslot material is read when a keyslot is opened.
+    """
     with _open_read(path) as f:
         size = _size_of(f)
         data = _read_at(f, 0, min(size, _FIRST_READ))
-        if data[:6] == luks1.MAGIC and data[6:8] == b"\0\x01" and len(data) >= luks1.PHDR_SIZE:
-            slots = luks1.raw_slots(data)
-            key_bytes = int.from_bytes(data[108:112], "big")
-            need = luks1.device_sectors(key_bytes, slots) * luks1.SECTOR
-            if need > len(data) and need <= size:
-                data = _read_at(f, 0, need)
-            return luks1.parse(data, size)
-        header = parse_metadata(data, size)
-        if header.metadata_size > len(header.metadata):
-            if header.metadata_size > size:
-                raise LuksFormatError("device is smaller than its LUKS2 keyslots area")
-            header = dataclasses.replace(header, metadata=_read_at(f, 0, header.metadata_size))
-        return header
+    header = parse_metadata(data, size)
+    if header.version == 2 and header.metadata_size > size:
+        raise LuksFormatError("device is smaller than its LUKS2 metadata and keyslots area")
+    return dataclasses.replace(header, device_size=size, reader=_file_reader(path))
 
 
 def open_header(source: Source, *, header: Source | None = None) -> Header:
@@ -131,17 +132,68 @@ def make_kdf(pbkdf: str, *, hash_name: str = "sha256", iterations: int | None = 
     raise InputError(f"unknown PBKDF {pbkdf!r} (pbkdf2, argon2i, argon2id)")
 
 
-def _write_all(path: PathLike, writes: list[create.Write], *, create_file: bool = False) -> None:
-    mode = "wb" if create_file else "r+b"
+#: header files up to this size are rewritten atomically (copy, fsync, rename); larger targets in place
+ATOMIC_MAX_BYTES = 256 << 20
+
+
+def _is_regular(path: PathLike) -> bool:
     try:
-        with open(path, mode) as f:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        raise InputError(f"cannot open {os.fspath(path)}: {exc.strerror}") from None
+
+
+def _replace_file(path: PathLike, content: bytes) -> None:
+    """Write ``content`` as ``path``: a 0600 temporary file in the same directory, fsync, rename, fsync the dir."""
+    target = Path(os.fspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_metadata(path: PathLike, writes: list[create.Write], *, header_file: bool, new: bool = False) -> None:
+    """Apply ``writes`` to a metadata device safely.
+
+    A detached header that is a regular file (``header_file``) is rewritten as a
+    whole: new 0600 file, fsync, atomic rename — a crash leaves the old or the
+    new header, never a mix. Anything else (a block device, a volume with its
+    header inside) is written in place, each write made durable before the next
+    (the order of ``writes`` is crash-safe: see :mod:`hotluks.luks.create`).
+    """
+    try:
+        exists = os.path.exists(path)
+        if header_file and _is_regular(path) and (new or not exists or os.path.getsize(path) <= ATOMIC_MAX_BYTES):
+            buf = bytearray() if new or not exists else bytearray(Path(path).read_bytes())
+            for w in writes:
+                if len(buf) < w.offset + len(w.data):
+                    buf.extend(bytes(w.offset + len(w.data) - len(buf)))
+                buf[w.offset:w.offset + len(w.data)] = w.data
+            _replace_file(path, bytes(buf))
+            return
+        with open(path, "r+b") as f:
             for w in writes:
                 f.seek(w.offset)
                 f.write(w.data)
-            f.flush()
-            os.fsync(f.fileno())
+                f.flush()
+                os.fsync(f.fileno())
     except OSError as exc:
-        raise InputError(f"cannot write {os.fspath(path)}: {exc.strerror}") from None
+        raise InputError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from None
 
 
 def format_volume(device: PathLike, passphrase: bytes, *, type: str = "luks2", header: PathLike | None = None,
@@ -176,7 +228,7 @@ def format_volume(device: PathLike, passphrase: bytes, *, type: str = "luks2", h
             raise InputError(f"cannot open {os.fspath(device)}: {exc.strerror}") from None
         if size is not None and size < len(meta.blob):
             raise InputError(f"{os.fspath(device)} is smaller than the {len(meta.blob)}-byte LUKS header")
-    _write_all(target, [create.Write(0, meta.blob)], create_file=header is not None)
+    write_metadata(target, [create.Write(0, meta.blob)], header_file=header is not None, new=True)
     written = open_header(device, header=header)
     return unlock_header(written, passphrase)
 
@@ -200,7 +252,7 @@ def add_key(device: PathLike, passphrase: bytes, new_passphrase: bytes, *, heade
     kdf = kdf or make_kdf("pbkdf2" if hdr.version == 1 else "argon2id", hash_name=hdr.hash or "sha256",
                           key_bytes=len(vk.key))
     index, writes = create.add_keyslot(hdr, vk.key, new_passphrase, kdf, os.urandom, keyslot)
-    _write_all(header if header is not None else device, writes)
+    write_metadata(header if header is not None else device, writes, header_file=header is not None)
     return index
 
 
@@ -210,111 +262,10 @@ def remove_key(device: PathLike, passphrase: bytes, *, header: PathLike | None =
     create.ensure_writable(hdr)
     vk = unlock_header(hdr, passphrase)
     writes = create.remove_keyslot(hdr, vk.keyslot, os.urandom)
-    _write_all(header if header is not None else device, writes)
+    write_metadata(header if header is not None else device, writes, header_file=header is not None)
     return vk.keyslot
 
 
-def _payload_geometry(hdr: Header, device_size: int) -> tuple[int, int]:
-    seg = hdr.data_segment
-    end = device_size if seg.size is None else min(device_size, seg.offset + seg.size)
-    length = max(0, end - seg.offset)
-    return seg.offset, length - length % seg.sector_size
-
-
-def _key_for(hdr: Header, secret: bytes | VolumeKey) -> bytes:
-    if hdr.read_only:
-        raise ReadOnlyHeaderError(
-            f"header has unknown mandatory requirements ({', '.join(hdr.requirements)}): not activated")
-    seg = hdr.data_segment
-    if seg.integrity:
-        raise LuksUnsupportedError(f"authenticated encryption (integrity {seg.integrity}) is not supported")
-    if seg.type != "crypt":
-        raise LuksUnsupportedError(f"data segment type {seg.type!r} is not supported")
-    if isinstance(secret, VolumeKey):
-        return secret.key
-    return unlock_header(hdr, secret).key
-
-
-def decrypt_payload(device: PathLike, out: IO[bytes], secret: bytes | VolumeKey, *, header: PathLike | None = None,
-                    progress: Progress | None = None, chunk: int = CHUNK) -> int:
-    """Stream the decrypted data segment of ``device`` into ``out``; return bytes written.
-
-    ``secret`` is a passphrase or an unlocked :class:`VolumeKey`.
-    """
-    hdr = open_header(device, header=header)
-    key = _key_for(hdr, secret)
-    parse_cipher(hdr.cipher).check_key_size(len(key))
-    try:
-        return _decrypt_stream(device, out, key, hdr, progress, chunk)
-    except OSError as exc:
-        raise InputError(f"I/O error while decrypting {os.fspath(device)}: {exc.strerror or exc}") from None
-
-
-def _decrypt_stream(device: PathLike, out: IO[bytes], key: bytes, hdr: Header, progress: Progress | None,
-                    chunk: int) -> int:
-    spec = parse_cipher(hdr.cipher)
-    seg = hdr.data_segment
-    chunk -= chunk % seg.sector_size
-    done = 0
-    with _open_read(device) as f:
-        offset, length = _payload_geometry(hdr, _size_of(f))
-        f.seek(offset)
-        while done < length:
-            data = f.read(min(chunk, length - done))
-            if not data:
-                break
-            data = data[:len(data) - len(data) % seg.sector_size]
-            plain = crypt_sectors(spec, key, data, sector_size=seg.sector_size,
-                                  first_iv=seg.iv_tweak + done // IV_UNIT, encrypt=False)
-            out.write(plain)
-            done += len(data)
-            if progress:
-                progress(done, length)
-    return done
-
-
-def encrypt_payload(src: IO[bytes], device: PathLike, secret: bytes | VolumeKey, *, header: PathLike | None = None,
-                    progress: Progress | None = None, total: int = 0, chunk: int = CHUNK) -> int:
-    """Encrypt ``src`` into the data segment of ``device`` from its start; return bytes written.
-
-    A short last sector is zero-padded. Regular files grow as needed; the data
-    must fit a fixed-size segment.
-    """
-    hdr = open_header(device, header=header)
-    key = _key_for(hdr, secret)
-    parse_cipher(hdr.cipher).check_key_size(len(key))
-    try:
-        return _encrypt_stream(src, device, key, hdr, progress, total, chunk)
-    except OSError as exc:
-        raise InputError(f"I/O error while encrypting into {os.fspath(device)}: {exc.strerror or exc}") from None
-
-
-def _encrypt_stream(src: IO[bytes], device: PathLike, key: bytes, hdr: Header, progress: Progress | None,
-                    total: int, chunk: int) -> int:
-    spec = parse_cipher(hdr.cipher)
-    seg = hdr.data_segment
-    chunk -= chunk % seg.sector_size
-    done = 0
-    with open(device, "r+b") as f:
-        f.seek(seg.offset)
-        while True:
-            data = src.read(chunk)
-            if not data:
-                break
-            while len(data) < chunk:
-                more = src.read(chunk - len(data))
-                if not more:
-                    break
-                data += more
-            if len(data) % seg.sector_size:
-                data += bytes(seg.sector_size - len(data) % seg.sector_size)
-            if seg.size is not None and done + len(data) > seg.size:
-                raise InputError("the input is larger than the LUKS data segment")
-            f.write(crypt_sectors(spec, key, data, sector_size=seg.sector_size,
-                                  first_iv=seg.iv_tweak + done // IV_UNIT, encrypt=True))
-            done += len(data)
-            if progress:
-                progress(done, total)
-        f.flush()
-        os.fsync(f.fileno())
-    return done
+__all__ = ["CHUNK", "add_key", "decrypt_payload", "encrypt_payload", "format_luks1", "format_luks2", "format_volume",
+           "make_kdf", "open_header", "read_header_file", "remove_key", "unlock", "verify_passphrase",
+           "write_metadata"]

@@ -29,9 +29,10 @@ from hotluks.plan.planner import build_plan
 from hotluks.plan.steps import Plan
 from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner import transaction as tx
+from hotluks.runner.access import check_qemu_access
 from hotluks.runner.executor import journal_quietly, send_step, shielded, undo_shielded
 from hotluks.runner.fdplan import with_fd_passing
-from hotluks.runner.guardplan import with_migration_guard
+from hotluks.runner.guardplan import GUARD_ROLE, with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
 from hotluks.runner.maintenance import Maintenance
@@ -109,6 +110,10 @@ class Operator(Maintenance):
     async def _secret_values(self, plan: Plan, given: Mapping[str, SecretValue]) -> dict[str, SecretValue]:
         return await resolve(plan.secrets, given, self.backend)
 
+    async def disk_fingerprint(self, disk: Disk) -> str:
+        """What makes two attaches "the same disk" (stored in the record as ``fingerprint``)."""
+        return plan_fingerprint(build_plan(disk, await self.capabilities()))
+
     async def _plan(self, disk: Disk, caps: Capabilities) -> tuple[Plan, VMSnapshot]:
         before = await snapshot(self.backend)
         plan = build_plan(disk, caps, await plan_context(self.backend, disk, before, machine=await self.machine()))
@@ -125,14 +130,17 @@ class Operator(Maintenance):
     # -- attach ----------------------------------------------------------------
     async def attach(self, disk: Disk, secrets: Mapping[str, SecretValue] | None = None, *,
                      preflight: bool = True, dry_run: bool = False, timeout: float = 30.0,
-                     pin: bool = False, path: PathChoice = "qmp", persistent: bool = False) -> AttachResult:
+                     pin: bool = False, allow_weak_header: bool = False, path: PathChoice = "qmp",
+                     persistent: bool = False) -> AttachResult:
         """Attach ``disk``: refuse (exit 2), succeed, or roll back completely (exit 1) or record a repair (3).
 
         The LUKS preflight runs before the VM's lock is taken; ``timeout`` also bounds the
         unplug wait of a rollback. With ``pin`` the header's fingerprint is checked against the
-        one recorded for its location, or recorded on this first use. ``path`` picks hotluks'
-        QMP steps, libvirt's device API (``libvirt-native``, :mod:`hotluks.runner.native_path`;
-        with ``persistent`` also in the domain's definition), or the latter where it can (``auto``).
+        one recorded for its location, or recorded on this first use. ``allow_weak_header`` lets
+        a header below the policy (cipher_null, ECB, a KDF under cryptsetup's minimum) through.
+        ``path`` picks hotluks' QMP steps, libvirt's device API (``libvirt-native``,
+        :mod:`hotluks.runner.native_path`; with ``persistent`` also in the domain's definition),
+        or the latter where it can (``auto``).
         """
         if path not in PATH_CHOICES:
             raise InputError(f"path must be one of {', '.join(PATH_CHOICES)}, not {path!r}")
@@ -160,7 +168,7 @@ class Operator(Maintenance):
         if passphrase is not None:
             check_passphrase_encoding(disk, passphrase)
         if preflight and passphrase is not None:
-            note = await run_preflight(disk, passphrase, values, timeout)
+            note = await run_preflight(disk, passphrase, values, timeout, allow_weak_header=allow_weak_header)
         else:  # a pinned header is checked even without the passphrase preflight
             note = await verify_pin(disk, values, timeout) or note
         header_fp = pinned.fingerprint if pinned else None
@@ -189,6 +197,9 @@ class Operator(Maintenance):
                 return await self._attach_native(journal, native_disk(disk), ident, fingerprint, note,
                                                  header_fp, dry_run=dry_run, timeout=timeout, persistent=persistent)
             plan, before = await self._plan(disk, caps)
+            # (the migration guard's image is hotluks' own empty file, not one the user named)
+            check_qemu_access([s.fd_source for s in plan.steps if s.fd_source is not None and s.role != GUARD_ROLE],
+                              ident.instance)
             commands = [bound_command(step, values, sealing) for step in plan.steps]
             if dry_run:
                 return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 
 import pytest
 
 import hotluks
-from hotluks.qemu.launcher import start_qemu
+from hotluks.demo.qemu.launcher import start_qemu
 
 pytestmark = [pytest.mark.qemu]
 
@@ -39,10 +40,9 @@ def test_connect_inside_a_running_loop_works(tmp_path: Path) -> None:
         assert threading.active_count() == threads_before  # the private loop thread ended with the session
 
 
-def test_detach_of_an_unknown_target_is_not_attached(tmp_path: Path) -> None:
-    from hotluks.errors import InputError, NotAttached
-
+def test_detach_of_an_unknown_target_is_already_absent(tmp_path: Path) -> None:
+    """Idempotent detach (agents retry): a target hotluks never attached is success, not an error."""
     with start_qemu() as vm, hotluks.connect(str(vm.qmp_path), state_dir=tmp_path / "state") as session:
-        with pytest.raises(NotAttached) as info:
-            session.detach("vdz")
-    assert isinstance(info.value, InputError) and info.value.exit_code == 2 and "vdz" in str(info.value)
+        result = session.detach("vdz")
+    assert result.already_absent and result.target == "vdz" and result.removed == ()
+    assert json.loads(json.dumps(result))["already_absent"] is True

@@ -12,8 +12,8 @@ from hotluks.backends.base import VMIdentity
 from hotluks.backends.identity import start_time
 from hotluks.backends.qmp import QMPBackend
 from hotluks.backends.select import open_backend
+from hotluks.demo.qemu.launcher import start_qemu
 from hotluks.errors import DomainNotFound, NotRunning
-from hotluks.qemu.launcher import start_qemu
 
 pytestmark = [pytest.mark.qemu]
 
@@ -59,7 +59,7 @@ def test_second_qmp_socket_sees_and_detaches_what_the_first_attached(tmp_path: P
     """The README's advice (a second -qmp socket for hotluks) no longer hides records."""
     import json
 
-    from hotluks.testing.vms import make_disk, run_cli, start_vm
+    from testsupport.vms import make_disk, run_cli, start_vm
 
     state = tmp_path / "state"
     disk = make_disk(tmp_path / "disks", "attached-luks", "vdb")
@@ -78,7 +78,7 @@ def test_second_qmp_socket_sees_and_detaches_what_the_first_attached(tmp_path: P
 
 def test_a_proxy_in_between_does_not_change_the_identity() -> None:
     """The socket's peer is then the proxy, not QEMU: the vCPU threads still name the QEMU."""
-    from hotluks.testing.qmpproxy import QMPProxy
+    from testsupport.qmpproxy import QMPProxy
 
     with start_qemu(qmp_sockets=2) as vm, QMPProxy(vm.extra_sockets[0]) as proxy:
         assert asyncio.run(_identity(proxy.path)) == asyncio.run(_identity(vm.qmp_path))

@@ -20,8 +20,8 @@ import pytest
 
 from hotluks.backends.base import QMPCommandError
 from hotluks.backends.qmp import QMPBackend
-from hotluks.qemu.launcher import QemuProcess, start_qemu
-from hotluks.testing.ceph import DEFAULT_BASE_PORT, CephCluster, CephPortsBusyError
+from hotluks.demo.qemu.launcher import QemuProcess, start_qemu
+from testsupport.ceph import DEFAULT_BASE_PORT, CephCluster, CephPortsBusyError
 
 pytestmark = pytest.mark.ceph
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hotluks.rbd_read import RbdLocation, RbdReadError, read_image_head
-from hotluks.testing.ceph import CephCluster, CephPortsBusyError
+from testsupport.ceph import CephCluster, CephPortsBusyError
 
 pytestmark = [pytest.mark.ceph]
 

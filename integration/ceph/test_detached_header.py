@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hotluks.rbd_read import RbdLocation, read_image_head
-from hotluks.testing.ceph import CephCluster
+from testsupport.ceph import CephCluster
 
 pytestmark = [pytest.mark.ceph, pytest.mark.qemu, pytest.mark.cryptsetup, pytest.mark.slow]
 

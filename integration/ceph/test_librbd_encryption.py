@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.testing.ceph import CephCluster
+from testsupport.ceph import CephCluster
 
 pytestmark = [pytest.mark.ceph, pytest.mark.qemu, pytest.mark.slow]
 

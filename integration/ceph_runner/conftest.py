@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.ceph import CephCluster, CephPortsBusyError
-from hotluks.testing.vms import (
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.ceph import CephCluster, CephPortsBusyError
+from testsupport.vms import (
     PATTERN,
     PATTERN_LEN,
     Monitor,
@@ -274,7 +274,7 @@ def assert_unchanged(monitor: Monitor, initial: Snapshot, state_dir: Path) -> Ca
 @pytest.fixture(scope="session")
 def libvirt_uri() -> Iterator[str]:
     """A real libvirt daemon (shared with other test processes; the last one out stops it)."""
-    from hotluks.testing.libvirtd import start_libvirtd
+    from testsupport.libvirtd import start_libvirtd
 
     if shutil.which("libvirtd") is None:
         pytest.skip("libvirtd is not installed (scripts/setup-system.sh)")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from hotluks import luks
-from hotluks.testing.vms import PATTERN, PATTERN_LEN
+from testsupport.vms import PATTERN, PATTERN_LEN
 
 if TYPE_CHECKING:
     from conftest import Ceph

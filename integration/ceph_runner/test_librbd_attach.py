@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 import hotluks
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import (
+from hotluks.demo.qemu.launcher import QemuProcess
+from hotluks.errors import UnsupportedError
+from testsupport.vms import (
     PATTERN,
     Monitor,
     backend_snapshot,
@@ -103,7 +104,7 @@ def test_libvirt_domain_cephx_with_libvirt_secrets(cephx: Ceph, libvirt_uri: str
 
     from hotluks.backends.select import open_backend
     from hotluks.runner.operator import Operator
-    from hotluks.testing.libvirtd import QEMU_LOG_DIR, define_secret, start_domain
+    from testsupport.libvirtd import QEMU_LOG_DIR, define_secret, start_domain
 
     image = cephx.librbd_image("luks1")
     disk = hotluks.Disk.from_xml(cephx.librbd_xml(image, "luks", hosts=True))
@@ -139,7 +140,7 @@ def test_libvirt_cli_with_secret_file_and_conf(ceph: Ceph, libvirt_uri: str, sta
     """``hotluks attach DOMAIN --secret …`` through libvirt: the passphrase from a file, the cluster
     from a ``<config file>`` the libvirt-qemu user can read; detach via the CLI restores the domain."""
     from hotluks.backends.select import open_backend
-    from hotluks.testing.libvirtd import QEMU_LOG_DIR, qemu_accessible_dir, start_domain
+    from testsupport.libvirtd import QEMU_LOG_DIR, qemu_accessible_dir, start_domain
 
     image = ceph.librbd_image("luks2")
     with start_domain(libvirt_uri) as domain, qemu_accessible_dir() as shared:
@@ -164,3 +165,37 @@ def test_libvirt_cli_with_secret_file_and_conf(ceph: Ceph, libvirt_uri: str, sta
         assert detach.returncode == 0, detach.stdout + detach.stderr
         assert asyncio.run(look(False))[0] == before
         assert not leaks(passphrase, [attach.stdout, attach.stderr, detach.stdout, detach.stderr, log.read_bytes()])
+
+
+@pytest.mark.parametrize("fmt", ["luks1", "luks2"])
+def test_resize_of_a_librbd_encrypted_image_is_refused(ceph: Ceph, fmt: str, vm: QemuProcess, monitor: Monitor,
+                                                       assert_unchanged: Callable[[], None], state_dir: Path,
+                                                       workdir: Path) -> None:
+    """``hotluks resize`` refuses the librbd engine (exit 2, size unchanged), and the reason still holds:
+    QEMU's block_resize sets the *raw* image size, so the decrypted disk ends up offset-short (LUKS2: it
+    shrinks although it was asked to grow). When this oracle fails, QEMU/librbd fixed it: lift the refusal."""
+    image = ceph.librbd_image(fmt)
+    xml = workdir / "disk.xml"
+    xml.write_text(ceph.librbd_xml(image, XML_FORMAT[fmt]))
+    with hotluks.connect(f"unix:{vm.qmp_path}", state_dir=state_dir) as session:
+        top = session.attach(hotluks.Disk.from_xml(xml), ceph.secrets()).top_node
+        before = 32 * MiB - DATA_OFFSET[fmt]
+        with pytest.raises(UnsupportedError, match="librbd") as refused:
+            session.resize("vdb", "+8M")
+        assert refused.value.exit_code == 2
+        assert rbd_node(monitor, top)["image"]["virtual-size"] == before  # type: ignore[index]
+        session.detach("vdb")
+    assert_unchanged()
+    scratch = f"resize-oracle-{fmt}"  # the oracle resizes its own image: the shared one keeps its size
+    ceph.cluster.create_image(scratch, 32)
+    try:
+        ceph.cluster.encryption_format(scratch, fmt, ceph.passfile)
+        xml.write_text(ceph.librbd_xml(scratch, XML_FORMAT[fmt]))
+        with hotluks.connect(f"unix:{vm.qmp_path}", state_dir=state_dir) as session:
+            top = session.attach(hotluks.Disk.from_xml(xml), ceph.secrets()).top_node
+            monitor.cmd("block_resize", {"node-name": top, "size": before + 8 * MiB})
+            after = rbd_node(monitor, top)["image"]["virtual-size"]
+            assert after == before + 8 * MiB - DATA_OFFSET[fmt], after
+            session.detach("vdb")
+    finally:
+        ceph.cluster.remove_image(scratch)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import Monitor, journal_files, leaks, run_cli
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.vms import Monitor, journal_files, leaks, run_cli
 
 if TYPE_CHECKING:
     from conftest import Ceph
@@ -40,8 +40,8 @@ def test_luks_any_on_librbd16_rolls_back_naming_the_requirement(ceph: Ceph, vm: 
                                                                  workdir: Path, state_dir: Path) -> None:
     xml = ceph.librbd_xml(ceph.librbd_image("luks2"), "luks-any")
     code, reply, out = attach(vm, xml, workdir, state_dir, ceph.secret_args(workdir))
-    assert code == 1 and reply["type"] == "RolledBack", out
-    error = str(reply["error"])
+    assert code == 1 and reply["error"]["type"] == "RolledBack", out
+    error = str(reply["error"]["message"])
     assert "unknown image encryption format: 2: Operation not supported" in error
     assert "'luks-any' needs QEMU built against librbd ≥ 18 (Ceph Reef" in error and "the VM is as before" in error
     assert_unchanged()
@@ -55,8 +55,8 @@ def test_layered_encryption_on_librbd16_rolls_back_naming_the_requirement(
     xml = ceph.librbd_xml(ceph.librbd_image("luks2"), "luks2", layers=2)
     secrets = ceph.secret_args(workdir) + ["--secret", f"hotluks-ceph-runner-pass-1={parent_pass}"]
     code, reply, out = attach(vm, xml, workdir, state_dir, secrets)
-    assert code == 1 and reply["type"] == "RolledBack", out
-    error = str(reply["error"])
+    assert code == 1 and reply["error"]["type"] == "RolledBack", out
+    error = str(reply["error"]["message"])
     assert "RBD library does not support layered encryption" in error
     assert "layered encryption (a 'parent' per clone layer) needs QEMU built against librbd ≥ 18" in error
     assert "rolled back: object-del" in error  # both secret objects were added, then removed
@@ -80,8 +80,8 @@ def test_qemu_errors_roll_back(case: str, ceph: Ceph, vm: QemuProcess, monitor: 
     else:
         xml, expected = ceph.librbd_xml("no-such-image", "luks2"), "No such file or directory"
     code, reply, out = attach(vm, xml, workdir, state_dir, ceph.secret_args(workdir, passfile))
-    assert code == 1 and reply["type"] == "RolledBack", out
-    assert expected in str(reply["error"]) and "(blockdev-add " in str(reply["error"])
+    assert code == 1 and reply["error"]["type"] == "RolledBack", out
+    assert expected in str(reply["error"]["message"]) and "(blockdev-add " in str(reply["error"]["message"])
     assert not leaks(passphrase, [out])
     assert_unchanged()
 
@@ -96,8 +96,8 @@ def test_cluster_down_fails_within_the_timeout(ceph: Ceph, vm: QemuProcess, moni
     started = time.monotonic()
     code, reply, out = attach(vm, xml, workdir, state_dir, ceph.secret_args(workdir), "--timeout", "20")
     took = time.monotonic() - started
-    assert code == 1 and reply["type"] == "RolledBack", out
-    assert "error connecting" in str(reply["error"])
+    assert code == 1 and reply["error"]["type"] == "RolledBack", out
+    assert "error connecting" in str(reply["error"]["message"])
     assert 4 < took < 20, took
     assert_unchanged()
 
@@ -114,8 +114,8 @@ def test_timeout_shorter_than_librados_is_never_a_silent_half_plug(ceph: Ceph, v
     started = time.monotonic()
     code, reply, out = attach(vm, xml, workdir, state_dir, ceph.secret_args(workdir), "--timeout", "3")
     took = time.monotonic() - started
-    assert code == 3 and reply["type"] == "Incomplete", out
-    assert "no answer from QEMU within 3s" in str(reply["error"]) and "hotluks repair" in str(reply["error"])
+    assert code == 3 and reply["error"]["type"] == "Incomplete", out
+    assert "no answer from QEMU within 3s" in str(reply["error"]["message"]) and "hotluks repair" in str(reply["error"]["message"])
     assert took < 10, took  # two 3 s waits (the step, the undo query), never librados' 20 s
     assert [p.name for p in journal_files(state_dir)] == ["vdb.json"]  # the journal keeps the record
     monitor.cmd("query-status")  # blocks until librados gave up and QEMU's main loop runs again

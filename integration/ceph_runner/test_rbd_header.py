@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 import hotluks
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import PreflightError
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.qmpproxy import MUTATING, QMPProxy
-from hotluks.testing.vms import PATTERN, PATTERN_LEN, Monitor, leaks, qemu_io_read, run_cli
+from testsupport.qmpproxy import MUTATING, QMPProxy
+from testsupport.vms import PATTERN, PATTERN_LEN, Monitor, leaks, qemu_io_read, run_cli
 
 if TYPE_CHECKING:
     from conftest import Ceph
@@ -81,8 +81,8 @@ def test_wrong_passphrase_refused_before_the_vm_is_touched(variant: str, request
         sent = proxy.executed()
     assert proc.returncode == 2, proc.stdout + proc.stderr
     reply = json.loads(proc.stdout)
-    assert reply["type"] == "PreflightFailed"
-    assert reply["error"] == (f"preflight: the passphrase does not open the LUKS header on rbd rbd/{images['header']}; "
+    assert reply["error"]["type"] == "PreflightFailed"
+    assert reply["error"]["message"] == (f"preflight: the passphrase does not open the LUKS header on rbd rbd/{images['header']}; "
                               "nothing was sent to the VM")
     assert sent and not set(sent) & MUTATING, sent  # only queries reached QEMU
     assert_unchanged()
@@ -122,7 +122,7 @@ def test_header_cluster_down_refused_by_preflight(ceph: Ceph, vm: QemuProcess, m
     took = time.monotonic() - started
     assert proc.returncode == 2, proc.stdout + proc.stderr
     reply = json.loads(proc.stdout)
-    assert reply["type"] == "RbdReadError" and f"cannot read rbd rbd/{images['header']}" in reply["error"]
+    assert reply["error"]["type"] == "RbdReadError" and f"cannot read rbd rbd/{images['header']}" in reply["error"]["message"]
     assert took < 12, took  # 4 s mount timeout + rbd and hotluks start-up, not rbd's 15 s
     assert_unchanged()
 
@@ -152,7 +152,7 @@ def test_libvirt_cephx_header_and_payload_in_rbd_with_libvirt_secrets(cephx: Cep
 
     from hotluks.backends.select import open_backend
     from hotluks.runner.operator import Operator
-    from hotluks.testing.libvirtd import QEMU_LOG_DIR, define_secret, start_domain
+    from testsupport.libvirtd import QEMU_LOG_DIR, define_secret, start_domain
 
     images = cephx.detached_header()
     disk = hotluks.Disk.from_xml(cephx.header_xml(images["header"], images["payload-rbd"], payload_in_rbd=True,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from hotluks.backends.qmp import QMPBackend
-from hotluks.qemu.launcher import QemuProcess
+from hotluks.demo.qemu.launcher import QemuProcess
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "xml" / "examples"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from hotluks.demo.qemu.launcher import start_qemu
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
 from hotluks.plan.planner import build_plan
-from hotluks.qemu.launcher import start_qemu
 
 pytestmark = pytest.mark.qemu
 

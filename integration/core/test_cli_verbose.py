@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from hotluks.qemu.launcher import start_qemu
+from hotluks.demo.qemu.launcher import start_qemu
 
 pytestmark = [pytest.mark.qemu, pytest.mark.cryptsetup]
 KEY = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from hotluks.qemu.launcher import start_qemu
+from hotluks.demo.qemu.launcher import start_qemu
 
 pytestmark = [pytest.mark.qemu, pytest.mark.cryptsetup]
 

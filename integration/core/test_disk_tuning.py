@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from hotluks.demo.qemu.launcher import start_qemu
 from hotluks.model import Disk
 from hotluks.plan.planner import build_plan
-from hotluks.qemu.launcher import start_qemu
 
 pytestmark = [pytest.mark.qemu]
 
@@ -137,8 +137,7 @@ def test_cli_attach_status_detach_of_a_tuned_disk(images: Any, tmp_path: Path) -
     """The runner journals and undoes the throttle group and filters like any other step."""
     import json
 
-    from hotluks.cli.output import envelope
-    from hotluks.testing.vms import Monitor, run_cli, start_vm
+    from testsupport.vms import Monitor, run_cli, start_vm
 
     vol = images.raw("runner.raw", 4)
     xml = tmp_path / "tuned.xml"
@@ -152,12 +151,12 @@ def test_cli_attach_status_detach_of_a_tuned_disk(images: Any, tmp_path: Path) -
             vm = f"unix:{proc.qmp_path}"
             attached = run_cli("attach", vm, xml, "--state-dir", state, "--json")
             assert attached.returncode == 0, attached.stderr
-            doc = envelope("attach", json.loads(attached.stdout))
+            doc = json.loads(attached.stdout)
             group = next(s["name"] for s in doc["steps"] if s["name"].endswith("-tg"))
             limits = mon.cmd("qom-get", {"path": f"/objects/{group}", "property": "limits"})
             assert (limits["bps-read"], limits["iops-total"]) == (1048576, 500)
             status = run_cli("status", vm, "--state-dir", state, "--json")
-            status_doc = envelope("status", json.loads(status.stdout))
+            status_doc = json.loads(status.stdout)
             for command, real in (("attach", doc), ("status", status_doc)):
                 _validate(command, real)  # the runner's real outputs fit the published schemas
             disk = json.loads(status.stdout)["disks"][0]

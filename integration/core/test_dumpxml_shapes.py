@@ -18,7 +18,7 @@ from lxml import etree
 
 from hotluks.model import Disk
 from hotluks.plan.planner import build_plan
-from hotluks.testing.libvirtd import (
+from testsupport.libvirtd import (
     LibvirtDaemon,
     TransientDomain,
     define_secret,

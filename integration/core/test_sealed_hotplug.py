@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from hotluks.backends.base import QMPCommandError
+from hotluks.demo.qemu.launcher import start_qemu
 from hotluks.model import Disk
 from hotluks.plan.planner import build_plan
-from hotluks.qemu.launcher import start_qemu
 from hotluks.render.qmp import bound_command
 from hotluks.secrets import SecretValue
 

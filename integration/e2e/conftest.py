@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from hotluks.guest.build import GuestArtifacts, build_guest
-from hotluks.guest.vm import BootedGuest, boot_guest
+from hotluks.demo.guest.build import GuestArtifacts, build_guest
+from hotluks.demo.guest.vm import BootedGuest, boot_guest
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ def test_demo_passes_cleans_up_and_reports_json(mode: str) -> None:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
+    assert report["format"] == "hotluks/1" and report["command"] == "demo"
     assert report["ok"] is True and report["mode"] == mode
     checks = [s for s in report["steps"] if s["ok"] is not None]
     assert len(checks) >= 4 and all(s["ok"] for s in checks)

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import hotluks
-from hotluks.guest.vm import BootedGuest
-from hotluks.testing.vms import PASSPHRASE, PATTERN, PATTERN_LEN, Monitor, TestDisk, leaks, make_disk, run_cli
+from hotluks.demo.guest.vm import BootedGuest
+from testsupport.vms import PASSPHRASE, PATTERN, PATTERN_LEN, Monitor, TestDisk, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.slow]
 

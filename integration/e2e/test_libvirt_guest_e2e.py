@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 import hotluks
-from hotluks.guest.agent import SyncGuestAgent
-from hotluks.guest.build import GuestArtifacts
-from hotluks.guest.vm import libvirt_boot_options
-from hotluks.testing.libvirtd import (
+from hotluks.demo.guest.agent import SyncGuestAgent
+from hotluks.demo.guest.build import GuestArtifacts
+from hotluks.demo.guest.vm import libvirt_boot_options
+from testsupport.libvirtd import (
     LibvirtDaemon,
     TransientDomain,
     define_secret,
@@ -30,7 +30,7 @@ from hotluks.testing.libvirtd import (
     start_domain,
     start_libvirtd,
 )
-from hotluks.testing.vms import PASSPHRASE, PATTERN, PATTERN_LEN, leaks, make_disk, run_cli
+from testsupport.vms import PASSPHRASE, PATTERN, PATTERN_LEN, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt, pytest.mark.slow]
 PAYLOAD_MB = 1

@@ -1,6 +1,6 @@
 """Fixtures for the tiny guest: artefacts built once per run, a booted guest per module.
 
-The logic lives in hotluks.guest (build_guest, boot_guest); other test
+The logic lives in hotluks.demo.guest (build_guest, boot_guest); other test
 directories reuse it the same way.
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from hotluks.guest.build import GuestArtifacts, build_guest
-from hotluks.guest.vm import BootedGuest, boot_guest
+from hotluks.demo.guest.build import GuestArtifacts, build_guest
+from hotluks.demo.guest.vm import BootedGuest, boot_guest
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from hotluks.backends.qmp import QMPBackend
-from hotluks.guest.build import GuestArtifacts, build_guest
-from hotluks.guest.errors import GuestAgentError, GuestBootError
-from hotluks.guest.kernelimage import has_pvh_note
-from hotluks.guest.vm import BootedGuest, boot_guest
+from hotluks.demo.guest.build import GuestArtifacts, build_guest
+from hotluks.demo.guest.errors import GuestAgentError, GuestBootError
+from hotluks.demo.guest.kernelimage import has_pvh_note
+from hotluks.demo.guest.vm import BootedGuest, boot_guest
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu]
 
@@ -113,7 +113,7 @@ def _backports_kernel_package() -> str | None:
         return None
     depends = subprocess.run(["apt-cache", "depends", f"linux-image-amd64={versions[0]}"],
                              capture_output=True, text=True).stdout
-    from hotluks.guest.build import versioned_kernel_package
+    from hotluks.demo.guest.build import versioned_kernel_package
 
     return versioned_kernel_package(depends)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from hotluks.backends.qmp import QMPBackend
-from hotluks.guest.build import GuestArtifacts
-from hotluks.guest.disks import Bus, disk_device, raw_file_node
-from hotluks.guest.vm import PC_LAYOUT, Q35_LAYOUT, BootedGuest, VMLayout, boot_guest
+from hotluks.demo.guest.build import GuestArtifacts
+from hotluks.demo.guest.disks import Bus, disk_device, raw_file_node
+from hotluks.demo.guest.vm import PC_LAYOUT, Q35_LAYOUT, BootedGuest, VMLayout, boot_guest
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu]
 

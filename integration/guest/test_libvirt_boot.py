@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from hotluks.guest.agent import GuestAgent
-from hotluks.guest.build import GuestArtifacts
-from hotluks.guest.vm import libvirt_boot_options
-from hotluks.testing.libvirtd import LibvirtDaemon, give_to_qemu, qemu_accessible_dir, start_domain, start_libvirtd
+from hotluks.demo.guest.agent import GuestAgent
+from hotluks.demo.guest.build import GuestArtifacts
+from hotluks.demo.guest.vm import libvirt_boot_options
+from testsupport.libvirtd import LibvirtDaemon, give_to_qemu, qemu_accessible_dir, start_domain, start_libvirtd
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt]
 

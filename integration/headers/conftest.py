@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import Monitor, Snapshot, clear_templates, start_vm
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.vms import Monitor, Snapshot, clear_templates, start_vm
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.testing.vms import run_cli
+from testsupport.vms import run_cli
 
 pytestmark = pytest.mark.cryptsetup
 PASS = b"backup interop pass"

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from hotluks import luks
+from hotluks.demo.guest.build import build_guest
+from hotluks.demo.guest.vm import BootedGuest, boot_guest
 from hotluks.errors import WrongPassphraseError
-from hotluks.guest.build import build_guest
-from hotluks.guest.vm import BootedGuest, boot_guest
-from hotluks.testing.nbd import make_x509, serve_header
-from hotluks.testing.vms import PATTERN, PATTERN_LEN, Monitor, hotluks_cmd, leaks, make_disk, run_cli
+from testsupport.nbd import make_x509, serve_header
+from testsupport.vms import PATTERN, PATTERN_LEN, Monitor, hotluks_cmd, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.slow]
 PAYLOAD_MB = 2

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.iscsi import IscsiTarget, start_target
-from hotluks.testing.vms import (
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.iscsi import IscsiTarget, start_target
+from testsupport.vms import (
     Monitor,
     Snapshot,
     TestDisk,
@@ -79,8 +79,8 @@ def test_header_and_payload_on_iscsi_with_chap(target: tuple[TestDisk, IscsiTarg
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["preflight"].startswith("header on iscsi iqn.2026-12.test.hotluks:headers/1 opens")
-    assert qemu_io_read(monitor, vm, result["top-node"]) == "ok"
-    assert qemu_io_read(monitor, vm, result["top-node"], pattern=0xCD) == "mismatch"
+    assert qemu_io_read(monitor, vm, result["top_node"]) == "ok"
+    assert qemu_io_read(monitor, vm, result["top_node"], pattern=0xCD) == "mismatch"
     status = run_cli("status", vm.qmp_path, "--state-dir", state_dir)
     proc2 = run_cli("detach", vm.qmp_path, "--target", "vdb", "--state-dir", state_dir)
     assert proc2.returncode == 0, proc2.stderr
@@ -104,7 +104,7 @@ def test_wrong_chap_secret_is_refused_or_rolled_back(target: tuple[TestDisk, Isc
     proc = run_cli("attach", vm.qmp_path, disk.xml_path, *_secrets(disk, wrong), "--state-dir", state_dir,
                    "--no-preflight", "--json")
     assert proc.returncode == 1, proc.stderr
-    error = json.loads(proc.stdout)["error"]
+    error = json.loads(proc.stdout)["error"]["message"]
     assert "(blockdev-add hl-vdb-hdr-proto) failed" in error and "rolled back" in error, error
     assert monitor.snapshot() == initial
     assert not leaks(b"not-the-chap-secret-999", [proc.stdout, proc.stderr])
@@ -121,7 +121,7 @@ def test_chap_secret_is_sealed_under_the_master_key(target: tuple[TestDisk, Iscs
             assert proc.returncode == 0, proc.stderr
             for obj in ("hl-vdb-key", "hl-vdb-auth"):  # QEMU decrypted both with masterKey0
                 assert mon.cmd("qom-get", {"path": f"/objects/{obj}", "property": "keyid"}) == "masterKey0"
-            assert qemu_io_read(mon, sealed_vm, json.loads(proc.stdout)["top-node"]) == "ok"
+            assert qemu_io_read(mon, sealed_vm, json.loads(proc.stdout)["top_node"]) == "ok"
             assert run_cli("detach", sealed_vm.qmp_path, "--target", "vdb", "--state-dir",
                            tmp_path / "state").returncode == 0
     finally:

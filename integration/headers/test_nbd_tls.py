@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.nbd_read import image_opts
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.nbd import NbdServer, X509Set, make_x509, serve_header
-from hotluks.testing.vms import (
+from testsupport.nbd import NbdServer, X509Set, make_x509, serve_header
+from testsupport.vms import (
     Monitor,
     Snapshot,
     TestDisk,
@@ -98,8 +98,8 @@ def test_attach_reads_plaintext_and_cannot_change_the_served_header(
     assert [s["name"] for s in result["steps"]][:3] == ["hl-vdb-key", "hl-vdb-tls", "hl-vdb-hdr-proto"]
     objects = {o["name"]: o["type"] for o in monitor.cmd("qom-list", {"path": "/objects"})}
     assert objects.get("hl-vdb-tls") == "child<tls-creds-x509>"
-    assert qemu_io_read(monitor, vm, result["top-node"]) == "ok"
-    assert qemu_io_read(monitor, vm, result["top-node"], pattern=0xCD) == "mismatch"
+    assert qemu_io_read(monitor, vm, result["top_node"]) == "ok"
+    assert qemu_io_read(monitor, vm, result["top_node"], pattern=0xCD) == "mismatch"
 
     # inside the VM nothing but the luks driver may write the header (QEMU unshares write on it) …
     for node in ("hl-vdb-hdr-fmt", "hl-vdb-hdr-proto"):
@@ -134,7 +134,7 @@ def test_unauthorised_certificate_is_refused_and_rolled_back(
     proc = run_cli("attach", vm.qmp_path, disk.xml_path, *disk.cli_secret(), "--state-dir", state_dir,
                    "--no-preflight", "--json", env=env)
     assert proc.returncode == 1, proc.stderr
-    error = json.loads(proc.stdout)["error"]
+    error = json.loads(proc.stdout)["error"]["message"]
     assert "(blockdev-add hl-vdb-hdr-proto) failed" in error and "rolled back" in error, error
     assert monitor.snapshot() == initial
     assert json.loads(run_cli("status", vm.qmp_path, "--state-dir", state_dir, "--json").stdout)["disks"] == []
@@ -160,7 +160,7 @@ def test_header_serve_command_serves_one_authorised_client(x509: X509Set, tmp_pa
     """``hotluks header serve`` (foreground qemu-nbd, the same recipe) admits only the allowed DN."""
     from hotluks.model import Host, Source
     from hotluks.nbd_read import NetworkReadError, read_network_head
-    from hotluks.testing.nbd import free_port
+    from testsupport.nbd import free_port
 
     staging = make_disk(tmp_path / "staging", "detached-header-raw", "vdy")
     assert staging.header is not None
@@ -208,7 +208,7 @@ def test_header_and_payload_both_over_nbd_tls(served: tuple[TestDisk, NbdServer]
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert [s["name"] for s in result["steps"]].count("hl-vdb-tls") == 1
-        assert qemu_io_read(monitor, vm, result["top-node"]) == "ok"
+        assert qemu_io_read(monitor, vm, result["top_node"]) == "ok"
         assert run_cli("detach", vm.qmp_path, "--target", "vdb", "--state-dir", state_dir).returncode == 0
         assert monitor.snapshot() == initial
     finally:

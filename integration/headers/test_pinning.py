@@ -17,12 +17,12 @@ import pytest
 
 from hotluks import luks
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import PreflightError, WrongPassphraseError
 from hotluks.luks.fingerprint import fingerprint
-from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
-from hotluks.testing.vms import FaultyBackend, Monitor, Snapshot, TestDisk, leaks, make_disk, qemu_io_read, run_cli
+from testsupport.vms import FaultyBackend, Monitor, Snapshot, TestDisk, leaks, make_disk, qemu_io_read, run_cli
 
 pytestmark = [pytest.mark.qemu, pytest.mark.cryptsetup]
 
@@ -106,7 +106,7 @@ def test_keyslot_changes_keep_the_pin(vm: QemuProcess, monitor: Monitor, initial
                    "--state-dir", state_dir, "--json")
     assert proc.returncode == 0, proc.stderr
     assert "matches its pinned fingerprint" in json.loads(proc.stdout)["preflight"]
-    top = json.loads(proc.stdout)["top-node"]
+    top = json.loads(proc.stdout)["top_node"]
     assert qemu_io_read(monitor, vm, top) == "ok"
     assert qemu_io_read(monitor, vm, top, pattern=0xCD) == "mismatch"
     proc = run_cli("detach", vm.qmp_path, "--target", "vdc", "--state-dir", state_dir)
@@ -123,9 +123,9 @@ def test_attach_pin_records_on_first_use_and_refuses_a_swap(vm: QemuProcess, mon
 
     proc = run_cli("attach", *common, "--pin", "--json")  # first use: pins
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["header-fingerprint"] == expected
+    assert json.loads(proc.stdout)["header_fingerprint"] == expected
     status = run_cli("status", vm.qmp_path, "--state-dir", state_dir, "--json")
-    assert json.loads(status.stdout)["disks"][0]["header-fingerprint"] == expected
+    assert json.loads(status.stdout)["disks"][0]["header_fingerprint"] == expected
     assert f"header pinned: sha256:{expected}" in run_cli("status", vm.qmp_path, "--state-dir", state_dir).stdout
     pins = list((state_dir / "pins").glob("*.json"))
     assert len(pins) == 1 and (pins[0].stat().st_mode & 0o077) == 0

@@ -12,16 +12,29 @@ import pytest
 
 from hotluks import luks
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import RolledBackError, WrongPassphraseError
 from hotluks.headers.rotate import STEPS, rotate
 from hotluks.luks.fingerprint import fingerprint
-from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
-from hotluks.testing.vms import Monitor, Snapshot, leaks, make_disk, qemu_io_read, run_cli
+from testsupport.vms import Monitor, Snapshot, leaks, make_disk, qemu_io_read, run_cli
 
 pytestmark = [pytest.mark.qemu]
 NEW = b"the rotated passphrase 7"
+
+
+def _validate(command: str, doc: dict[str, object]) -> None:
+    """``doc`` fits hotluks/schemas/COMMAND.json (the published hotluks/1 shape)."""
+    from importlib import resources
+
+    import jsonschema
+    from referencing import Registry, Resource
+
+    folder = resources.files("hotluks").joinpath("schemas")
+    schemas = {p.name: json.loads(p.read_text()) for p in folder.iterdir() if p.name.endswith(".json")}
+    registry = Registry().with_resources((n, Resource.from_contents(s)) for n, s in schemas.items())
+    jsonschema.Draft202012Validator(schemas[f"{command}.json"], registry=registry).validate(doc)
 
 
 def test_rotate_keeps_the_vm_reading_and_only_the_new_passphrase_opens(
@@ -34,12 +47,13 @@ def test_rotate_keeps_the_vm_reading_and_only_the_new_passphrase_opens(
     common = [vm.qmp_path, disk.xml_path, "--state-dir", state_dir]
     proc = run_cli("attach", *common, *disk.cli_secret(), "--json")
     assert proc.returncode == 0, proc.stderr
-    top = json.loads(proc.stdout)["top-node"]
+    top = json.loads(proc.stdout)["top_node"]
 
     rotated = run_cli("rotate", *common, *disk.cli_secret(), "--new-key-file", new_file, "--json")
     assert rotated.returncode == 0, rotated.stderr
     result = json.loads(rotated.stdout)
-    assert result["header-fingerprint"] == pin and not result["libvirt-secret-updated"]
+    _validate("rotate", result)
+    assert result["header_fingerprint"] == pin and not result["libvirt_secret_updated"]
     assert qemu_io_read(monitor, vm, top) == "ok"  # QEMU keeps the volume key: the disk still reads
     with pytest.raises(WrongPassphraseError):
         luks.unlock(disk.header, disk.passphrase)
@@ -56,7 +70,7 @@ def test_rotate_keeps_the_vm_reading_and_only_the_new_passphrase_opens(
     assert monitor.snapshot() == initial
     again = run_cli("attach", *common, "--secret", f"{disk.secret_key}={new_file}", "--json")
     assert again.returncode == 0, again.stderr
-    assert qemu_io_read(monitor, vm, json.loads(again.stdout)["top-node"]) == "ok"
+    assert qemu_io_read(monitor, vm, json.loads(again.stdout)["top_node"]) == "ok"
     assert run_cli("detach", vm.qmp_path, "--target", "vdb", "--state-dir", state_dir).returncode == 0
     assert monitor.snapshot() == initial
 

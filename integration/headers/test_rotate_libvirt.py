@@ -15,7 +15,7 @@ from hotluks.backends.select import open_backend
 from hotluks.errors import RolledBackError, WrongPassphraseError
 from hotluks.headers.rotate import STEPS, rotate
 from hotluks.runner.operator import Operator
-from hotluks.testing.libvirtd import (
+from testsupport.libvirtd import (
     QEMU_LOG_DIR,
     LibvirtDaemon,
     define_secret,
@@ -24,7 +24,7 @@ from hotluks.testing.libvirtd import (
     start_domain,
     start_libvirtd,
 )
-from hotluks.testing.vms import PATTERN, make_disk, read_pattern_via_log
+from testsupport.vms import PATTERN, make_disk, read_pattern_via_log
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 NEW = b"rotated through libvirt 5"
@@ -70,12 +70,15 @@ def test_rotate_with_a_libvirt_secret(libvirt_uri: str, tmp_path: Path, case: st
                 async with await open_backend(domain.name, uri=domain.uri, backend=backend_name) as backend:
                     op = Operator(backend, state_dir=tmp_path / "state")
                     result = await op.attach(disk.disk(), {})
+                    same = await op.disk_fingerprint(disk.disk())  # the header node reads /dev/fdset/N
                     if fault_at is None:
-                        done = await rotate(backend, disk.disk(), NEW, {}, state_dir=tmp_path / "state")
+                        done = await rotate(backend, disk.disk(), NEW, {}, state_dir=tmp_path / "state",
+                                            disk_fingerprint=same)
                         assert done.libvirt_secret_updated
                     else:
                         with pytest.raises(RolledBackError, match=f"injected fault at {fault_at}"):
-                            await rotate(backend, disk.disk(), NEW, {}, state_dir=tmp_path / "state", fault=fault)
+                            await rotate(backend, disk.disk(), NEW, {}, state_dir=tmp_path / "state", fault=fault,
+                                         disk_fingerprint=same)
                     log = QEMU_LOG_DIR / f"{domain.name}.log"
                     assert await read_pattern_via_log(backend, log, result.top_node, PATTERN) == "ok"
                     await op.detach("vdb", timeout=20)

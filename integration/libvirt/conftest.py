@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from hotluks.testing.libvirtd import LibvirtDaemon, TransientDomain, start_domain, start_libvirtd
+from testsupport.libvirtd import LibvirtDaemon, TransientDomain, start_domain, start_libvirtd
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import pytest
 
 from hotluks.backends.base import QMPCommandError
 from hotluks.backends.select import open_backend
-from hotluks.testing.libvirtd import TransientDomain
+from testsupport.libvirtd import TransientDomain
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 Run = Callable[..., Any]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.testing.libvirtd import RUN_DIR, STATE_DIR, LibvirtDaemon, daemon_answers, start_domain, start_libvirtd
+from testsupport.libvirtd import RUN_DIR, STATE_DIR, LibvirtDaemon, daemon_answers, start_domain, start_libvirtd
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 
@@ -58,7 +58,7 @@ def _child_daemon(action: str) -> tuple[subprocess.Popen[str], list[int]]:
     """A second test process that starts (or joins) the daemon, prints its PIDs, then waits for a line."""
     script = textwrap.dedent(f"""
         import sys
-        from hotluks.testing.libvirtd import start_libvirtd
+        from testsupport.libvirtd import start_libvirtd
         d = start_libvirtd()
         print(" ".join(map(str, d.pids)), flush=True)
         sys.stdin.readline()
@@ -123,7 +123,7 @@ def test_running_daemon_is_joined_and_not_stopped_by_a_second_user(libvirt_daemo
 
 def test_a_daemon_hotluks_did_not_start_is_never_stopped(libvirt_daemon: LibvirtDaemon, tmp_path: Path) -> None:
     """Without hotluks' registry record the running daemon counts as someone else's."""
-    from hotluks.testing import libvirtd as mod
+    from testsupport import libvirtd as mod
 
     registry = mod._Registry(tmp_path / "registry")  # an empty registry: this daemon is "a human's"
     original = mod._Registry

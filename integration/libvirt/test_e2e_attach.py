@@ -13,8 +13,8 @@ import pytest
 
 from hotluks.backends.select import open_backend
 from hotluks.runner.operator import Operator
-from hotluks.testing.libvirtd import QEMU_LOG_DIR, define_secret, give_to_qemu, qemu_accessible_dir, start_domain
-from hotluks.testing.vms import PATTERN, SHAPES, backend_snapshot, make_disk, read_pattern_via_log, target_for
+from testsupport.libvirtd import QEMU_LOG_DIR, define_secret, give_to_qemu, qemu_accessible_dir, start_domain
+from testsupport.vms import PATTERN, SHAPES, backend_snapshot, make_disk, read_pattern_via_log, target_for
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 Run = Callable[..., Any]

@@ -14,7 +14,7 @@ from hotluks.backends.base import VMIdentity
 from hotluks.backends.identity import start_time
 from hotluks.backends.select import open_backend
 from hotluks.errors import DomainNotFound
-from hotluks.testing.libvirtd import TransientDomain, domain_xml, give_to_qemu, qemu_accessible_dir
+from testsupport.libvirtd import TransientDomain, domain_xml, give_to_qemu, qemu_accessible_dir
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 Run = Callable[..., Any]

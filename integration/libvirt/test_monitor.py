@@ -11,7 +11,7 @@ import pytest
 from hotluks.backends.base import MonitorBackend, QMPCommandError
 from hotluks.backends.select import open_backend
 from hotluks.errors import DomainNotFound, InputError, NotRunning
-from hotluks.testing.libvirtd import TransientDomain, give_to_qemu, qemu_accessible_dir
+from testsupport.libvirtd import TransientDomain, give_to_qemu, qemu_accessible_dir
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 Run = Callable[..., Any]
@@ -144,7 +144,7 @@ def test_concurrent_backends_on_one_loop(domain: TransientDomain, backend_name: 
 def test_defined_but_stopped_domain_is_not_running(libvirt_uri: str, backend_name: str, arun: Run) -> None:
     import libvirt
 
-    from hotluks.testing.libvirtd import domain_xml
+    from testsupport.libvirtd import domain_xml
 
     name = f"hotluks-stopped-{backend_name}"
     conn = libvirt.open(libvirt_uri)
@@ -160,7 +160,7 @@ def test_defined_but_stopped_domain_is_not_running(libvirt_uri: str, backend_nam
 
 def test_monitor_commands_taint_the_domain(domain: TransientDomain, backend_name: str, arun: Run) -> None:
     """As documented: libvirt records 'custom-monitor' in the domain log once we use the monitor."""
-    from hotluks.testing.libvirtd import QEMU_LOG_DIR
+    from testsupport.libvirtd import QEMU_LOG_DIR
 
     log = QEMU_LOG_DIR / f"{domain.name}.log"
     assert "custom-monitor" not in log.read_text(errors="replace")

@@ -14,7 +14,7 @@ import pytest
 
 from hotluks.backends.base import MasterKey, QMPCommandError
 from hotluks.backends.select import open_backend
-from hotluks.testing.libvirtd import TransientDomain, define_secret, give_to_qemu, qemu_accessible_dir
+from testsupport.libvirtd import TransientDomain, define_secret, give_to_qemu, qemu_accessible_dir
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 Run = Callable[..., Any]

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from hotluks.backends.select import open_backend
-from hotluks.qemu.launcher import start_qemu
-from hotluks.testing.libvirtd import TransientDomain
+from hotluks.demo.qemu.launcher import start_qemu
+from testsupport.libvirtd import TransientDomain
 
 Run = Callable[..., Any]
 

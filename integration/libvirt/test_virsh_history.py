@@ -9,6 +9,7 @@ sealed and as plain base64, must leave nothing of it under $HOME or the XDG dirs
 from __future__ import annotations
 
 import base64
+import contextlib
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -19,8 +20,8 @@ import pytest
 
 from hotluks.backends.virsh import VirshBackend
 from hotluks.runner.operator import Operator
-from hotluks.testing.libvirtd import TransientDomain, define_secret
-from hotluks.testing.vms import make_disk
+from testsupport.libvirtd import TransientDomain, define_secret, give_to_qemu, qemu_accessible_dir
+from testsupport.vms import make_disk
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 Run = Callable[..., Any]
@@ -58,11 +59,19 @@ def test_shell_mode_virsh_writes_history_where_we_look(home: Path, libvirt_uri: 
     assert files_holding(home, LINES) == {str(home / ".cache/libvirt/virsh/history"): [b"qemu-monitor-command"]}
 
 
+@pytest.fixture
+def stack_dir() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
 @pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "plain-base64"])
 def test_attach_and_detach_leave_no_trace(home: Path, tmp_path: Path, domain: TransientDomain, sealed: bool,
-                                          arun: Run) -> None:
-    work = tmp_path / "work"
+                                          arun: Run, stack_dir: contextlib.ExitStack) -> None:
+    work = Path(stack_dir.enter_context(qemu_accessible_dir()))
     disk = make_disk(work, "detached-header-raw", "vdb", passphrase=PASSPHRASE)
+    for path in disk.files:  # QEMU's user must be able to open them (hotluks never opens on its behalf)
+        give_to_qemu(path)
     needles = (PASSPHRASE, base64.b64encode(PASSPHRASE), *LINES)
 
     async def main() -> tuple[bool, str]:

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from hotluks.guest.build import GuestArtifacts, build_guest
-from hotluks.guest.vm import libvirt_boot_options
-from hotluks.testing.libvirtd import (
+from hotluks.demo.guest.build import GuestArtifacts, build_guest
+from hotluks.demo.guest.vm import libvirt_boot_options
+from testsupport.libvirtd import (
     QEMU_LOG_DIR,
     LibvirtDaemon,
     domain_xml,

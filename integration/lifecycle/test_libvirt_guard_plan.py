@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from hotluks.runner.journal import vm_dirname
-from hotluks.testing.libvirtd import domain_xml, give_to_qemu, qemu_accessible_dir
-from hotluks.testing.vms import PASSPHRASE, leaks, make_disk, run_cli
+from testsupport.libvirtd import domain_xml, give_to_qemu, qemu_accessible_dir
+from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 

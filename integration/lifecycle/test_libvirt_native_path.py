@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from hotluks.testing.libvirtd import define_secret, domain_xml, give_to_qemu, qemu_accessible_dir
-from hotluks.testing.vms import PASSPHRASE, leaks, make_disk, run_cli
+from testsupport.libvirtd import define_secret, domain_xml, give_to_qemu, qemu_accessible_dir
+from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 

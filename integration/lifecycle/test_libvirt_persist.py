@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from hotluks.guest.agent import SyncGuestAgent
-from hotluks.testing.libvirtd import define_secret, give_to_qemu
-from hotluks.testing.vms import PASSPHRASE, leaks, make_disk, run_cli
+from hotluks.demo.guest.agent import SyncGuestAgent
+from testsupport.libvirtd import define_secret, give_to_qemu
+from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt, pytest.mark.slow]
 SERIAL = "hl-persisted"
@@ -54,7 +54,7 @@ def test_persisted_disk_comes_back_after_destroy_start(libvirt_uri: str, guest_d
             give_to_qemu(path)
         persisted = run_cli("persist", name, disk.xml_path, *common, *keys, "--json")
         assert persisted.returncode == 0, persisted.stderr
-        assert json.loads(persisted.stdout)["in-definition"]
+        assert json.loads(persisted.stdout)["in_definition"]
         assert not leaks(PASSPHRASE, [virsh("dumpxml", "--inactive", name).stdout])
 
         for step in (("destroy", name), ("start", name)):

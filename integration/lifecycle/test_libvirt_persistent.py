@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from hotluks.guest.agent import SyncGuestAgent
-from hotluks.testing.libvirtd import give_to_qemu
-from hotluks.testing.vms import PASSPHRASE, leaks, make_disk, run_cli
+from hotluks.demo.guest.agent import SyncGuestAgent
+from testsupport.libvirtd import give_to_qemu
+from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt, pytest.mark.slow]
 SERIAL = "hl-persist"

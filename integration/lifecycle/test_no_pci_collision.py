@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from hotluks.testing.libvirtd import define_secret, give_to_qemu, qemu_accessible_dir, start_domain
-from hotluks.testing.vms import make_disk, run_cli
+from testsupport.libvirtd import define_secret, give_to_qemu, qemu_accessible_dir, start_domain
+from testsupport.vms import make_disk, run_cli
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 
@@ -96,7 +96,7 @@ def test_persistent_definition_reservations_are_kept_free(libvirt_uri: str, tmp_
     import libvirt
     from lxml import etree
 
-    from hotluks.testing.libvirtd import domain_xml
+    from testsupport.libvirtd import domain_xml
 
     name = f"hotluks-lc-{uuid.uuid4().hex[:8]}"
     with qemu_accessible_dir() as workdir:

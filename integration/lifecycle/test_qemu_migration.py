@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.guest.agent import SyncGuestAgent
-from hotluks.guest.build import GuestArtifacts
-from hotluks.guest.vm import PC_LAYOUT, Q35_LAYOUT, boot_guest
-from hotluks.qemu.launcher import start_qemu
-from hotluks.testing.vms import PASSPHRASE, Monitor, leaks, make_disk, run_cli
+from hotluks.demo.guest.agent import SyncGuestAgent
+from hotluks.demo.guest.build import GuestArtifacts
+from hotluks.demo.guest.vm import PC_LAYOUT, Q35_LAYOUT, boot_guest
+from hotluks.demo.qemu.launcher import start_qemu
+from testsupport.vms import PASSPHRASE, Monitor, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.slow]
 

@@ -120,3 +120,74 @@ def passphrase() -> bytes:
 @pytest.fixture
 def other_passphrase() -> bytes:
     return OTHER
+
+
+# --- cryptsetup's own test material, from the Debian source package (never committed) -------------------------
+
+def _cache_root() -> Path:
+    """/var/cache/hotluks when writable (root), else the user's cache directory."""
+    import os
+
+    system = Path("/var/cache/hotluks")
+    try:
+        system.mkdir(parents=True, exist_ok=True)
+        if os.access(system, os.W_OK):
+            return system
+    except OSError:
+        pass
+    user = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hotluks"
+    user.mkdir(parents=True, exist_ok=True)
+    return user
+
+
+def _fetch_cryptsetup_tests(dest: Path) -> str | None:
+    """``apt-get source cryptsetup`` (the installed binary's version first) into a temp dir; keep only
+    its ``tests/`` folder at ``dest``. Returns why it failed, or None."""
+    import tempfile
+
+    apt = shutil.which("apt-get")
+    if apt is None:
+        return "apt-get is not available"
+    version = subprocess.run(["dpkg-query", "-W", "-f", "${source:Version}", "cryptsetup-bin"],
+                             capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="cryptsetup-src.", dir=dest.parent) as tmp:
+        errors = []
+        for spec in ([f"cryptsetup={version}"] if version else []) + ["cryptsetup"]:
+            proc = subprocess.run([apt, "source", "-qq", spec], cwd=tmp, capture_output=True, text=True, timeout=600)
+            if proc.returncode == 0:
+                break
+            errors.append(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+        else:
+            return ("apt-get source cryptsetup failed (no deb-src line? run scripts/setup-system.sh; "
+                    f"or apt unreachable): {'; '.join(errors)}")
+        trees = [p for p in Path(tmp).iterdir() if p.is_dir() and (p / "tests" / "generators").is_dir()]
+        if not trees:
+            return "the cryptsetup source package has no tests/generators folder"
+        (trees[0] / "tests").rename(dest)
+    return None
+
+
+@pytest.fixture(scope="session")
+def cryptsetup_tests() -> Path:
+    """cryptsetup's ``tests/`` folder (generators, images), cached across runs under /var/cache/hotluks.
+
+    Fetched once per cryptsetup version with ``apt-get source``; skipped (with the reason) only when
+    apt cannot provide it. Tests copy what they use into their own tmp_path: the cache stays pristine.
+    """
+    import fcntl
+
+    version = subprocess.run(["dpkg-query", "-W", "-f", "${source:Version}", "cryptsetup-bin"],
+                             capture_output=True, text=True).stdout.strip().replace(":", "_") or "unknown"
+    root = _cache_root() / "cryptsetup-source"
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / f"{version}-tests"
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in root.glob("*-tests"):  # older versions' material is not this oracle's
+            if stale != dest:
+                shutil.rmtree(stale, ignore_errors=True)
+        if not (dest / "generators").is_dir():
+            why = _fetch_cryptsetup_tests(dest)
+            if why:
+                pytest.skip(why)
+    return dest

@@ -18,7 +18,7 @@ import pytest
 from hotluks.errors import LuksError
 from hotluks.luks import luks2
 from hotluks.luks.volume import open_header
-from hotluks.testing.luks_mutations import set_at
+from testsupport.luks_mutations import set_at
 
 pytestmark = pytest.mark.cryptsetup
 

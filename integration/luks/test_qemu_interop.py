@@ -30,7 +30,11 @@ def _engine_volume(files: Any, passphrase: bytes, detached: bool, cipher: str, b
     return payload, header
 
 
-CIPHERS = [("aes-xts-plain64", 512), ("aes-cbc-essiv:sha256", 256), ("aes-cbc-plain64", 256)]
+CIPHERS = [("aes-xts-plain64", 512), ("aes-cbc-essiv:sha256", 256), ("aes-cbc-plain64", 256),
+           # issue 11: every cipher QEMU's LUKS driver opens (Botan for serpent/twofish, cryptography for cast5)
+           ("aes-xts-essiv:sha256", 512), ("aes-xts-plain64", 384), ("aes-cbc-plain", 256), ("aes-xts-plain", 256),
+           ("serpent-xts-plain64", 512), ("serpent-cbc-essiv:sha256", 256), ("twofish-xts-plain64", 256),
+           ("twofish-cbc-plain64", 128), ("cast5-cbc-plain64", 128), ("cast5-cbc-plain", 128)]
 
 
 @pytest.mark.parametrize("cipher,bits", CIPHERS, ids=[c for c, _ in CIPHERS])
@@ -78,3 +82,38 @@ def test_qemu_made_luks_unlocks_and_decrypts_in_engine(qemu_img: str, qemu_io: s
     plain = out.getvalue()
     assert len(plain) == 4 << 20
     assert plain[4096:4096 + 8192] == b"\x3c" * 8192
+
+
+QEMU_MADE = [("serpent-256", "xts", "plain64"), ("twofish-128", "cbc", "essiv"), ("cast5-128", "cbc", "plain64"),
+             ("aes-192", "xts", "plain64"), ("aes-256", "xts", "essiv"), ("twofish-256", "xts", "plain64")]
+
+
+@pytest.mark.parametrize("alg,mode,ivgen", QEMU_MADE, ids=["-".join(c) for c in QEMU_MADE])
+def test_qemu_made_ciphers_decrypt_in_engine(qemu_img: str, qemu_io: str, files: Any, keyfile: Path,
+                                             passphrase: bytes, alg: str, mode: str, ivgen: str) -> None:
+    image = files.root / "qemu.luks"
+    hash_opt = ",ivgen-hash-alg=sha256" if ivgen == "essiv" else ""
+    files.run([qemu_img, "create", "--object", _secret(keyfile), "-f", "luks", "-o",
+               f"key-secret=sec0,iter-time=10,cipher-alg={alg},cipher-mode={mode},ivgen-alg={ivgen}{hash_opt}",
+               str(image), "4M"])
+    files.run([qemu_io, "--object", _secret(keyfile), "--image-opts",
+               f"driver=luks,key-secret=sec0,file.driver=file,file.filename={image}",
+               "-c", "write -P 0x5a 0 1M", "-c", "write -P 0x33 3M 4096"])
+    out = io.BytesIO()
+    luks.decrypt_payload(image, out, passphrase)
+    plain = out.getvalue()
+    assert plain[:1 << 20] == b"\x5a" * (1 << 20) and plain[3 << 20:(3 << 20) + 4096] == b"\x33" * 4096
+
+
+@pytest.mark.parametrize("hash_alg", ["ripemd160", "sha512"])
+def test_qemu_made_hash_algorithms_unlock_in_engine(qemu_img: str, qemu_io: str, files: Any, keyfile: Path,
+                                                    passphrase: bytes, hash_alg: str) -> None:
+    """QEMU's LUKS1 hash-alg choices (ripemd160 comes from Botan) unlock and decrypt in the engine."""
+    image = files.root / "qemu.luks"
+    files.run([qemu_img, "create", "--object", _secret(keyfile), "-f", "luks", "-o",
+               f"key-secret=sec0,iter-time=10,hash-alg={hash_alg}", str(image), "4M"])
+    files.run([qemu_io, "--object", _secret(keyfile), "--image-opts",
+               f"driver=luks,key-secret=sec0,file.driver=file,file.filename={image}", "-c", "write -P 0x6b 0 64k"])
+    out = io.BytesIO()
+    luks.decrypt_payload(image, out, passphrase)
+    assert luks.open_header(image).hash == hash_alg and out.getvalue()[:65536] == b"\x6b" * 65536

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import Monitor, Snapshot, clear_templates, start_vm
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.vms import Monitor, Snapshot, clear_templates, start_vm
 
 pytestmark = pytest.mark.qemu
 

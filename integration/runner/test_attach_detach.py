@@ -17,11 +17,11 @@ import pytest
 
 import hotluks
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import ConflictError
-from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
-from hotluks.testing.vms import (
+from testsupport.vms import (
     SHAPES,
     Monitor,
     Snapshot,

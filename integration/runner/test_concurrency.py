@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 import hotluks
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import BackendError
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.qmpproxy import QMPProxy
-from hotluks.testing.vms import Monitor, Snapshot, hotluks_cmd, make_disk, qemu_io_read, run_cli, start_vm
+from testsupport.qmpproxy import QMPProxy
+from testsupport.vms import Monitor, Snapshot, hotluks_cmd, make_disk, qemu_io_read, run_cli, start_vm
 
 pytestmark = pytest.mark.qemu
 
@@ -126,7 +126,7 @@ def test_cli_processes_on_a_libvirt_domain_are_serialized_by_the_lock(tmp_path: 
     """Through libvirt, clients really run at once: only the per-VM lock keeps their placement
     probes and plans from interleaving (two would pick the same free root port and one would fail)."""
     pytest.importorskip("libvirt")
-    from hotluks.testing.libvirtd import give_to_qemu, qemu_accessible_dir, start_domain, start_libvirtd
+    from testsupport.libvirtd import give_to_qemu, qemu_accessible_dir, start_domain, start_libvirtd
 
     daemon = start_libvirtd()
     try:

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 import hotluks
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import HotluksError, IncompleteError
 from hotluks.plan.planner import build_plan
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.qmpproxy import QMPProxy, is_mutating
-from hotluks.testing.vms import Monitor, Snapshot, TestDisk, hotluks_cmd, journal_files, make_disk, run_cli
+from testsupport.qmpproxy import QMPProxy, is_mutating
+from testsupport.vms import Monitor, Snapshot, TestDisk, hotluks_cmd, journal_files, make_disk, run_cli
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 

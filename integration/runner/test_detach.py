@@ -20,13 +20,13 @@ import pytest
 
 import hotluks
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import QemuProcess, start_qemu
 from hotluks.errors import IncompleteError
-from hotluks.qemu.launcher import QemuProcess, start_qemu
 from hotluks.runner.operator import Operator
 from hotluks.runner.transaction import UnplugPendingError
 from hotluks.secrets import SecretValue
-from hotluks.testing.qmpproxy import QMPProxy
-from hotluks.testing.vms import FaultyBackend, Monitor, Snapshot, hotluks_cmd, journal_files, make_disk, run_cli
+from testsupport.qmpproxy import QMPProxy
+from testsupport.vms import FaultyBackend, Monitor, Snapshot, hotluks_cmd, journal_files, make_disk, run_cli
 
 pytestmark = pytest.mark.qemu
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import RolledBackError
-from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
-from hotluks.testing.faultmatrix import FaultInjector
-from hotluks.testing.vms import Monitor, Snapshot, make_disk
+from testsupport.faultmatrix import FaultInjector
+from testsupport.vms import Monitor, Snapshot, make_disk
 
 pytestmark = [pytest.mark.qemu, pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")]
 

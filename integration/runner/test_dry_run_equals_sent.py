@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.qmpproxy import QMPProxy, is_mutating
-from hotluks.testing.vms import SHAPES, Monitor, Snapshot, make_disk, run_cli, target_for
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.qmpproxy import QMPProxy, is_mutating
+from testsupport.vms import SHAPES, Monitor, Snapshot, make_disk, run_cli, target_for
 
 pytestmark = pytest.mark.qemu
 

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import IncompleteError, RolledBackError
-from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
-from hotluks.testing.qmpproxy import QMPProxy, is_mutating
-from hotluks.testing.vms import (
+from testsupport.qmpproxy import QMPProxy, is_mutating
+from testsupport.vms import (
     SHAPES,
     FaultyBackend,
     Monitor,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from hotluks.backends.qmp import QMPBackend
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import make_disk, run_cli, start_vm
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.vms import make_disk, run_cli, start_vm
 
 pytestmark = pytest.mark.qemu
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from hotluks.backends.qmp import QMPBackend
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import RolledBackError
-from hotluks.qemu.launcher import QemuProcess
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
-from hotluks.testing.qmpproxy import QMPProxy, is_mutating
-from hotluks.testing.vms import Monitor, Snapshot, hotluks_cmd, journal_files, make_disk, run_cli
+from testsupport.qmpproxy import QMPProxy, is_mutating
+from testsupport.vms import Monitor, Snapshot, hotluks_cmd, journal_files, make_disk, run_cli
 
 pytestmark = pytest.mark.qemu
 
@@ -108,8 +108,8 @@ def test_a_second_signal_does_not_stop_the_rollback(vm: QemuProcess, monitor: Mo
 # -- a paused guest ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def booted() -> Iterator[object]:
-    from hotluks.guest.build import build_guest
-    from hotluks.guest.vm import boot_guest
+    from hotluks.demo.guest.build import build_guest
+    from hotluks.demo.guest.vm import boot_guest
 
     guest = boot_guest(build_guest(), qmp_sockets=2)
     try:

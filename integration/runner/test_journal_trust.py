@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from hotluks.backends.qmp import QMPBackend
-from hotluks.qemu.launcher import QemuProcess
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.runner.journal import vm_dirname
-from hotluks.testing.vms import Monitor, Snapshot, make_disk, run_cli
+from testsupport.vms import Monitor, Snapshot, make_disk, run_cli
 
 pytestmark = [pytest.mark.qemu, pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as nobody")]
 

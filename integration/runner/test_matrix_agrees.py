@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from hotluks.backends.qmp import QMPBackend
-from hotluks.qemu.launcher import QemuProcess
+from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.secrets import SecretValue
-from hotluks.testing.fakeqemu import FakeQemu
-from hotluks.testing.faultmatrix import Case, FaultInjector, Outcome, cases, run_case, run_detach_case
-from hotluks.testing.vms import Monitor, Snapshot, make_disk, target_for
+from testsupport.fakeqemu import FakeQemu
+from testsupport.faultmatrix import Case, FaultInjector, Outcome, cases, run_case, run_detach_case
+from testsupport.vms import Monitor, Snapshot, make_disk, target_for
 
 pytestmark = pytest.mark.qemu
 

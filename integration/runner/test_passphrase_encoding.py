@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.vms import Monitor, MonitorError, Snapshot, make_disk, run_cli
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.vms import Monitor, MonitorError, Snapshot, make_disk, run_cli
 
 BINARY_PASSPHRASE = b"\xff\xfe binary \x80 key"
 

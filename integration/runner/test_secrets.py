@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from hotluks.qemu.launcher import QemuProcess
-from hotluks.testing.qmpproxy import QMPProxy, is_mutating
-from hotluks.testing.vms import (
+from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.qmpproxy import QMPProxy, is_mutating
+from testsupport.vms import (
     Monitor,
     leaks,
     make_disk,

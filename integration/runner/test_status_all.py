@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.testing.vms import PASSPHRASE, leaks, make_disk, run_cli, start_vm
+from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli, start_vm
 
 pytestmark = pytest.mark.qemu
 

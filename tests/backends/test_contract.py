@@ -10,7 +10,7 @@ from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, VMIdentity
 from hotluks.backends.libvirt import LibvirtBackend
 from hotluks.backends.qmp import QMPBackend
 from hotluks.backends.virsh import VirshBackend
-from hotluks.testing.vms import FaultyBackend
+from testsupport.vms import FaultyBackend
 
 
 def test_each_backend_declares_what_it_does() -> None:

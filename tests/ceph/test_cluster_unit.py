@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.testing.ceph import CephClusterError, CephPorts, parse_hexdump, ports_in_use, render_conf
+from testsupport.ceph import CephClusterError, CephPorts, parse_hexdump, ports_in_use, render_conf
 
 
 def conf_dict(text: str) -> dict[str, dict[str, str]]:

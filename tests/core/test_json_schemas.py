@@ -43,7 +43,7 @@ def test_schemas_are_valid_and_cover_the_commands() -> None:
     for doc in SCHEMAS.values():
         jsonschema.Draft202012Validator.check_schema(doc)
     assert set(SCHEMAS) >= {"plan.json", "cold-cmdline.json", "example.json", "attach.json", "detach.json",
-                            "status.json", "repair.json", "luks-dump.json", "error.json"}
+                            "status.json", "repair.json", "luks-dump.json", "error.json", "resize.json", "rotate.json"}
 
 
 def test_plan_and_cold_cmdline_outputs(example: Path, cli: Any, tmp_path: Path) -> None:
@@ -100,6 +100,14 @@ def test_runner_results_in_the_envelope() -> None:
     validate("status", envelope("status", {"vm": "vm1", "disks": [entry.to_json()]}))
     repair = {"vm": "vm1", "actions": [RepairAction("vdb", "finished detach", ("hl-vdb",)).to_json()]}
     validate("repair", envelope("repair", repair))
+    from hotluks.runner.resize import ResizeResult
+
+    validate("resize", envelope("resize", ResizeResult("vm1", "vdb", "hl-vdb", "hl-vdb-luks", 1 << 20, 2 << 20,
+                                                       0.01).to_json()))
+    from hotluks.headers.rotate import RotateResult
+
+    rotated = RotateResult("vdb", "/h.img", "/state/backups/h.img", 0, 1, "cd" * 32, False, 0.4)
+    validate("rotate", envelope("rotate", rotated.to_json()))  # its kebab keys come out snake_case
 
 
 def test_demo_report_in_the_envelope_keeps_its_verdict() -> None:
@@ -133,3 +141,19 @@ def test_usage_error_document(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     validate("luks dump", doc)
     assert doc["error"]["exit_code"] == 2 and "DEVICE" in doc["error"]["message"]
+
+
+def test_luks_fingerprint_output(cli: Any, tmp_path: Path) -> None:
+    from hotluks import luks
+
+    payload, header = tmp_path / "payload.raw", tmp_path / "header.img"
+    payload.write_bytes(bytes(1 << 20))
+    luks.format_volume(payload, b"pass", type="luks1", header=header,
+                       kdf=luks.make_kdf("pbkdf2", iterations=1000), key_size=256)
+    done = cli("luks", "fingerprint", str(payload), "--header", str(header), "--json")
+    doc = json.loads(done.out)
+    validate("luks fingerprint", doc)
+    assert done.code == 0 and doc["fingerprint"] == luks.fingerprint.fingerprint(luks.open_header(header)).value
+    missing = cli("luks", "fingerprint", str(tmp_path / "nope"), "--json")
+    assert missing.code == 2
+    validate("luks fingerprint", json.loads(missing.out))

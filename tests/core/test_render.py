@@ -194,7 +194,8 @@ def test_seal_round_trip(plaintext: bytes) -> None:
     assert (props["keyid"], props["format"]) == ("masterKey0", "base64")
     assert len(base64.b64decode(props["iv"])) == 16
     assert _decrypt(props, key) == plaintext
-    assert base64.b64encode(plaintext).decode() not in props["data"]
+    if len(plaintext) >= 8:  # a shorter one's base64 ("eA==") can occur in random ciphertext by chance
+        assert base64.b64encode(plaintext).decode() not in props["data"]
     assert seal(plaintext, key, "k")["iv"] != props["iv"]  # a fresh IV every time
     fixed_iv = bytes(16)
     assert seal(plaintext, key, "k", fixed_iv) == seal(plaintext, key, "k", fixed_iv)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.guest.agent import GuestAgent, SyncGuestAgent
-from hotluks.guest.errors import GuestAgentError
+from hotluks.demo.guest.agent import GuestAgent, SyncGuestAgent
+from hotluks.demo.guest.errors import GuestAgentError
 
 Handler = Callable[[str, str, list[str], asyncio.StreamWriter], Awaitable[None]]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.guest.build import (
+from hotluks.demo.guest.build import (
     build_guest,
     cache_root,
     decompressed_module,
@@ -15,8 +15,8 @@ from hotluks.guest.build import (
     initramfs_entries,
     versioned_kernel_package,
 )
-from hotluks.guest.cpio import Entry
-from hotluks.guest.errors import GuestUnavailableError
+from hotluks.demo.guest.cpio import Entry
+from hotluks.demo.guest.errors import GuestUnavailableError
 
 APT_DEPENDS = """linux-image-amd64
   Depends: linux-image-6.1.0-56-amd64

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.guest.cpio import Entry, newc_archive
+from hotluks.demo.guest.cpio import Entry, newc_archive
 
 ENTRIES = [
     Entry.directory("bin"),

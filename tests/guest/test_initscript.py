@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.guest.initscript import GUEST_MODULE_DIR, init_script
-from hotluks.guest.protocol import COMMANDS
+from hotluks.demo.guest.initscript import GUEST_MODULE_DIR, init_script
+from hotluks.demo.guest.protocol import COMMANDS
 
 
 def test_modules_are_loaded_in_the_given_order() -> None:

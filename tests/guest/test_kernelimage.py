@@ -6,7 +6,7 @@ import gzip
 import lzma
 import struct
 
-from hotluks.guest.kernelimage import XEN_ELFNOTE_PHYS32_ENTRY, extract_vmlinux, has_pvh_note
+from hotluks.demo.guest.kernelimage import XEN_ELFNOTE_PHYS32_ENTRY, extract_vmlinux, has_pvh_note
 
 
 def elf_with_note(name: bytes, note_type: int) -> bytes:

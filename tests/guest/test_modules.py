@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hotluks.guest.errors import GuestUnavailableError
-from hotluks.guest.modules import load_order, module_name, parse_builtin, parse_modules_dep
+from hotluks.demo.guest.errors import GuestUnavailableError
+from hotluks.demo.guest.modules import load_order, module_name, parse_builtin, parse_modules_dep
 
 DEP = """\
 kernel/drivers/virtio/virtio.ko.xz: kernel/drivers/virtio/virtio_ring.ko.xz

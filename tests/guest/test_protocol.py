@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hotluks.guest.protocol import (
+from hotluks.demo.guest.protocol import (
     BlockDevice,
     Reply,
     ReplyParser,

@@ -15,7 +15,7 @@ from hotluks.luks import create, luks1, luks2
 from hotluks.luks.kdf import KdfParams
 from hotluks.luks.keyslots import unlock_header
 from hotluks.luks.volume import open_header
-from hotluks.testing.luks_mutations import set_at
+from testsupport.luks_mutations import set_at
 
 HDR = 0x4000
 
@@ -144,7 +144,22 @@ REJECTED = {
     "token-bad-keyslot": _set("tokens/0", {"type": "x", "keyslots": ["3"]}),
     "flags-not-strings": _set("config/flags", [1]),
     "requirements-not-object": _set("config/requirements", []),
-    "priority-out-of-range": _set("keyslots/0/priority", 3),
+    "empty-segment-encryption": _set("segments/0/encryption", ""),
+    "keyslot-without-digest": _set("digests/0/keyslots", []),
+    "keyslot-in-two-digests": _set("digests/1", {"type": "pbkdf2", "keyslots": ["0"], "segments": [],
+                                                 "hash": "sha256", "iterations": 1000, "salt": "AAAA",
+                                                 "digest": "AAAA"}),
+    "segment-key-gap": lambda doc: doc["segments"].update({"1": doc["segments"].pop("0")}),
+    "dynamic-segment-not-last": _set("segments/1", {"type": "linear", "offset": "999997440", "size": "512"}),
+    "backup-segment-first": _set("segments/0/flags", ["backup-final"]),
+    "two-reencrypt-flags": _set("config/requirements", {"mandatory": ["online-reencrypt-v2",
+                                                                      "online-reencrypt-v3"]}),
+    "reencrypt-keyslot-without-flag": _set("keyslots/1", {"type": "reencrypt", "key_size": 1,
+                                                          "area": {"type": "none", "offset": "24576000",
+                                                                   "size": "4096"}}),
+    "pbkdf2-missing-iterations": _set("keyslots/0/kdf/iterations", KeyError),
+    "argon2-fields-missing": _set("keyslots/0/kdf", {"type": "argon2id", "time": 4, "salt": "AAAA"}),
+    "area-missing-key-size": _set("keyslots/0/area/key_size", KeyError),
 }
 
 
@@ -165,6 +180,8 @@ ACCEPTED = {
     "token": _set("tokens/0", {"type": "systemd-tpm2", "keyslots": ["0"], "extra": 1}),
     "flags": _set("config/flags", ["allow-discards", "no-journal"]),
     "pbkdf2-extra-field": _set("keyslots/0/kdf/time", 4),
+    "priority-out-of-range": _set("keyslots/0/priority", 3),  # cryptsetup never tries it, does not refuse it
+    "priority-not-int": _set("keyslots/0/priority", "x"),
 }
 
 
@@ -227,7 +244,7 @@ def test_read_only_header_file_refuses_changes_and_activation(luks2_blob: bytes,
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("cipher", ["capi:xts(ecb(aes-generic))-plain64", "serpent-xts-plain64", "aes-xts-benbi"])
+@pytest.mark.parametrize("cipher", ["capi:xts(ecb(aes-generic))-plain64", "camellia-xts-plain64", "aes-xts-benbi"])
 def test_unsupported_segment_cipher_fails_payload_crypto_cleanly(luks2_blob: bytes, passphrase: bytes,
                                                                  tmp_path: Any, cipher: str) -> None:
     import io
@@ -263,3 +280,36 @@ def test_integrity_segments_are_refused_for_payload_crypto(luks2_blob: bytes, pa
     vk = unlock(hdr, passphrase)
     with pytest.raises(LuksUnsupportedError, match="integrity"):
         decrypt_payload(path, io.BytesIO(), vk)
+
+
+def test_keyslot_not_bound_to_the_segment_never_unlocks(luks2_blob: bytes, passphrase: bytes) -> None:
+    """A keyslot whose digest does not cover the data segment opens nothing (cryptsetup: no key available)."""
+    doc = _doc(luks2_blob)
+    dig = doc["digests"]["0"]
+    doc["digests"]["1"] = {**copy.deepcopy(dig), "segments": []}
+    dig["keyslots"] = []
+    hdr = open_header(_repack(luks2_blob, doc))
+    with pytest.raises(WrongPassphraseError):
+        unlock_header(hdr, passphrase)
+    with pytest.raises(WrongPassphraseError, match="not assigned to the data segment"):
+        unlock_header(hdr, passphrase, keyslot=0)
+
+
+@pytest.mark.parametrize("area", [b"x{}" , b"{}", b"{}\0junk"], ids=["no-brace", "no-nul", "bytes-after-nul"])
+def test_luks2_json_area_framing(area: bytes) -> None:
+    from hotluks.luks.luks2_json import Invalid, validate_area
+
+    with pytest.raises(Invalid):
+        validate_area(area + (b"" if area == b"{}" else bytes(16)))
+
+
+def test_keyslot_writes_are_ordered_for_crash_safety(luks2_blob: bytes, passphrase: bytes) -> None:
+    """Add: material first (unreferenced area), then primary, then secondary. Remove: both copies, then the wipe."""
+    hdr = open_header(luks2_blob)
+    vk = unlock_header(hdr, passphrase)
+    kdf = KdfParams("pbkdf2", b"s" * 32, hash="sha256", iterations=1000)
+    index, writes = create.add_keyslot(hdr, vk.key, b"new", kdf, lambda n: bytes(n))
+    assert [w.offset for w in writes] == [writes[0].offset, 0, hdr.hdr_size] and writes[0].offset >= 2 * hdr.hdr_size
+    assert writes[1].data[:6] == luks2.MAGIC1 and writes[2].data[:6] == luks2.MAGIC2
+    removal = create.remove_keyslot(hdr, 0, lambda n: bytes(n))
+    assert [w.offset for w in removal[:2]] == [0, hdr.hdr_size] and removal[2].offset == hdr.keyslots[0].area_offset

@@ -57,3 +57,22 @@ def test_hostile_kdf_parameters_are_typed_errors_not_crashes(params: KdfParams) 
     """A hostile header's KDF numbers must not reach cryptography's Rust core (which aborts on overflow)."""
     with pytest.raises(LuksUnsupportedError):
         params.derive(b"pass", 32)
+
+
+def test_botan_hashes_match_their_published_test_vectors() -> None:
+    import hashlib
+
+    import pytest as _pytest
+
+    from hotluks.luks import botanhash
+    from hotluks.luks.kdf import digest, pbkdf2
+
+    if not botanhash.available("whirlpool"):
+        _pytest.skip("Botan (python3-botan) is not installed")
+    assert digest("whirlpool", b"").hex().startswith("19fa61d75522a4669b44e39c1d2e1726c530232130d407f89afee0964997f7a7")
+    assert digest("ripemd160", b"").hex() == "9c1185a5c5e9fc54612808977ee8f548b2258d31"
+    # a key longer than the HMAC block is hashed first, exactly as HMAC does (checked on sha256 with hashlib)
+    long_key = bytes(range(256)) * 40
+    assert hashlib.pbkdf2_hmac("sha256", long_key, b"s", 10, 32) == \
+        hashlib.pbkdf2_hmac("sha256", hashlib.sha256(long_key).digest(), b"s", 10, 32)
+    assert pbkdf2("whirlpool", long_key, b"s", 10, 32) == pbkdf2("whirlpool", digest("whirlpool", long_key), b"s", 10, 32)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from hotluks.backends.base import QMPCommandError
-from hotluks.testing.fakeqemu import FakeQemu
+from testsupport.fakeqemu import FakeQemu
 
 
 def test_strict_like_qemu() -> None:

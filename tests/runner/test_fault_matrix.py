@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.testing.fakeqemu import FakeQemu
-from hotluks.testing.faultmatrix import Case, cases, first_mutation, run_case, run_detach_case
+from testsupport.fakeqemu import FakeQemu
+from testsupport.faultmatrix import Case, cases, first_mutation, run_case, run_detach_case
 
 from .fakedisks import SECRETS, SHAPES, make
 

@@ -13,7 +13,7 @@ from hotluks.runner.journal import validate
 from hotluks.runner.native_path import native_disk, native_record, why_not_native
 from hotluks.runner.vmstate import VMSnapshot
 from hotluks.secrets import SecretValue
-from hotluks.testing.fakeqemu import FakeQemu
+from testsupport.fakeqemu import FakeQemu
 
 ATTACHED = """<disk type='file' device='disk'><driver name='qemu' type='raw'/>
 <source file='/var/tmp/x.img'><encryption format='luks'><secret type='passphrase' uuid='{u}'/></encryption></source>

@@ -20,8 +20,8 @@ from hotluks.runner.lock import vm_lock
 from hotluks.runner.operator import Operator
 from hotluks.runner.statedir import UntrustedStateDirError
 from hotluks.runner.transaction import UnplugPendingError
-from hotluks.testing.fakeqemu import FakeQemu
-from hotluks.testing.faultmatrix import Case, FaultInjector, journal_failing_at
+from testsupport.fakeqemu import FakeQemu
+from testsupport.faultmatrix import Case, FaultInjector, journal_failing_at
 
 from .fakedisks import SECRETS, SHAPES, make
 
@@ -273,7 +273,7 @@ def test_status_takes_no_lock_and_preflight_runs_before_the_lock(tmp_path: Path,
     disk = make(tmp_path, "attached-luks")
     free: list[bool] = []
 
-    async def preflight(*args: Any) -> str:
+    async def preflight(*args: Any, **kwargs: Any) -> str:
         async with vm_lock(Journal(tmp_path / "s", fake.vm_key).dir, 0.2):
             free.append(True)  # nobody holds the VM lock while the header is checked
         return "checked (fake)"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.testing.qmpproxy import QMPProxy, is_mutating, split_messages
+from testsupport.qmpproxy import QMPProxy, is_mutating, split_messages
 
 
 def test_split_messages_keeps_incomplete_tail() -> None:

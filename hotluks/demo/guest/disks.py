@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from hotluks.guest.vm import VMLayout
+from hotluks.demo.guest.vm import VMLayout
 
 Bus = Literal["virtio", "scsi"]
 

@@ -30,11 +30,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hotluks.guest.cpio import Entry, newc_archive
-from hotluks.guest.errors import GuestUnavailableError
-from hotluks.guest.initscript import GUEST_MODULE_DIR, init_script
-from hotluks.guest.kernelimage import extract_vmlinux
-from hotluks.guest.modules import load_order, parse_builtin, parse_modules_dep
+from hotluks.demo.guest.cpio import Entry, newc_archive
+from hotluks.demo.guest.errors import GuestUnavailableError
+from hotluks.demo.guest.initscript import GUEST_MODULE_DIR, init_script
+from hotluks.demo.guest.kernelimage import extract_vmlinux
+from hotluks.demo.guest.modules import load_order, parse_builtin, parse_modules_dep
 
 KERNEL_METAPACKAGE = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hotluks.demo.qemu.qemuio import parse_hexdump
 from hotluks.errors import HotluksError
-from hotluks.qemu.qemuio import parse_hexdump
 
 PAYLOAD_BYTES = 16 * 1024 * 1024
 BANNER = b"hotluks demo: this sentence was encrypted on the host and read back by the guest.\n"
@@ -134,8 +134,8 @@ class _Demo:
         master_arg = ["-object", f"secret,id=masterKey0,format=raw,file={key_file}"]
         t = time.monotonic()
         if self.use_guest:
-            from hotluks.guest.build import build_guest
-            from hotluks.guest.errors import GuestUnavailableError
+            from hotluks.demo.guest.build import build_guest
+            from hotluks.demo.guest.errors import GuestUnavailableError
 
             try:
                 artifacts = build_guest()
@@ -147,14 +147,14 @@ class _Demo:
             else:
                 self.step("tiny Linux guest ready (Debian kernel + busybox initramfs)", t,
                           detail=f"kernel {artifacts.kernel.parent.name}")
-                from hotluks.guest.vm import boot_guest
+                from hotluks.demo.guest.vm import boot_guest
 
                 t = time.monotonic()
                 guest = boot_guest(artifacts, extra_args=master_arg)
                 self.cleanups.append(guest.stop)
                 self.step("boot guest under TCG until its agent answers", t, detail=f"pid {guest.qemu.pid}")
                 return guest
-        from hotluks.qemu.launcher import start_qemu
+        from hotluks.demo.qemu.launcher import start_qemu
 
         vm = start_qemu([*master_arg, "-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
                          "-device", "pcie-root-port,id=rp1,chassis=1,bus=pcie.0,addr=0x3"])

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from hotluks.backends.base import MonitorBackend, QMPArgs, QMPCommandError, VMIdentity
-from hotluks.qemu.launcher import QemuProcess, start_qemu
-from hotluks.testing.qmpproxy import MUTATING
+from hotluks.demo.qemu.launcher import QemuProcess, start_qemu
+from testsupport.qmpproxy import MUTATING
 
 PASSPHRASE = b"hl-Runner-pass-7c1e"
 PATTERN = 0xAB

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hotluks.testing.nbd import free_port
+from testsupport.nbd import free_port
 
 
 @dataclass

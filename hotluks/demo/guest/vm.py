@@ -22,10 +22,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hotluks.guest.agent import GuestAgent, SyncGuestAgent
-from hotluks.guest.build import GuestArtifacts, build_guest
-from hotluks.guest.errors import GuestAgentError, GuestBootError
-from hotluks.qemu.launcher import QemuProcess, start_qemu
+from hotluks.demo.guest.agent import GuestAgent, SyncGuestAgent
+from hotluks.demo.guest.build import GuestArtifacts, build_guest
+from hotluks.demo.guest.errors import GuestAgentError, GuestBootError
+from hotluks.demo.qemu.launcher import QemuProcess, start_qemu
 
 CONSOLE_PORT = "ttyS0"
 AGENT_PORT = "ttyS1"
@@ -230,7 +230,7 @@ def libvirt_boot_options(artifacts: GuestArtifacts, serial_socket: Path, *,
                          layout: VMLayout = DEFAULT_LAYOUT) -> dict[str, object]:
     """How a libvirt domain boots this guest, as ``<os>``/``<serial>`` data.
 
-    The keys match ``hotluks.testing.libvirtd.domain_xml``/``start_domain``: ``kernel``,
+    The keys match ``testsupport.libvirtd.domain_xml``/``start_domain``: ``kernel``,
     ``initrd``, ``cmdline`` (``<os>``), ``serial_socket`` (one ``<serial type='unix'>``
     bound on port 0) and ``machine``. With a single serial port the agent shares
     ttyS0 with the (quiet) kernel console; the reply framing tolerates that.

@@ -471,7 +471,7 @@ def start_domain(
 ) -> TransientDomain:
     """Create a transient domain (paused by default); ``kvm`` when usable for guest-less VMs.
 
-    A real guest (``kernel=...``) defaults to TCG, like :func:`hotluks.qemu.launcher.choose_accel`.
+    A real guest (``kernel=...``) defaults to TCG, like :func:`hotluks.demo.qemu.launcher.choose_accel`.
     """
     import libvirt
 

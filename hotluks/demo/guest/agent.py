@@ -18,8 +18,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hotluks.guest.errors import GuestAgentError
-from hotluks.guest.protocol import (
+from hotluks.demo.guest.errors import GuestAgentError
+from hotluks.demo.guest.protocol import (
     BlockDevice,
     Reply,
     ReplyParser,

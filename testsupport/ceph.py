@@ -456,8 +456,8 @@ class CephCluster:
 
 
 def parse_hexdump(dump: str, offset: int, length: int) -> bytes:
-    """:func:`hotluks.qemu.qemuio.parse_hexdump`, failing with :class:`CephClusterError`."""
-    from hotluks.qemu.qemuio import parse_hexdump as parse
+    """:func:`hotluks.demo.qemu.qemuio.parse_hexdump`, failing with :class:`CephClusterError`."""
+    from hotluks.demo.qemu.qemuio import parse_hexdump as parse
 
     try:
         return parse(dump, offset, length)
@@ -475,10 +475,10 @@ def cluster_env(cluster: CephCluster) -> Mapping[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m hotluks.testing.ceph start [--cephx] | stop DIR | env DIR`` (for humans)."""
+    """``python -m testsupport.ceph start [--cephx] | stop DIR | env DIR`` (for humans)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m hotluks.testing.ceph")
+    parser = argparse.ArgumentParser(prog="python -m testsupport.ceph")
     sub = parser.add_subparsers(dest="cmd", required=True)
     start = sub.add_parser("start", help="start a cluster in the background and print its environment")
     start.add_argument("--cephx", action="store_true")

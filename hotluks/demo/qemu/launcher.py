@@ -118,7 +118,7 @@ def start_qemu(
     workdir: Path | None = None,
     timeout: float = 15.0,
 ) -> QemuProcess:
-    """Start QEMU in the background and return once its QMP socket accepts connections.
+    """Start QEMU in the background and return once each of its QMP sockets accepts connections.
 
     ``guest=False`` starts a paused (``-S``) guest-less VM. Each of ``qmp_sockets``
     QMP servers gets its own socket (``qmp.sock``, ``qmp1.sock``, ...). No QMP client
@@ -142,7 +142,9 @@ def start_qemu(
     proc = QemuProcess(args=args, workdir=workdir, qmp_path=sockets[0], popen=popen, stdout_path=stdout_path,
                        extra_sockets=sockets[1:])
     try:
-        _wait_for_socket(sockets[0], popen, timeout)
+        deadline = time.monotonic() + timeout
+        for path in sockets:  # QEMU creates them one after another: a test may use any of them at once
+            _wait_for_socket(path, popen, max(deadline - time.monotonic(), 0.1))
     except BaseException:
         detail = proc.output().strip()
         proc.stop()

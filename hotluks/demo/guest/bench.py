@@ -1,6 +1,6 @@
 """Measure the tiny guest: build (cold/cached), boot to agent-ready, hot-plug and unplug.
 
-``python -m hotluks.guest.bench [--cold] [--layout pc|q35]`` prints one JSON object
+``python -m hotluks.demo.guest.bench [--cold] [--layout pc|q35]`` prints one JSON object
 of seconds. ``--cold`` builds into a fresh temporary cache first (downloads the kernel).
 """
 
@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hotluks.guest.disks import Bus, disk_device, raw_file_node
-from hotluks.guest.vm import PC_LAYOUT, Q35_LAYOUT, BootedGuest
+from hotluks.demo.guest.disks import Bus, disk_device, raw_file_node
+from hotluks.demo.guest.vm import PC_LAYOUT, Q35_LAYOUT, BootedGuest
 
 
 async def _plug_cycle(guest: BootedGuest, image: Path, bus: Bus) -> dict[str, float]:
@@ -50,10 +50,10 @@ async def _plug_cycle(guest: BootedGuest, image: Path, bus: Bus) -> dict[str, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hotluks.guest.build import build_guest
-    from hotluks.guest.vm import boot_guest
+    from hotluks.demo.guest.build import build_guest
+    from hotluks.demo.guest.vm import boot_guest
 
-    parser = argparse.ArgumentParser(prog="python -m hotluks.guest.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hotluks.demo.guest.bench", description=__doc__)
     parser.add_argument("--cold", action="store_true", help="also time a build into an empty cache")
     parser.add_argument("--layout", choices=("pc", "q35"), default="pc")
     args = parser.parse_args(argv)

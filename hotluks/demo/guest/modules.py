@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from hotluks.guest.errors import GuestUnavailableError
+from hotluks.demo.guest.errors import GuestUnavailableError
 
 MODULE_SUFFIXES = (".ko.xz", ".ko.gz", ".ko.zst", ".ko")
 

@@ -1,1 +1,0 @@
-"""Test-support code (fixtures for QEMU, libvirtd, Ceph) shared by tests and the demo."""
