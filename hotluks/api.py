@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.errors import InputError, InvalidDisk, SecretError
-from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_after_attach, remove_guard
+from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, remove_unrecorded_guard
 from hotluks.model import Disk
+from hotluks.runner.native_path import PathChoice
 from hotluks.runner.operator import AttachResult, DetachResult, Operator, RepairAction, StatusEntry
 from hotluks.secrets import SecretValue
 
@@ -144,25 +145,20 @@ class AsyncSession:
 
     async def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
                      dry_run: bool = False, timeout: float = 30.0, pin: bool = False,
-                     allow_weak_header: bool = False) -> AttachResult:
-        disk = _disk(disk)
-        result = await self.operator.attach(disk, _secret_values(secrets), preflight=bool(preflight),
-                                            dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin),
-                                            allow_weak_header=bool(allow_weak_header))
-        if not result.dry_run:
-            await guard_after_attach(self.backend, disk.target_dev)
-        return result
+                     allow_weak_header: bool = False, path: PathChoice = "qmp",
+                     persistent: bool = False) -> AttachResult:
+        """``path``: ``qmp`` (hotluks' steps), ``libvirt-native`` (libvirt's device API) or ``auto``."""
+        return await self.operator.attach(_disk(disk), _secret_values(secrets), preflight=bool(preflight),
+                                          dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin),
+                                          allow_weak_header=bool(allow_weak_header), path=path,
+                                          persistent=bool(persistent))
 
     async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         what = _target(disk_or_target)
-        target = what.target_dev if isinstance(what, Disk) else what
-        guarded = self.backend.name in LIBVIRT_BACKENDS and await remove_guard(self.backend, target)
-        try:
-            return await self.operator.detach(what, timeout=_seconds(timeout))
-        except BaseException:
-            if guarded:  # the disk may still be plugged: keep libvirt's lifecycle operations refused
-                await asyncio.shield(guard_after_attach(self.backend, target))
-            raise
+        result = await self.operator.detach(what, timeout=_seconds(timeout))
+        if self.backend.name in LIBVIRT_BACKENDS:  # a guard added outside the plan by an older hotluks
+            await remove_unrecorded_guard(self.backend, result.target)
+        return result
 
     async def status(self) -> list[StatusEntry]:
         return await self.operator.status()
@@ -301,9 +297,10 @@ class Session:
 
     def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
                dry_run: bool = False, timeout: float = 30.0, pin: bool = False,
-               allow_weak_header: bool = False) -> AttachResult:
+               allow_weak_header: bool = False, path: PathChoice = "qmp",
+               persistent: bool = False) -> AttachResult:
         return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin,
-                                                     allow_weak_header))
+                                                     allow_weak_header, path, persistent))
 
     def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         return self._runner.run(self._session.detach(disk_or_target, timeout))

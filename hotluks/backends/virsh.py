@@ -194,6 +194,10 @@ class VirshBackend(MonitorBackend):
             raise BackendError(f"virsh did not finish within {self.timeout:.0f}s") from None
         return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
+    async def run_command(self, line: str) -> tuple[int, str, str]:
+        """One virsh shell command line (quote arguments with ``shell_quote``): (status, stdout, stderr)."""
+        return await self._run(line + "\n")
+
     async def connect(self) -> VirshBackend:
         """Check the domain exists and runs; probe libvirt's masterKey0."""
         _, out, err = await self._run(f"dominfo --domain {shell_quote(self.vm)}\n")

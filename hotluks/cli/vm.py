@@ -30,8 +30,11 @@ class Interrupted(HotluksError):
     """SIGINT/SIGTERM (or cancellation) arrived before anything was sent to the VM."""
 
 
-def _common(p: argparse.ArgumentParser, *, json_help: str = "machine-readable output") -> None:
-    p.add_argument("vm", metavar="VM", help=VM_HELP)
+def _common(p: argparse.ArgumentParser, *, json_help: str = "machine-readable output", vm_optional: bool = False) -> None:
+    if vm_optional:
+        p.add_argument("vm", metavar="VM", nargs="?", default=None, help=VM_HELP + " (none: as --all)")
+    else:
+        p.add_argument("vm", metavar="VM", help=VM_HELP)
     p.add_argument("--connect", "-c", dest="uri", metavar="URI", default=None,
                    help="libvirt URI (default qemu:///system)")
     p.add_argument("--backend", choices=("qmp", "libvirt", "virsh"), default=None,
@@ -65,6 +68,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "first use (STATE/pins); a replaced header is refused")
     a.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for QEMU (and for unplug during rollback); default 30")
+    a.add_argument("--path", choices=("qmp", "libvirt-native", "auto"), default="qmp",
+                   help="qmp: hotluks' steps through the monitor; libvirt-native: libvirt's device API for disks "
+                        "it expresses (libvirt secrets, libvirt backend); auto: the latter where possible")
+    a.add_argument("--persistent", action="store_true",
+                   help="libvirt-native only: also add the disk to the domain's definition")
     a.set_defaults(func=cmd_attach)
 
     d = sub.add_parser("detach", help="unplug a disk hotluks attached and delete its nodes and secrets",
@@ -78,12 +86,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.set_defaults(func=cmd_detach)
 
     s = sub.add_parser("status", help="list hotluks-managed disks of a VM and their live nodes",
-                       epilog="read-only (takes no lock); exit 3 when a disk needs `hotluks repair` or attention")
-    _common(s)
+                       epilog="read-only (takes no lock); exit 3 when a disk needs `hotluks repair` or attention "
+                              "(also a `lost` disk: its QEMU is gone; `attach` plugs it again, `detach` forgets it)")
+    _common(s, vm_optional=True)
+    s.add_argument("--all", action="store_true",
+                   help="every hotluks disk on this host: the VMs of all records in the state directory")
     s.set_defaults(func=cmd_status, timeout=10.0)  # read-only: takes no lock
 
     r = sub.add_parser("repair", help="finish or undo operations interrupted by a crash", epilog=EXIT_CODES)
-    _common(r)
+    _common(r, vm_optional=True)
+    r.add_argument("--all", action="store_true",
+                   help="instead: forget the records of VMs that can never run again (a QEMU without a UUID "
+                        "whose process is gone)")
     r.add_argument("--timeout", type=float, default=30.0, metavar="S", help="unplug wait (default 30)")
     r.set_defaults(func=cmd_repair)
 
@@ -167,7 +181,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     secrets = read_secrets(args.secret)
     result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run,
                                            timeout=args.timeout, pin=args.pin,
-                                           allow_weak_header=args.allow_weak_header))
+                                           allow_weak_header=args.allow_weak_header, path=args.path,
+                                           persistent=args.persistent))
     if args.json:
         emit("attach", result.to_json())
     elif result.already_attached:
@@ -181,7 +196,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     else:
         total = sum(s.seconds for s in result.steps)
         print(f"attached {result.target} to {result.vm} as device {result.device} "
-              f"({len(result.steps)} steps, {total * 1000:.1f} ms); preflight: {result.preflight}")
+              f"({len(result.steps)} steps, {total * 1000:.1f} ms, {result.path}); preflight: {result.preflight}")
     return 0
 
 
@@ -199,8 +214,12 @@ def cmd_detach(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.all or args.vm is None:
+        from hotluks.cli.status_all import cmd_status_all
+
+        return cmd_status_all(args)
     disks = _run(args, lambda s: s.status())
-    attention = 3 if any(d.needs_repair for d in disks) else 0
+    attention = 3 if any(d.needs_repair or d.status == "lost" for d in disks) else 0
     if args.json:
         emit("status", {"vm": args.vm, "disks": [d.to_json() for d in disks]})
         return attention
@@ -215,12 +234,23 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"       header pinned: sha256:{d.header_fingerprint}")
         if d.error:
             print(f"       last error: {d.error}")
-    if attention:
+    if any(d.status == "lost" for d in disks):
+        print(f"hotluks: lost disks: the QEMU they were attached to is gone; `hotluks attach {args.vm} DISK.xml` "
+              "plugs one again, `hotluks detach` forgets it", file=sys.stderr)
+    if any(d.needs_repair for d in disks):
         print(f"hotluks: some disks need attention: run `hotluks repair {args.vm}`", file=sys.stderr)
     return attention
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
+    if args.all or args.vm is None:
+        from hotluks.cli.status_all import cmd_repair_all
+
+        if not args.all:
+            from hotluks.errors import InputError
+
+            raise InputError("repair needs a VM (or --all)")
+        return cmd_repair_all(args)
     actions = _run(args, lambda s: s.repair(timeout=args.timeout))
     if args.json:
         emit("repair", {"vm": args.vm, "actions": [a.to_json() for a in actions]})

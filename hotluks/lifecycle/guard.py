@@ -10,11 +10,15 @@ refuse them while the VM still runs.
 QEMU refuses to migrate (and so to save or take an internal snapshot of) a VM
 that has a migration blocker. Some block drivers register one when a node is
 opened; ``vdi`` does, for any image. The guard is a read-only ``vdi`` node
-(``hlg-<target>``) over a 1 KiB empty image, handed to QEMU as an open
-descriptor (``add-fd``; the file is unlinked at once), used by no device and
-invisible to the guest. Removing the node (``blockdev-del`` + ``remove-fd``)
-lifts the block. ``query-migrate`` lists the reason as "The vdi format used by
-node 'hlg-vdb' does not support live migration".
+(``hlg-<target>``) over a 1 MiB empty image (:func:`guard_image`), handed to QEMU
+as a read-only descriptor (``add-fd``), used by no device and invisible to the
+guest. Removing the node (``blockdev-del`` + ``remove-fd``) lifts the block.
+``query-migrate`` lists the reason as "The vdi format used by node 'hlg-vdb' does
+not support live migration".
+
+The guard's two steps are part of the attach plan (:mod:`hotluks.runner.guardplan`),
+so they are journaled and undone like every other step. This module creates the
+image, and removes a guard an older hotluks added outside the plan.
 """
 
 from __future__ import annotations
@@ -24,21 +28,17 @@ import logging
 import os
 import subprocess
 import tempfile
+from pathlib import Path
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
-from hotluks.errors import BackendError
+from hotluks.errors import BackendError, RefusedError
+from hotluks.plan.names import GUARD_PREFIX, guard_node
 
 log = logging.getLogger(__name__)
 
-GUARD_PREFIX = "hlg-"
 FDSET_TAG = "hotluks-guard:"
 #: backends whose VM has libvirt lifecycle operations (save, managedsave, snapshots, migration)
 LIBVIRT_BACKENDS = ("libvirt", "virsh")
-
-
-def guard_node(target: str) -> str:
-    """The guard's node name for ``target`` (never one of hotluks' ``hl-``/libvirt's ``libvirt-`` names)."""
-    return f"{GUARD_PREFIX}{target}"[:31]
 
 
 def guarded_targets(node_names: list[str]) -> set[str]:
@@ -46,18 +46,30 @@ def guarded_targets(node_names: list[str]) -> set[str]:
     return {n[len(GUARD_PREFIX):] for n in node_names if n.startswith(GUARD_PREFIX)}
 
 
-def _guard_image_fd() -> int:
-    """A read-only descriptor of a fresh 1 KiB VDI image whose file is already unlinked."""
-    with tempfile.TemporaryDirectory(prefix="hotluks-guard-") as where:
-        path = os.path.join(where, "guard.vdi")
+def guard_image(state_dir: Path) -> Path:
+    """The guard's 1 MiB empty VDI image in the (trusted) state directory, created once, read-only.
+
+    Created in a private temporary next to it and renamed into place, so concurrent
+    attaches never see half an image. It is only ever opened by hotluks and handed to
+    QEMU as a read-only descriptor.
+    """
+    path = state_dir / "guard.vdi"
+    if path.is_file() and not path.is_symlink():
+        return path
+    with tempfile.TemporaryDirectory(prefix=".guard-", dir=state_dir) as where:
+        made = os.path.join(where, "guard.vdi")
         try:
-            proc = subprocess.run(["qemu-img", "create", "-q", "-f", "vdi", path, "1M"],
+            proc = subprocess.run(["qemu-img", "create", "-q", "-f", "vdi", made, "1M"],
                                   capture_output=True, text=True, timeout=30)
         except OSError as exc:
-            raise BackendError(f"cannot run qemu-img for the migration guard: {exc.strerror}") from None
+            raise RefusedError(f"cannot run qemu-img for the migration guard: {exc.strerror}; "
+                               "nothing was sent to the VM") from None
         if proc.returncode != 0:
-            raise BackendError(f"qemu-img could not create the migration guard image: {proc.stderr.strip()}")
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            raise RefusedError(f"qemu-img could not create the migration guard image: {proc.stderr.strip()}; "
+                               "nothing was sent to the VM")
+        os.chmod(made, 0o444)
+        os.replace(made, path)
+    return path
 
 
 async def _node_names(backend: MonitorBackend) -> list[str]:
@@ -70,58 +82,19 @@ async def _fdsets(backend: MonitorBackend, target: str) -> list[int]:
                   if any(f.get("opaque") == wanted for f in s.get("fds", [])))
 
 
-async def add_guard(backend: MonitorBackend, target: str) -> bool:
-    """Block migration while ``target`` is plugged; False when the guard was already there.
-
-    All or nothing: a failed ``blockdev-add`` removes the descriptor it passed.
-    """
-    node = guard_node(target)
-    if node in await _node_names(backend):
-        return False
-    fd = _guard_image_fd()
-    try:
-        reply = await backend.execute_with_fds("add-fd", {"opaque": f"{FDSET_TAG}{target}"}, [fd])
-    finally:
-        os.close(fd)
-    fdset = int(reply["fdset-id"])
-    try:
-        await backend.execute("blockdev-add", {
-            "driver": "vdi", "node-name": node, "read-only": True,
-            "file": {"driver": "file", "filename": f"/dev/fdset/{fdset}", "read-only": True, "locking": "off"}})
-    except BaseException:
-        with contextlib.suppress(BackendError):
-            await backend.execute("remove-fd", {"fdset-id": fdset})
-        raise
-    return True
-
-
-async def remove_guard(backend: MonitorBackend, target: str) -> bool:
-    """Lift the guard of ``target``; False when there was none."""
+async def remove_unrecorded_guard(backend: MonitorBackend, target: str) -> bool:
+    """Lift a guard of ``target`` that no record holds (added by an older hotluks after the plan
+    ran, its fdset tagged ``hotluks-guard:``); False when there was none. Never fails a detach."""
     node = guard_node(target)
     removed = False
-    if node in await _node_names(backend):
-        await backend.execute("blockdev-del", {"node-name": node})
-        removed = True
-    if backend.passes_fds:
-        for fdset in await _fdsets(backend, target):
-            with contextlib.suppress(QMPCommandError):  # already released with its last user
-                await backend.execute("remove-fd", {"fdset-id": fdset})
-    return removed
-
-
-async def guard_after_attach(backend: MonitorBackend, target: str) -> bool:
-    """The attach-time hook: guard a libvirt domain's new disk; never fails the attach.
-
-    Returns True when the VM is guarded. A failure is logged: the disk stays
-    attached, and libvirt's save/snapshot/migration are then not refused.
-    """
-    if backend.name not in LIBVIRT_BACKENDS or not backend.passes_fds:
-        return False
     try:
-        await add_guard(backend, target)
+        if node in await _node_names(backend):
+            await backend.execute("blockdev-del", {"node-name": node})
+            removed = True
+        if backend.passes_fds:
+            for fdset in await _fdsets(backend, target):
+                with contextlib.suppress(QMPCommandError):  # already released with its last user
+                    await backend.execute("remove-fd", {"fdset-id": fdset})
     except BackendError as exc:
-        log.warning("%s: could not add the migration guard for %s (%s); libvirt save, managedsave, "
-                    "snapshots and migration of this VM are NOT refused and would lose the disk",
-                    backend.vm, target, exc)
-        return False
-    return True
+        log.warning("%s: could not remove an old migration guard %s: %s", backend.vm, node, exc)
+    return removed

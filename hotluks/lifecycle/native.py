@@ -5,7 +5,8 @@ carried through save/restore, managedsave, snapshots and migration, and (with
 ``persistent``) is in the definition for the next start. The caller plans and
 preflights first (as for a monitor attach); this module only talks to libvirt
 (``virDomainAttachDeviceFlags``/``virDomainDetachDeviceFlags``) and checks the result
-in the live XML. Not yet wired into the operator: see the README's Lifecycle section.
+in the live XML. The operator uses it for ``attach --path libvirt-native`` (see
+:mod:`hotluks.runner.native_path`).
 """
 
 from __future__ import annotations
@@ -66,28 +67,34 @@ def _flags(libvirt: Any, persistent: bool) -> int:
 async def attach_native(disk: Disk, *, domain: str, uri: str, persistent: bool = False,
                         timeout: float = 30.0) -> NativeAttachment:
     """Attach ``disk`` to running ``domain`` through libvirt (and its definition when ``persistent``)."""
-    import libvirt
 
     if not libvirt_expressible(disk):
         raise UnsupportedError(f"target {disk.target_dev}: libvirt cannot express a {disk.shape} disk; "
                                "hotluks attaches it through the monitor")
-    xml = libvirt_disk_xml(disk)
+    return await attach_native_xml(libvirt_disk_xml(disk), disk.target_dev, domain=domain, uri=uri,
+                                   persistent=persistent, timeout=timeout)
+
+
+async def attach_native_xml(xml: str, target: str, *, domain: str, uri: str, persistent: bool = False,
+                            timeout: float = 30.0) -> NativeAttachment:
+    """Attach libvirt's ``<disk>`` ``xml`` (target ``target``) to running ``domain``; checked in the live XML."""
+    import libvirt
 
     def run() -> NativeAttachment:
         conn = libvirt.open(uri)
         try:
             dom = conn.lookupByName(domain)
-            if live_disk(dom.XMLDesc(0), disk.target_dev) is not None:
-                raise InputError(f"domain {domain} already has a disk {disk.target_dev}")
+            if live_disk(dom.XMLDesc(0), target) is not None:
+                raise InputError(f"domain {domain} already has a disk {target}")
             dom.attachDeviceFlags(xml, _flags(libvirt, persistent))
-            el = live_disk(dom.XMLDesc(0), disk.target_dev)
+            el = live_disk(dom.XMLDesc(0), target)
             if el is None:
-                raise BackendError(f"libvirt accepted disk {disk.target_dev} but it is not in {domain}'s live XML")
-            return _attachment(domain, disk.target_dev, el, persistent)
+                raise BackendError(f"libvirt accepted disk {target} but it is not in {domain}'s live XML")
+            return _attachment(domain, target, el, persistent)
         finally:
             conn.close()
 
-    result: NativeAttachment = await _in_thread(run, timeout, f"attach of {disk.target_dev} to {domain}")
+    result: NativeAttachment = await _in_thread(run, timeout, f"attach of {target} to {domain}")
     return result
 
 

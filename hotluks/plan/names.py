@@ -31,6 +31,14 @@ ROLES = {
 }
 
 
+GUARD_PREFIX = "hlg-"
+
+
+def guard_node(target: str) -> str:
+    """The migration guard's node name for ``target`` (never one of hotluks' ``hl-``/libvirt's names)."""
+    return f"{GUARD_PREFIX}{target}"[:MAX_NAME]
+
+
 def valid_name(name: str) -> bool:
     """QEMU's rule for node names and QOM ids, plus the length limit."""
     return len(name) <= MAX_NAME and bool(_VALID.match(name)) and not name.startswith("libvirt-")

@@ -110,6 +110,10 @@ async def undo(backend: MonitorBackend, journal: Journal, record: Record, steps:
             log.debug("undo: %s %s", command, step.name)
             if step.kind == "device":
                 await unplug(backend, step.name, timeout)
+            elif step.kind == "libvirt-disk":
+                from hotluks.runner.native_path import detach_through_libvirt
+
+                await detach_through_libvirt(backend, arguments, timeout)
             else:
                 await backend.execute(command, arguments)
         except tx.UnplugPendingError as exc:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hotluks.errors import HotluksError
-from hotluks.plan.names import valid_name
+from hotluks.plan.names import guard_node, valid_name
 from hotluks.plan.steps import Plan
 from hotluks.runner.statedir import (
     UntrustedStateDirError,
@@ -42,7 +42,9 @@ StepState = Literal["pending", "started", "done", "undone"]
 STATUSES = ("attaching", "attached", "rolling-back", "detaching", "needs-repair")
 STEP_STATES = ("pending", "started", "done", "undone")
 #: the command that creates each kind of step (anything else in a record is corruption)
-CREATES = {"secret": "object-add", "node": "blockdev-add", "device": "device_add", "fd": "add-fd"}
+CREATES = {"secret": "object-add", "node": "blockdev-add", "device": "device_add", "fd": "add-fd",
+           "libvirt-disk": "attach-device"}  # the last: virDomainAttachDeviceFlags (libvirt-native path)
+PATHS = ("qmp", "libvirt-native")
 FD_TAG = "hotluks:"
 RECORD_VERSION = 2
 MAX_RECORD_BYTES = 1 << 20
@@ -93,6 +95,8 @@ class Record:
     fingerprint: str = ""
     #: sha256 of the header identity when attached with ``--pin`` (:mod:`hotluks.luks.fingerprint`)
     header_fingerprint: str = ""
+    #: how the disk was plugged: hotluks' QMP steps, or libvirt's device API (one ``libvirt-disk`` step)
+    path: str = "qmp"
     pid: int = field(default_factory=os.getpid)
     updated: float = field(default_factory=time.time)
     error: str | None = None
@@ -141,7 +145,8 @@ def validate(doc: Any, vm_key: str | None = None) -> Record:
     """Build a :class:`Record` from ``doc`` only if it matches the schema; ``ValueError`` says why.
 
     Every name must be one hotluks gives this target (``hl-TARGET-…``; a device may carry the
-    disk's ``ua-`` alias), every command the one that creates its kind of step.
+    disk's ``ua-`` alias; the migration guard is exactly the node ``hlg-TARGET`` and its fdset is
+    tagged for that node), every command the one that creates its kind of step.
     """
     _check(isinstance(doc, dict), "not a JSON object")
     _check(doc.get("version", 1) in (1, RECORD_VERSION), f"unknown record version {doc.get('version')!r}")
@@ -149,6 +154,7 @@ def validate(doc: Any, vm_key: str | None = None) -> Record:
         _check(isinstance(doc.get(key), str), f"'{key}' is not a string")
     for key in ("vm_key", "instance", "fingerprint", "header_fingerprint"):
         _check(isinstance(doc.get(key, ""), str), f"'{key}' is not a string")
+    _check(doc.get("path", "qmp") in PATHS, f"unknown path {doc.get('path')!r}")
     _check(doc.get("error") is None or isinstance(doc["error"], str), "'error' is not a string")
     target = doc["target"]
     _check(bool(_TARGET.match(target)), f"target {target!r} is not a valid target name")
@@ -159,7 +165,7 @@ def validate(doc: Any, vm_key: str | None = None) -> Record:
     _check(isinstance(raw_steps, list) and 0 < len(raw_steps) <= 64, "'steps' is not a list of 1-64 steps")
     steps = [_validate_step(s, target) for s in raw_steps]
     nodes = {s.name for s in steps if s.kind == "node"}
-    devices = [s.name for s in steps if s.kind == "device"]
+    devices = [s.name for s in steps if s.kind in ("device", "libvirt-disk")]
     _check(devices == [doc["device"]], "the device step does not match 'device'")
     for step in steps:
         if step.kind == "fd":
@@ -173,7 +179,7 @@ def validate(doc: Any, vm_key: str | None = None) -> Record:
     return Record(vm=doc["vm"], target=target, device=doc["device"], shape=doc["shape"], status=doc["status"],
                   steps=steps, vm_key=doc.get("vm_key", ""), instance=doc.get("instance", ""),
                   fingerprint=doc.get("fingerprint", ""), header_fingerprint=doc.get("header_fingerprint", ""),
-                  pid=pid, updated=float(updated), error=doc.get("error"),
+                  path=doc.get("path", "qmp"), pid=pid, updated=float(updated), error=doc.get("error"),
                   version=RECORD_VERSION)
 
 
@@ -185,14 +191,19 @@ def _validate_step(raw: Any, target: str) -> JournalStep:
     _check(execute == CREATES[kind], f"step {name!r}: {execute!r} is not how hotluks creates a {kind}")
     _check(isinstance(args, dict), f"step {name!r}: arguments are not an object")
     _check(raw.get("state", "pending") in STEP_STATES, f"step {name!r}: unknown state")
-    own = f"hl-{target}"
+    own, guard = f"hl-{target}", guard_node(target)
     if kind == "fd":
         number = fdset_id(name)
         _check(number is not None and args.get("fdset-id") == number, f"{name!r} is not an fdset hotluks chose")
-        _check(isinstance(args.get("opaque"), str) and args["opaque"].startswith(FD_TAG + own + "-"),
+        opaque = args.get("opaque")
+        _check(isinstance(opaque, str) and (opaque.startswith(FD_TAG + own + "-") or opaque == FD_TAG + guard),
                f"{name!r} is not tagged for target {target}")
     else:
-        ours = name.startswith(own + "-") or (kind == "device" and (name == own or name.startswith("ua-")))
+        ours = (name.startswith(own + "-") or (kind == "device" and (name == own or name.startswith("ua-")))
+                or (kind == "node" and name == guard) or (kind == "libvirt-disk" and name.startswith("ua-")))
+        if kind == "libvirt-disk":
+            _check(args.get("target") == target and isinstance(args.get("persistent"), bool),
+                   f"step {name!r}: not libvirt's disk {target}")
         _check(ours and valid_name(name), f"{name!r} is not a name hotluks gives target {target}")
         _check(args.get("node-name" if kind == "node" else "id") == name, f"step {name!r}: arguments name another")
     unknown = set(raw) - {f.name for f in fields(JournalStep)} - {"undo"}  # v1 records stored an undo: ignored

@@ -61,7 +61,9 @@ class Maintenance:
         async with await self._lock():
             journal.remove_stale_temporaries()  # a process killed while saving a record
             for target, entry in list(journal.entries()):
-                decision = tx.repair_step(entry, ident.instance)
+                is_carried = (isinstance(entry, Record) and tx.is_lost(entry, ident.instance)
+                              and tx.carried(entry, await snapshot(self.backend)))
+                decision = tx.repair_step(entry, ident.instance, is_carried)
                 if decision == "quarantine":
                     try:
                         aside = journal.quarantine(target)

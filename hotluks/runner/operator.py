@@ -9,6 +9,7 @@ rollback (:class:`RolledBackError`, exit 1) or a recorded repair (exit 3).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -18,20 +19,31 @@ from pathlib import Path
 from typing import Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend, QMPCommandError, VMIdentity
-from hotluks.errors import HotluksError, RefusedError, RolledBackError
+from hotluks.errors import HotluksError, InputError, RefusedError, RolledBackError
 from hotluks.headers.pins import PinStore, check_pin
+from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_image
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
+from hotluks.plan.names import guard_node
 from hotluks.plan.planner import build_plan
 from hotluks.plan.steps import Plan
 from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner import transaction as tx
 from hotluks.runner.access import check_qemu_access
-from hotluks.runner.executor import journal_quietly, send_step, undo_shielded
+from hotluks.runner.executor import journal_quietly, send_step, shielded, undo_shielded
 from hotluks.runner.fdplan import with_fd_passing
+from hotluks.runner.guardplan import GUARD_ROLE, with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
 from hotluks.runner.maintenance import Maintenance
+from hotluks.runner.native_path import (
+    PATH_CHOICES,
+    PathChoice,
+    attach_through_libvirt,
+    native_disk,
+    native_record,
+    why_not_native,
+)
 from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight, verify_pin
 from hotluks.runner.results import AttachResult, DetachResult, RepairAction, StatusEntry, StepReport
 from hotluks.runner.vmstate import VMSnapshot, machine_type, plan_context, probe_capabilities, snapshot
@@ -107,19 +119,39 @@ class Operator(Maintenance):
         plan = build_plan(disk, caps, await plan_context(self.backend, disk, before, machine=await self.machine()))
         if self.backend.passes_fds:
             plan = with_fd_passing(plan, before.fdsets)
+        if self.backend.passes_fds and self.backend.name in LIBVIRT_BACKENDS:  # libvirt's lifecycle: refused
+            node = guard_node(disk.target_dev)
+            if node in before.nodes:
+                raise RefusedError(f"the VM already has a node {node} (a migration guard hotluks did not record); "
+                                   f"remove it with blockdev-del before attaching {disk.target_dev}")
+            plan = with_migration_guard(plan, str(guard_image(self.state_dir)), before.fdsets)
         return plan, before
 
     # -- attach ----------------------------------------------------------------
     async def attach(self, disk: Disk, secrets: Mapping[str, SecretValue] | None = None, *,
                      preflight: bool = True, dry_run: bool = False, timeout: float = 30.0,
-                     pin: bool = False, allow_weak_header: bool = False) -> AttachResult:
+                     pin: bool = False, allow_weak_header: bool = False, path: PathChoice = "qmp",
+                     persistent: bool = False) -> AttachResult:
         """Attach ``disk``: refuse (exit 2), succeed, or roll back completely (exit 1) or record a repair (3).
 
         The LUKS preflight runs before the VM's lock is taken; ``timeout`` also bounds the
         unplug wait of a rollback. With ``pin`` the header's fingerprint is checked against the
         one recorded for its location, or recorded on this first use. ``allow_weak_header`` lets
         a header below the policy (cipher_null, ECB, a KDF under cryptsetup's minimum) through.
+        ``path`` picks hotluks' QMP steps, libvirt's device API (``libvirt-native``,
+        :mod:`hotluks.runner.native_path`; with ``persistent`` also in the domain's definition),
+        or the latter where it can (``auto``).
         """
+        if path not in PATH_CHOICES:
+            raise InputError(f"path must be one of {', '.join(PATH_CHOICES)}, not {path!r}")
+        native_reason = why_not_native(self.backend, disk, secrets or {}) if path != "qmp" else "not asked"
+        if path == "libvirt-native" and native_reason is not None:
+            raise RefusedError(f"target {disk.target_dev} cannot take the libvirt-native path: {native_reason}")
+        if persistent and native_reason is not None:
+            raise RefusedError("--persistent is for the libvirt-native path (libvirt keeps the disk in the "
+                               "definition); for other disks see `hotluks persist`")
+        if path == "auto" and native_reason is not None:
+            log.info("attaching %s through QMP: %s", disk.target_dev, native_reason)
         ident = await self.identity()
         caps = await self.capabilities()
         draft = build_plan(disk, caps)  # no VM facts: which secrets, and the disk's fingerprint
@@ -146,20 +178,28 @@ class Operator(Maintenance):
                 existing: Record | CorruptRecordError | None = journal.load(disk.target_dev)
             except CorruptRecordError as exc:
                 existing = exc
-            start = tx.attach_start(existing, fingerprint, ident.instance, disk.target_dev)
+            live = await snapshot(self.backend) if isinstance(existing, Record) else None
+            is_carried = isinstance(existing, Record) and live is not None and tx.carried(existing, live)
+            start = tx.attach_start(existing, fingerprint, ident.instance, disk.target_dev, is_carried)
             if start == "already-attached":
-                assert isinstance(existing, Record)
-                live = await snapshot(self.backend)
-                missing = [st.name for st in existing.steps if not tx.present(st, live)]
+                assert isinstance(existing, Record) and live is not None
+                missing = tx.missing(existing, live, ident.instance)
                 if missing:
                     raise RefusedError(f"target {disk.target_dev} is recorded as attached but the VM lacks "
                                        f"{', '.join(missing)}; `hotluks detach` it, then attach again")
-                top = next((s.arguments.get("drive") for s in existing.steps if s.kind == "device"), "")
+                top = next((s.arguments.get("drive") for s in existing.steps if s.kind == "device"), "") \
+                    or existing.device
                 return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=existing.device,
                                     top_node=str(top), shape=existing.shape, preflight=note, dry_run=dry_run,
-                                    already_attached=True, header_fingerprint=existing.header_fingerprint or None)
+                                    already_attached=True, header_fingerprint=existing.header_fingerprint or None,
+                                    path=existing.path)
+            if native_reason is None:
+                return await self._attach_native(journal, native_disk(disk), ident, fingerprint, note,
+                                                 header_fp, dry_run=dry_run, timeout=timeout, persistent=persistent)
             plan, before = await self._plan(disk, caps)
-            check_qemu_access([s.fd_source for s in plan.steps if s.fd_source is not None], ident.instance)
+            # (the migration guard's image is hotluks' own empty file, not one the user named)
+            check_qemu_access([s.fd_source for s in plan.steps if s.fd_source is not None and s.role != GUARD_ROLE],
+                              ident.instance)
             commands = [bound_command(step, values, sealing) for step in plan.steps]
             if dry_run:
                 return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,
@@ -181,6 +221,51 @@ class Operator(Maintenance):
             return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,
                                 top_node=plan.top_node, shape=disk.shape, preflight=note, steps=tuple(reports),
                                 header_fingerprint=header_fp)
+
+    async def _attach_native(self, journal: Journal, disk: Disk, ident: VMIdentity, fingerprint: str, note: str,
+                             header_fp: str | None, *, dry_run: bool, timeout: float,
+                             persistent: bool) -> AttachResult:
+        """One journaled ``libvirt-disk`` step through libvirt's device API (held under the VM's lock)."""
+        from hotluks.lifecycle.native_xml import libvirt_disk_xml
+
+        assert disk.alias is not None
+        record = native_record(self.backend.vm, disk, libvirt_disk_xml(disk), persistent=persistent,
+                               vm_key=ident.key, instance=ident.instance, fingerprint=fingerprint,
+                               header_fingerprint=header_fp or "")
+        step = record.steps[0]
+        if dry_run:
+            return AttachResult(self.backend.vm, disk.target_dev, disk.alias, disk.alias, disk.shape, note,
+                                dry_run=True, commands=({"execute": step.execute, "arguments": dict(step.arguments)},),
+                                header_fingerprint=header_fp, path="libvirt-native")
+        before = await snapshot(self.backend)
+        try:
+            journal.save(record)
+        except OSError as exc:
+            raise RefusedError(f"cannot write the journal in {journal.dir}: {exc.strerror or exc}; "
+                               "nothing was sent to the VM") from None
+        log.info("attaching %s to %s through libvirt (%s, persistent: %s); preflight: %s", disk.target_dev,
+                 self.backend.vm, disk.shape, persistent, note)
+        started = time.perf_counter()
+        try:
+            journal.mark(record, 0, "started")
+            task = asyncio.ensure_future(attach_through_libvirt(self.backend, step, timeout))
+            try:
+                attached = await asyncio.shield(task)
+            except asyncio.CancelledError:  # let libvirt's call finish, so the rollback sees what it did
+                await shielded(lambda: asyncio.wait([task]), timeout + 15)
+                raise
+            step.state = "done"
+            journal.set_status(record, "attached")
+        except InputError:  # libvirt refused before changing anything (e.g. the target is taken)
+            journal_quietly(lambda: journal.remove(record.target), [])
+            raise
+        except BaseException as exc:
+            await self._roll_back(journal, record, 0, exc, before, timeout)
+            raise AssertionError("unreachable") from None
+        top = f"libvirt-{attached.source_index}-format" if attached.source_index is not None else disk.alias
+        return AttachResult(self.backend.vm, disk.target_dev, disk.alias, top, disk.shape, note,
+                            steps=(StepReport(step.execute, step.name, time.perf_counter() - started),),
+                            header_fingerprint=header_fp, path="libvirt-native")
 
     async def _run_steps(self, journal: Journal, record: Record, plan: Plan, commands: list[dict[str, Any]],
                          before: VMSnapshot, timeout: float) -> list[StepReport]:
@@ -248,8 +333,9 @@ class Operator(Maintenance):
                 record = journal.load(target_dev)
             except CorruptRecordError as exc:
                 raise RefusedError(f"{exc}; run `hotluks repair` to quarantine it") from None
-            if record is None or tx.is_lost(record, ident.instance):
-                if record is not None:  # its QEMU is gone: nothing of it can be in this one
+            if record is None or (tx.is_lost(record, ident.instance)
+                                  and not tx.carried(record, await snapshot(self.backend))):
+                if record is not None:  # its QEMU is gone: nothing of it is in this one
                     journal.remove(target_dev)
                 return DetachResult(self.backend.vm, target_dev, record.device if record else "", (),
                                     time.perf_counter() - started, already_absent=True)

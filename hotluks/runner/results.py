@@ -2,7 +2,8 @@
 
 Schema (every key snake_case; ``to_json()`` returns exactly this as a plain dict):
 
-- ``AttachResult``: ok, vm, target, device, top_node, shape, preflight, dry_run,
+- ``AttachResult``: ok, vm, target, device, top_node, shape, preflight, dry_run, path (qmp |
+  libvirt-native),
   already_attached, steps [{execute, name, seconds}], and commands (dry runs only:
   the exact QMP commands a real run sends, secrets redacted), header_fingerprint (``--pin`` only).
 - ``DetachResult``: ok, vm, target, device, removed [str], seconds, already_absent.
@@ -62,10 +63,12 @@ class AttachResult(JSONResult):
     already_attached: bool = False
     #: the pinned header identity (``attach --pin``), else None
     header_fingerprint: str | None = None
+    #: ``qmp`` (hotluks' steps through the monitor) or ``libvirt-native`` (libvirt's device API)
+    path: str = "qmp"
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, "vm": self.vm, "target": self.target, "device": self.device, "top_node": self.top_node,
-                "shape": self.shape, "preflight": self.preflight, "dry_run": self.dry_run,
+                "shape": self.shape, "preflight": self.preflight, "dry_run": self.dry_run, "path": self.path,
                 "already_attached": self.already_attached, "steps": [s.to_json() for s in self.steps],
                 **({"commands": list(self.commands)} if self.dry_run else {}),
                 **({"header_fingerprint": self.header_fingerprint} if self.header_fingerprint else {})}

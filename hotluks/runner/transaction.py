@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hotluks.errors import ConflictError, DetachTimeoutError, HotluksError, IncompleteError, RefusedError
+from hotluks.runner.guardplan import GUARD_ROLE
 from hotluks.runner.journal import FD_TAG, CorruptRecordError, JournalStep, Record, fdset_id
 from hotluks.runner.vmstate import VMSnapshot
 
-UNDO = {"secret": "object-del", "node": "blockdev-del", "device": "device_del", "fd": "remove-fd"}
+UNDO = {"secret": "object-del", "node": "blockdev-del", "device": "device_del", "fd": "remove-fd",
+        "libvirt-disk": "detach-device"}
 
 
 class UnplugPendingError(IncompleteError, DetachTimeoutError):
@@ -36,6 +38,9 @@ def undo_command(step: JournalStep) -> tuple[str, dict[str, Any]]:
         if number is None:
             raise ValueError(f"{step.name} is not an fdset name")
         return "remove-fd", {"fdset-id": number}
+    if step.kind == "libvirt-disk":  # through libvirt, by target (never arguments replayed from the record)
+        return "detach-device", {"id": step.name, "target": step.arguments.get("target"),
+                                 "persistent": step.arguments.get("persistent") is True}
     key = "node-name" if step.kind == "node" else "id"
     return UNDO[step.kind], {key: step.name}
 
@@ -45,7 +50,8 @@ def present(step: JournalStep, live: VMSnapshot) -> bool:
     if step.kind == "fd":
         number = fdset_id(step.name)
         return number is not None and step.arguments.get("opaque") in live.fdsets.get(number, ())
-    return step.name in {"secret": live.objects, "node": live.nodes, "device": live.devices}[step.kind]
+    return step.name in {"secret": live.objects, "node": live.nodes, "device": live.devices,
+                         "libvirt-disk": live.devices}[step.kind]
 
 
 def undo_order(steps: list[JournalStep], live: VMSnapshot) -> list[int]:
@@ -94,10 +100,27 @@ def is_lost(record: Record, instance: str) -> bool:
     return bool(record.instance) and bool(instance) and record.instance != instance
 
 
-def entry_status(record: Record, live: VMSnapshot, instance: str) -> tuple[EntryStatus, bool]:
-    """``(status, consistent)`` of a record against the live VM: ``lost`` never counts as attached."""
+def carried(record: Record, live: VMSnapshot) -> bool:
+    """An attached record of an earlier QEMU whose disk this QEMU has anyway: every secret object, node
+    and device of it by name (not its descriptors or migration guard, which belong to one process).
+    Only a domain definition that carries the disk (``hotluks persist``) recreates hotluks' names."""
+    core = [s for s in record.steps if s.kind != "fd" and s.role != GUARD_ROLE]
+    return record.status == "attached" and bool(core) and all(present(s, live) for s in core)
+
+
+def missing(record: Record, live: VMSnapshot, instance: str) -> list[str]:
+    """What an attached record lacks in ``live`` (for a carried record: only its disk's own parts)."""
+    parts = record.steps
     if is_lost(record, instance):
-        return "lost", False
+        parts = [s for s in parts if s.kind != "fd" and s.role != GUARD_ROLE]
+    return [s.name for s in parts if not present(s, live)]
+
+
+def entry_status(record: Record, live: VMSnapshot, instance: str) -> tuple[EntryStatus, bool]:
+    """``(status, consistent)`` of a record against the live VM: ``lost`` never counts as attached,
+    but a disk the domain's definition brought back into a new QEMU is attached (:func:`carried`)."""
+    if is_lost(record, instance):
+        return ("attached", True) if carried(record, live) else ("lost", False)
     consistent = record.status == "attached" and all(present(s, live) for s in record.steps)
     return record.status, consistent
 
@@ -112,13 +135,13 @@ AttachStart = Literal["new", "replace-lost", "already-attached"]
 
 
 def attach_start(existing: Record | CorruptRecordError | None, fingerprint: str, instance: str,
-                 target: str) -> AttachStart:
+                 target: str, is_carried: bool = False) -> AttachStart:
     """Whether an attach on ``target`` starts, replaces a lost record, or is already done (else refused)."""
     if existing is None:
         return "new"
     if isinstance(existing, CorruptRecordError):
         raise RefusedError(f"{existing}; it blocks target {target} until `hotluks repair` quarantines it")
-    if is_lost(existing, instance):
+    if is_lost(existing, instance) and not is_carried:
         return "replace-lost"
     if existing.status == "attached":
         if existing.fingerprint and existing.fingerprint == fingerprint:
@@ -132,12 +155,12 @@ def attach_start(existing: Record | CorruptRecordError | None, fingerprint: str,
 RepairStep = Literal["quarantine", "keep-lost", "forget", "keep-attached", "undo"]
 
 
-def repair_step(entry: Record | CorruptRecordError, instance: str) -> RepairStep:
+def repair_step(entry: Record | CorruptRecordError, instance: str, is_carried: bool = False) -> RepairStep:
     """What ``repair`` does with a record: an attached disk of a gone QEMU is kept (``attach`` plugs it
-    again); an unfinished operation of a gone QEMU is forgotten (nothing of it can be in this one)."""
+    again, or the definition carried it); an unfinished operation of a gone QEMU is forgotten."""
     if isinstance(entry, CorruptRecordError):
         return "quarantine"
-    if is_lost(entry, instance):
+    if is_lost(entry, instance) and not is_carried:
         return "keep-lost" if entry.status == "attached" else "forget"
     return "keep-attached" if entry.status == "attached" else "undo"
 
@@ -185,4 +208,4 @@ def describe_failure(exc: BaseException) -> str:
 
 __all__ = ["FD_TAG", "CorruptRecordError", "UNDO", "UnplugPendingError", "undo_command", "present", "undo_order", "leftovers", "remaining_problems", "verify",
            "entry_status", "needs_repair", "attach_start", "repair_step", "UndoOutcome", "incomplete",
-           "describe_failure", "is_lost"]
+           "describe_failure", "is_lost", "carried", "missing"]

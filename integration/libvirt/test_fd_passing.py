@@ -88,7 +88,7 @@ def test_files_qemu_may_open_attach_through_descriptors(domain: TransientDomain,
                                                                           {"flat": True})}
                 assert nodes["hl-vdb-proto"]["file"].startswith("/dev/fdset/")
                 assert nodes["hl-vdb-hdr-proto"]["file"].startswith("/dev/fdset/")
-                assert len(await _tagged_fdsets(backend)) == 2
+                assert len(await _tagged_fdsets(backend)) == 3  # payload, header, the migration guard's image
                 mark = await backend.execute(
                     "human-monitor-command",
                     {"command-line": f'qemu-io {result.top_node} "read -P {PATTERN:#x} 0 4k"'})

@@ -10,6 +10,7 @@ definition unchanged. `persist --remove` takes it out again.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,18 @@ def test_persisted_disk_comes_back_after_destroy_start(libvirt_uri: str, guest_d
     disk.secret_file.unlink()
     keys = ["--key-dir", str(files / "keys")]
     with guest_domain() as name, define_secret(libvirt_uri, "volume", disk.secret_key, PASSPHRASE):
+        for path in (work, disk.payload, disk.header):  # attach refuses files QEMU's user could not open
+            assert path is not None
+            give_to_qemu(path)
         attached = run_cli("attach", name, disk.xml_path, *common, *state)
         assert attached.returncode == 0, attached.stderr
         before = guest_sha(files)
         definition = virsh("dumpxml", "--inactive", name).stdout
 
-        refused = run_cli("persist", name, disk.xml_path, *common, *keys)  # files still root's
+        assert disk.payload is not None
+        os.chown(disk.payload, 0, 0)  # the running QEMU keeps its descriptor; the next one could not open it
+        os.chmod(disk.payload, 0o600)
+        refused = run_cli("persist", name, disk.xml_path, *common, *keys)
         assert refused.returncode == 2 and "hl-vdb-proto" in refused.stderr and str(disk.payload) in refused.stderr
         assert virsh("dumpxml", "--inactive", name).stdout == definition
 

@@ -219,7 +219,9 @@ def test_dry_run_prints_exactly_what_a_real_run_sends(tmp_path: Path, shape: str
                     for c in dry.commands]
         assert sent == redacted
         if fds:
-            assert [c["execute"] for c in dry.commands].count("add-fd") == (2 if "detached" in shape else 1)
+            # one per file node, and the migration guard's (libvirt backends), which comes first
+            assert [c["execute"] for c in dry.commands].count("add-fd") == (3 if "detached" in shape else 2)
+            assert dry.commands[1]["arguments"]["node-name"] == "hlg-vdb"
             assert all(c["arguments"].get("filename", "/dev/fdset/").startswith("/dev/fdset/")
                        for c in dry.commands if c["arguments"].get("driver") == "file")
         assert b"fake-passphrase" not in json.dumps(dry.to_json()).encode()

@@ -58,7 +58,8 @@ def test_status_and_decisions(example_xml: Path) -> None:
     record.status = "attached"
     assert tx.entry_status(record, _live(record), "i1") == ("attached", True)
     assert tx.entry_status(record, _live(record, drop="hl-vdb"), "i1") == ("attached", False)
-    assert tx.entry_status(record, _live(record), "i2") == ("lost", False)
+    gone = VMSnapshot(frozenset(), frozenset(), frozenset())  # a new QEMU without the disk
+    assert tx.entry_status(record, gone, "i2") == ("lost", False)
     assert tx.entry_status(record, _live(record), "") == ("attached", True)  # unknown instance: not lost
     assert tx.needs_repair("attached", False) and not tx.needs_repair("lost", False)
     assert tx.attach_start(None, "f1", "i1", "vdb") == "new"
@@ -78,3 +79,24 @@ def test_status_and_decisions(example_xml: Path) -> None:
     assert not outcome.clean and outcome.status() == "detaching"
     assert isinstance(tx.incomplete("x", outcome), tx.UnplugPendingError)
     assert tx.incomplete("x", outcome).exit_code == 3
+
+
+def test_a_disk_the_definition_brought_back_is_attached_not_lost(example_xml: Path) -> None:
+    """After `hotluks persist` and a restart, the new QEMU has the disk's objects, nodes and device by
+    name (not the old process's descriptors or guard): attached, kept by repair, detachable."""
+    from hotluks.runner.guardplan import with_migration_guard
+
+    plan = with_migration_guard(with_fd_passing(build_plan(Disk.from_xml(example_xml)), set()), "/g.vdi", set())
+    record = Record.for_plan("vm", plan, vm_key="k", instance="i1", fingerprint="f1")
+    record.status = "attached"
+    names = record.names
+    restarted = VMSnapshot(frozenset(names["node"] - {"hlg-vdb"}), frozenset(names["secret"]),
+                           frozenset(names["device"]))  # no fdsets, no guard
+    assert tx.carried(record, restarted) and tx.entry_status(record, restarted, "i2") == ("attached", True)
+    assert tx.missing(record, restarted, "i2") == [] and tx.missing(record, restarted, "i1") != []
+    assert tx.repair_step(record, "i2", is_carried=True) == "keep-attached"
+    assert tx.attach_start(record, "f1", "i2", "vdb", is_carried=True) == "already-attached"
+    empty = VMSnapshot(frozenset(), frozenset(), frozenset())
+    assert not tx.carried(record, empty) and tx.entry_status(record, empty, "i2") == ("lost", False)
+    partly = VMSnapshot(frozenset(names["node"]), frozenset(), frozenset(names["device"]))
+    assert not tx.carried(record, partly)  # a secret object missing: not the disk as recorded
