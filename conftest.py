@@ -7,6 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+#: vm / monitor / initial / state_dir for the integration tests (a directory's own conftest may override them)
+pytest_plugins = ["testsupport.vm_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _remove_temp_files(request: pytest.FixtureRequest) -> Iterator[None]:

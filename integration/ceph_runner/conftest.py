@@ -249,20 +249,6 @@ def vm() -> Iterator[QemuProcess]:
 
 
 @pytest.fixture
-def monitor(vm: QemuProcess) -> Iterator[Monitor]:
-    mon = Monitor(vm.extra_sockets[0], timeout=60)
-    try:
-        yield mon
-    finally:
-        mon.close()
-
-
-@pytest.fixture
-def initial(monitor: Monitor) -> Snapshot:
-    return monitor.snapshot()
-
-
-@pytest.fixture
 def assert_unchanged(monitor: Monitor, initial: Snapshot, state_dir: Path) -> Callable[[], None]:
     """Call it to assert: the VM has exactly its initial nodes/objects/devices, no journal is left."""
     def check() -> None:

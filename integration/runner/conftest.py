@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from hotluks.demo.qemu.launcher import QemuProcess
-from testsupport.vms import Monitor, Snapshot, clear_templates, start_vm
+from testsupport.vms import clear_templates
 
 pytestmark = pytest.mark.qemu
 
@@ -23,31 +21,3 @@ def _need_qemu() -> Iterator[None]:
     clear_templates()
 
 
-@pytest.fixture
-def vm() -> Iterator[QemuProcess]:
-    """A paused q35 VM with 4 free root ports and scsi0; socket 0 for hotluks, socket 1 for the test."""
-    proc = start_vm()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def monitor(vm: QemuProcess) -> Iterator[Monitor]:
-    mon = Monitor(vm.extra_sockets[0])
-    try:
-        yield mon
-    finally:
-        mon.close()
-
-
-@pytest.fixture
-def initial(monitor: Monitor) -> Snapshot:
-    """The VM's nodes/objects/devices before the test touches it."""
-    return monitor.snapshot()
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
