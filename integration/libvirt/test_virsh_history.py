@@ -89,5 +89,6 @@ def test_attach_and_detach_leave_no_trace(home: Path, tmp_path: Path, domain: Tr
         can_seal, device = arun(main())
     assert can_seal is sealed and device
     assert files_holding(home, needles) == {}
-    assert set(Path(tempfile.gettempdir()).glob("hotluks-virsh-*")) == private_caches  # ours are gone
+    # ours are gone (another process's may come and go meanwhile)
+    assert set(Path(tempfile.gettempdir()).glob("hotluks-virsh-*")) - private_caches == set()
     assert not (home / "virsh.log").exists()
