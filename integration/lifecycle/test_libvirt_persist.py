@@ -18,6 +18,7 @@ import pytest
 
 from hotluks.demo.guest.agent import SyncGuestAgent
 from testsupport.libvirtd import define_secret, give_to_qemu
+from testsupport.schemas import validate
 from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt, pytest.mark.slow]
@@ -62,6 +63,7 @@ def test_persisted_disk_comes_back_after_destroy_start(libvirt_uri: str, guest_d
         persisted = run_cli("persist", name, disk.xml_path, *common, *keys, "--json")
         assert persisted.returncode == 0, persisted.stderr
         assert json.loads(persisted.stdout)["in_definition"]
+        validate("persist", json.loads(persisted.stdout))
         assert not leaks(PASSPHRASE, [virsh("dumpxml", "--inactive", name).stdout])
 
         for step in (("destroy", name), ("start", name)):

@@ -23,6 +23,7 @@ from hotluks.demo.guest.agent import SyncGuestAgent
 from hotluks.demo.guest.build import GuestArtifacts
 from hotluks.demo.guest.vm import PC_LAYOUT, Q35_LAYOUT, boot_guest
 from hotluks.demo.qemu.launcher import start_qemu
+from testsupport.schemas import validate
 from testsupport.vms import PASSPHRASE, Monitor, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.slow]
@@ -83,6 +84,7 @@ def test_live_migration_keeps_the_disk(guest_artifacts: GuestArtifacts, tmp_path
         where = parent_bus(oracle, disk.device)
         placement = run_cli("placement", source.qmp_paths[0], "--target", "vdb", "--json")
         assert placement.returncode == 0, placement.stderr
+        validate("placement", json.loads(placement.stdout))
         flags = json.loads(placement.stdout)["flags"]
         assert flags == expected_flags
 

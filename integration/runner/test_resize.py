@@ -7,30 +7,20 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from importlib import resources
 from pathlib import Path
-from typing import Any
 
-import jsonschema
 import pytest
-from referencing import Registry, Resource
 
 import hotluks
 from hotluks.cli.output import envelope
 from hotluks.demo.qemu.launcher import QemuProcess
 from hotluks.errors import InputError, NotAttached, RefusedError
+from testsupport.schemas import validate
 from testsupport.vms import SHAPES, Monitor, Snapshot, TestDisk, make_disk, qemu_io_read, run_cli, target_for
 
 pytestmark = pytest.mark.qemu
 
 MIB = 1 << 20
-
-
-def validate(command: str, doc: dict[str, Any]) -> None:
-    folder = resources.files("hotluks").joinpath("schemas")
-    schemas = {p.name: json.loads(p.read_text()) for p in folder.iterdir() if p.name.endswith(".json")}
-    registry = Registry().with_resources((n, Resource.from_contents(s)) for n, s in schemas.items())
-    jsonschema.Draft202012Validator(schemas[command.replace(" ", "-") + ".json"], registry=registry).validate(doc)
 
 
 def node_size(monitor: Monitor, node: str) -> int:
