@@ -71,6 +71,7 @@ class Operator(Maintenance):
         self.lock_timeout = lock_timeout
         self._capabilities: Capabilities | None = None
         self._machine: str | None = None
+        self._drafts: dict[Disk, tuple[Plan, str]] = {}  # pure, so planned once per disk and connection
         self._identity: VMIdentity | None = None
         self._journal: Journal | None = None
 
@@ -109,6 +110,12 @@ class Operator(Maintenance):
 
     async def _secret_values(self, plan: Plan, given: Mapping[str, SecretValue]) -> dict[str, SecretValue]:
         return await resolve(plan.secrets, given, self.backend)
+
+    def _draft(self, disk: Disk, caps: Capabilities) -> tuple[Plan, str]:
+        if disk not in self._drafts:
+            draft = build_plan(disk, caps)
+            self._drafts = {disk: (draft, plan_fingerprint(draft))}  # the last disk only: bounded
+        return self._drafts[disk]
 
     async def disk_fingerprint(self, disk: Disk) -> str:
         """What makes two attaches "the same disk" (stored in the record as ``fingerprint``)."""
@@ -154,8 +161,7 @@ class Operator(Maintenance):
             log.info("attaching %s through QMP: %s", disk.target_dev, native_reason)
         ident = await self.identity()
         caps = await self.capabilities()
-        draft = build_plan(disk, caps)  # no VM facts: which secrets, and the disk's fingerprint
-        fingerprint = plan_fingerprint(draft)
+        draft, fingerprint = self._draft(disk, caps)  # no VM facts: which secrets, and the disk's fingerprint
         values = await self._secret_values(draft, secrets or {})
         sealing = self._sealing_key()
         if draft.secrets:
