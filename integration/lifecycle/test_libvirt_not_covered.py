@@ -3,13 +3,15 @@
 libvirt builds both from the disks of its own definition, and nothing in QEMU or libvirt
 refuses them because of a disk it does not know (README, Lifecycle). So they are not refused;
 instead `hotluks status` (libvirt and virsh backends) and `status --all` list every snapshot,
-checkpoint and backup job since the attach that leaves the disk out, and exit 3. A snapshot
+checkpoint and backup job (push, and a pull job while it runs) since the attach that leaves the
+disk out, and exit 3. A snapshot
 taken before the attach is not listed. After `hotluks detach` nothing is reported.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,24 @@ def test_disk_only_snapshot_and_backup_are_reported(libvirt_uri: str, guest_doma
         assert code == 3
         [vm] = doc["vms"]
         assert {m["name"] for m in vm["disks"][0]["not_covered"]} == {"d1", "c1", "completed"}
+
+        # a pull backup runs until backup-end: listed as running (NBD export on 127.0.0.1 only)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        (files / "pull.xml").write_text(
+            f"<domainbackup mode='pull'><server name='127.0.0.1' port='{port}'/><disks><disk name='vda' "
+            f"type='file'><scratch file='{files / 'scratch.qcow2'}'/></disk></disks></domainbackup>")
+        pull = virsh("backup-begin", name, str(files / "pull.xml"))
+        assert pull.returncode == 0, pull.stderr
+        try:
+            code, doc = status(name)
+            assert code == 3
+            assert ("backup", "pull", "running") in {(m["kind"], m["name"], m["state"])
+                                                     for m in doc["disks"][0]["not_covered"]}, doc
+        finally:
+            assert virsh("domjobabort", name).returncode == 0
+        _wait_backup_done(virsh, name)
 
         detached = run_cli("detach", name, "--target", "vdb", *common, "--timeout", "20")
         assert detached.returncode == 0, detached.stderr
