@@ -219,7 +219,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         return cmd_status_all(args)
     disks = _run(args, lambda s: s.status())
-    attention = 3 if any(d.needs_repair or d.status == "lost" for d in disks) else 0
+    attention = 3 if any(d.needs_repair or d.status == "lost" or d.not_covered for d in disks) else 0
     if args.json:
         emit("status", {"vm": args.vm, "disks": [d.to_json() for d in disks]})
         return attention
@@ -234,11 +234,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"       header pinned: sha256:{d.header_fingerprint}")
         if d.error:
             print(f"       last error: {d.error}")
+        for moment in d.not_covered:
+            print(f"       not covered by {moment.describe()}")
     if any(d.status == "lost" for d in disks):
         print(f"hotluks: lost disks: the QEMU they were attached to is gone; `hotluks attach {args.vm} DISK.xml` "
               "plugs one again, `hotluks detach` forgets it", file=sys.stderr)
     if any(d.needs_repair for d in disks):
         print(f"hotluks: some disks need attention: run `hotluks repair {args.vm}`", file=sys.stderr)
+    if any(d.not_covered for d in disks):
+        from hotluks.lifecycle.coverage import HINT
+
+        print(HINT, file=sys.stderr)
     return attention
 
 

@@ -10,7 +10,10 @@ Schema (every key snake_case; ``to_json()`` returns exactly this as a plain dict
 - ``StatusEntry``: target, device, shape, status (attaching | attached | rolling-back |
   detaching | needs-repair | lost | corrupt), consistent, needs_repair, error,
   items [{kind, name, present}], in_progress (another process is working on this VM now),
-  header_fingerprint (the pin recorded by ``attach --pin``, else null).
+  header_fingerprint (the pin recorded by ``attach --pin``, else null), not_covered [{kind
+  (snapshot | checkpoint | backup), name, created (Unix seconds or null), state (running |
+  completed | null)}] (libvirt's snapshots, checkpoints, backup jobs since the attach that
+  leave the disk out).
 - ``RepairAction``: target, action (rolled back interrupted attach | finished detach |
   incomplete | quarantined | lost | forgotten), undone [str], error.
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from hotluks.lifecycle.coverage import Moment
 
 
 class JSONResult(dict[str, Any]):
@@ -111,12 +116,15 @@ class StatusEntry(JSONResult):
     components: tuple[StatusItem, ...] = field(default=())
     in_progress: bool = False
     header_fingerprint: str | None = None
+    #: libvirt snapshots, checkpoints and backup jobs since the attach that leave this disk out
+    not_covered: tuple[Moment, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "device": self.device, "shape": self.shape, "status": self.status,
                 "consistent": self.consistent, "needs_repair": self.needs_repair, "error": self.error,
                 "items": [i.to_json() for i in self.components], "in_progress": self.in_progress,
-                "header_fingerprint": self.header_fingerprint}
+                "header_fingerprint": self.header_fingerprint,
+                "not_covered": [m.to_json() for m in self.not_covered]}
 
 
 @dataclass(frozen=True, eq=False)

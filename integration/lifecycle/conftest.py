@@ -95,8 +95,8 @@ def defined_guest(uri: str, artifacts: GuestArtifacts, files: Path, commandline:
     """A defined (persistent), running pc domain booting the tiny guest (agent on files/agent.sock).
 
     It has a 16 MiB qcow2 ``vda`` libvirt knows (internal snapshots need one for the VM state)
-    and, optionally, a ``<qemu:commandline>`` block. Undefined with its managed save and
-    snapshot metadata afterwards.
+    and, optionally, a ``<qemu:commandline>`` block. Undefined with its managed save,
+    snapshot and checkpoint metadata afterwards.
     """
     import libvirt
     from lxml import etree
@@ -132,7 +132,8 @@ def defined_guest(uri: str, artifacts: GuestArtifacts, files: Path, commandline:
             if dom.isActive():
                 dom.destroy()
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                              | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
         conn.close()
         (QEMU_LOG_DIR / f"{name}.log").unlink(missing_ok=True)
 

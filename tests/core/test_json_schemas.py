@@ -98,6 +98,11 @@ def test_runner_results_in_the_envelope() -> None:
     entry = StatusEntry("vdb", "hl-vdb", "attached-luks", "attached", True, False, None,
                         (StatusItem("node", "hl-vdb-luks", True),), header_fingerprint="ab" * 32)
     validate("status", envelope("status", {"vm": "vm1", "disks": [entry.to_json()]}))
+    from hotluks.lifecycle.coverage import Moment, completed_backup
+
+    missed = StatusEntry("vdb", "hl-vdb", "attached-luks", "attached", True, False,
+                         not_covered=(Moment("snapshot", "d1", 1796440059, frozenset({"vda"})), completed_backup()))
+    validate("status", envelope("status", {"vm": "vm1", "disks": [missed.to_json()]}))
     repair = {"vm": "vm1", "actions": [RepairAction("vdb", "finished detach", ("hl-vdb",)).to_json()]}
     validate("repair", envelope("repair", repair))
     from hotluks.runner.resize import ResizeResult
