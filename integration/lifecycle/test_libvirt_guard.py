@@ -45,7 +45,7 @@ def test_save_managedsave_snapshot_refused_while_guarded(libvirt_uri: str, persi
     try:
         agent.wait_ready(180)
         with define_secret(libvirt_uri, "volume", disk.secret_key, PASSPHRASE):
-            attached = run_cli("attach", name, disk.xml_path, *common, "--json")
+            attached = run_cli("attach", name, disk.xml_path, *common, "--path", "qmp", "--json")
         assert attached.returncode == 0, attached.stderr
         dev = agent.wait_for_device(SERIAL, timeout=20)
         before = agent.sha256(dev.name)
@@ -97,7 +97,7 @@ def test_destroy_start_is_not_blocked(libvirt_uri: str, persistent_guest: str, f
     disk = make_disk(files / "disk", "detached-header-raw", "vdb", "virtio", address=f"<serial>{SERIAL}</serial>")
     for path in [files / "disk", *disk.files]:
         give_to_qemu(path)
-    attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common)
+    attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common, "--path", "qmp")
     assert attached.returncode == 0, attached.stderr
     assert virsh("destroy", name).returncode == 0
     started = virsh("start", name)
@@ -115,7 +115,7 @@ def test_disk_only_snapshot_is_not_refused_and_leaves_the_disk_out(
     disk = make_disk(files / "disk", "detached-header-raw", "vdb", "virtio")
     for path in [files / "disk", *disk.files]:
         give_to_qemu(path)
-    attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), "--connect", libvirt_uri,
+    attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), "--path", "qmp", "--connect", libvirt_uri,
                        "--state-dir", tmp_path / "state")
     assert attached.returncode == 0, attached.stderr
     snap = virsh("snapshot-create-as", name, "d1", "--disk-only", "--atomic")

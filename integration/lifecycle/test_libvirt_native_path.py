@@ -109,8 +109,12 @@ def test_native_attach_is_libvirts_and_survives_save_restore_and_restart(
             assert refused.returncode == 2 and "cannot express" in refused.stderr, refused.stderr
             files = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common, "--path", "libvirt-native")
             assert files.returncode == 2 and "--secret" in files.stderr, files.stderr
-            persistent_qmp = run_cli("attach", name, header.xml_path, *common, "--persistent")
-            assert persistent_qmp.returncode == 2 and "hotluks persist" in persistent_qmp.stderr
+            # --persistent on the QMP path: checked before the live attach; a refusal changes nothing
+            persistent_qmp = run_cli("attach", name, header.xml_path, *common, "--persistent",
+                                     "--key-dir", str(tmp_path / "keys"))  # QEMU's user cannot enter tmp_path
+            assert persistent_qmp.returncode == 2 and "could not open" in persistent_qmp.stderr, persistent_qmp.stderr
+            assert "nothing was attached" in persistent_qmp.stderr
+            assert [t for t, *_ in _status(name, common)[1]] == ["vdb"] and not (tmp_path / "keys").exists()
             auto = run_cli("attach", name, header.xml_path, *common, "--path", "auto", "--json")
             assert auto.returncode == 0, auto.stderr
             assert json.loads(auto.stdout)["path"] == "qmp"

@@ -45,7 +45,7 @@ def test_persisted_disk_comes_back_after_destroy_start(libvirt_uri: str, guest_d
         for path in (work, disk.payload, disk.header):  # attach refuses files QEMU's user could not open
             assert path is not None
             give_to_qemu(path)
-        attached = run_cli("attach", name, disk.xml_path, *common, *state)
+        attached = run_cli("attach", name, disk.xml_path, *common, *state, "--path", "qmp")
         assert attached.returncode == 0, attached.stderr
         before = guest_sha(files)
         definition = virsh("dumpxml", "--inactive", name).stdout
