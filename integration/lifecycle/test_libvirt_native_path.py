@@ -183,3 +183,33 @@ def test_cancelled_native_attach_waits_for_libvirt_then_rolls_back(libvirt_uri: 
 
             asyncio.run(go())
     assert "vdb" not in virsh("domblklist", defined_domain).stdout
+
+
+@pytest.mark.parametrize("backend", ["libvirt", "virsh"])
+def test_default_attach_on_a_domain_is_libvirts_own(libvirt_uri: str, defined_domain: str, virsh: Any,
+                                                    tmp_path: Path, backend: str) -> None:
+    """No --path: an attached-LUKS disk with its secret in libvirt's store goes through libvirt's device
+    API (`auto` is the default under the libvirt and virsh backends) and shows in `domblklist`; `-v`
+    says which path and why. A detach takes it away again."""
+    name = defined_domain
+    common = ["--connect", libvirt_uri, "--backend", backend, "--state-dir", str(tmp_path / "state")]
+    with qemu_accessible_dir() as work:
+        disk = make_disk(work / "d", "attached-luks", "vdb", "virtio")
+        for path in [work / "d", *disk.files]:
+            give_to_qemu(path)
+        disk.secret_file.unlink()  # the passphrase lives in libvirt only
+        with define_secret(libvirt_uri, "volume", disk.secret_key, PASSPHRASE):
+            attached = run_cli("-v", "attach", name, disk.xml_path, *common, "--json")
+            assert attached.returncode == 0, attached.stderr
+            doc = json.loads(attached.stdout)
+            _validate("attach", doc)
+            assert (doc["path"], doc["device"], doc["persistent"]) == ("libvirt-native", "ua-hl-vdb", False)
+            assert ("through libvirt's device API (--path auto: libvirt expresses a attached-luks disk and "
+                    "holds its secrets)") in attached.stderr
+            assert "vdb" in virsh("domblklist", name).stdout
+            assert _status(name, common) == (0, [("vdb", "attached", True)])
+            detached = run_cli("detach", name, "--target", "vdb", *common, "--timeout", "20", "--json")
+            assert detached.returncode == 0, detached.stdout
+            _validate("detach", json.loads(detached.stdout))
+            assert "vdb" not in virsh("domblklist", name).stdout
+    assert not leaks(PASSPHRASE, [attached.stdout, attached.stderr, detached.stdout])
