@@ -148,8 +148,9 @@ async def unpersist(target: str, *, domain: str, uri: str, alias: str | None = N
     """Remove ``target``'s arguments from ``domain``'s definition (the key file stays for other disks)."""
     names = Namer(target, alias)
     prefix = (names.base, names.device_id)
-    inactive = await _domain_call(uri, domain, lambda lv, dom, _c: dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE))
-    if not has_disk(inactive, prefix):
+    inactive = await _domain_call(uri, domain, lambda lv, dom, _c: dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE)
+                                  if dom.isPersistent() else None)
+    if inactive is None or not has_disk(inactive, prefix):  # a transient domain: never define it
         return Persisted(domain, target, None, False, False)
     new = without_disk(inactive, prefix)
     await _domain_call(uri, domain, lambda _lv, _dom, conn: conn.defineXML(new))

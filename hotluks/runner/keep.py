@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from hotluks.backends.base import MonitorBackend
-from hotluks.errors import RefusedError
+from hotluks.errors import HotluksError, RefusedError
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS
 from hotluks.lifecycle.persist import DEFAULT_KEY_DIR, Persisted, check_persistable, persist, unpersist
 from hotluks.model import Disk
 from hotluks.secrets import SecretValue
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,5 +78,12 @@ async def forget(backend: MonitorBackend, target: str, device: str, *, required:
         return False
     keep = keep_for(backend, None, None)
     alias = device if device and device != f"hl-{target}" else None
-    result = await unpersist(target, domain=keep.domain, uri=keep.uri, alias=alias)
+    try:
+        result = await unpersist(target, domain=keep.domain, uri=keep.uri, alias=alias)
+    except HotluksError as exc:
+        if required:
+            raise
+        log.warning("could not check the definition of %s for %s: %s (`hotluks persist %s --target %s --remove` "
+                    "takes it out)", keep.domain, target, exc, keep.domain, target)
+        return False
     return result.changed
