@@ -169,7 +169,7 @@ class Operator(Maintenance):
         else:  # a pinned header is checked even without the passphrase preflight
             note = await verify_pin(disk, values, timeout) or note
         header_fp = pinned.fingerprint if pinned else None
-        if keep is not None and not dry_run:  # a refusal here changes nothing
+        if keep is not None:  # a refusal here changes nothing
             await keep.check(self.backend, disk, secrets or {})
         journal = await self.journal()
         async with await self._lock():
@@ -188,7 +188,8 @@ class Operator(Maintenance):
                                        f"{', '.join(missing)}; `hotluks detach` it, then attach again")
                 top = next((s.arguments.get("drive") for s in existing.steps if s.kind == "device"), "") \
                     or existing.device
-                kept = await keep.write(self.backend, disk, secrets or {}) if keep and not dry_run else None
+                kept = (await keep.write(self.backend, disk, secrets or {})
+                        if keep and not dry_run and existing.path == "qmp" else None)
                 return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=existing.device,
                                     top_node=str(top), shape=existing.shape, preflight=note, dry_run=dry_run,
                                     already_attached=True, header_fingerprint=existing.header_fingerprint or None,
