@@ -3,10 +3,11 @@
 Schema (every key snake_case; ``to_json()`` returns exactly this as a plain dict):
 
 - ``AttachResult``: ok, vm, target, device, top_node, shape, preflight, dry_run, path (qmp |
-  libvirt-native),
+  libvirt-native), persistent, key_file (QMP path + ``--persistent``, else null),
   already_attached, steps [{execute, name, seconds}], and commands (dry runs only:
   the exact QMP commands a real run sends, secrets redacted), header_fingerprint (``--pin`` only).
-- ``DetachResult``: ok, vm, target, device, removed [str], seconds, already_absent.
+- ``DetachResult``: ok, vm, target, device, removed [str], seconds, already_absent, persistent (taken
+  out of the domain's definition too).
 - ``StatusEntry``: target, device, shape, status (attaching | attached | rolling-back |
   detaching | needs-repair | lost | corrupt), consistent, needs_repair, error,
   items [{kind, name, present}], in_progress (another process is working on this VM now),
@@ -70,10 +71,15 @@ class AttachResult(JSONResult):
     header_fingerprint: str | None = None
     #: ``qmp`` (hotluks' steps through the monitor) or ``libvirt-native`` (libvirt's device API)
     path: str = "qmp"
+    #: ``--persistent``: the disk is in the domain's definition too (libvirt's own, or ``<qemu:commandline>``)
+    persistent: bool = False
+    #: the key file sealing its secrets in ``<qemu:commandline>`` (QMP path + ``--persistent``), else None
+    key_file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, "vm": self.vm, "target": self.target, "device": self.device, "top_node": self.top_node,
                 "shape": self.shape, "preflight": self.preflight, "dry_run": self.dry_run, "path": self.path,
+                "persistent": self.persistent, "key_file": self.key_file,
                 "already_attached": self.already_attached, "steps": [s.to_json() for s in self.steps],
                 **({"commands": list(self.commands)} if self.dry_run else {}),
                 **({"header_fingerprint": self.header_fingerprint} if self.header_fingerprint else {})}
@@ -87,10 +93,13 @@ class DetachResult(JSONResult):
     removed: tuple[str, ...]
     seconds: float
     already_absent: bool = False
+    #: the disk was taken out of the domain's definition too (``<qemu:commandline>``, as ``persist --remove``)
+    persistent: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, "vm": self.vm, "target": self.target, "device": self.device,
-                "removed": list(self.removed), "seconds": round(self.seconds, 6), "already_absent": self.already_absent}
+                "removed": list(self.removed), "seconds": round(self.seconds, 6), "already_absent": self.already_absent,
+                "persistent": self.persistent}
 
 
 @dataclass(frozen=True, eq=False)

@@ -46,7 +46,7 @@ def test_save_managedsave_snapshot_refused_while_guarded(libvirt_uri: str, persi
     try:
         agent.wait_ready(180)
         with define_secret(libvirt_uri, "volume", disk.secret_key, PASSPHRASE):
-            attached = run_cli("attach", name, disk.xml_path, *common, "--json")
+            attached = run_cli("attach", name, disk.xml_path, *common, "--path", "qmp", "--json")
         assert attached.returncode == 0, attached.stderr
         dev = agent.wait_for_device(SERIAL, timeout=20)
         before = agent.sha256(dev.name)
@@ -98,7 +98,7 @@ def test_destroy_start_is_not_blocked(libvirt_uri: str, persistent_guest: str, f
     disk = make_disk(files / "disk", "detached-header-raw", "vdb", "virtio", address=f"<serial>{SERIAL}</serial>")
     for path in [files / "disk", *disk.files]:
         give_to_qemu(path)
-    attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common)
+    attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common, "--path", "qmp")
     assert attached.returncode == 0, attached.stderr
     assert virsh("destroy", name).returncode == 0
     started = virsh("start", name)
@@ -106,4 +106,3 @@ def test_destroy_start_is_not_blocked(libvirt_uri: str, persistent_guest: str, f
     assert virsh.state(name) == "running"
     nodes = {n["node-name"] for n in virsh.monitor(name, "query-named-block-nodes", flat=True)}
     assert not any(n.startswith(("hl-", "hlg-")) for n in nodes), nodes
-

@@ -75,7 +75,7 @@ def test_restart_makes_the_disk_lost_and_attach_plugs_it_again(libvirt_uri: str,
             disk = make_disk(work / name, shape, "vdb", "virtio")
             for path in [work / name, *disk.files]:
                 give_to_qemu(path)
-            attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common)
+            attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common, "--path", "qmp")
             assert attached.returncode == 0, attached.stderr
             disks[name] = disk
 
@@ -105,7 +105,8 @@ def test_restart_makes_the_disk_lost_and_attach_plugs_it_again(libvirt_uri: str,
         assert repaired.returncode == 0, repaired.stderr
         assert [(a["target"], a["action"]) for a in json.loads(repaired.stdout)["actions"]] == [("vdb", "lost")]
 
-        again = run_cli("attach", first, disks[first].xml_path, *disks[first].cli_secret(), *common, "--json")
+        again = run_cli("attach", first, disks[first].xml_path, *disks[first].cli_secret(), *common, "--path", "qmp",
+                        "--json")
         assert again.returncode == 0, again.stderr
         assert not json.loads(again.stdout)["already_attached"]  # plugged again, not "already there"
         nodes = {n["node-name"] for n in virsh.monitor(first, "query-named-block-nodes", flat=True)}
