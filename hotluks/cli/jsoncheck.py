@@ -62,14 +62,28 @@ def problem(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
         return None, str(exc)
     registry = _registry(Registry, Resource)
     validator = jsonschema.Draft202012Validator(schemas()[name], registry=registry)
-    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    errors = list(validator.iter_errors(doc))
     if not errors:
         taken = [ref for entry in schemas()[name].get("oneOf", ()) if isinstance(ref := entry.get("$ref"), str)
                  and ref != name and jsonschema.Draft202012Validator(schemas()[ref], registry=registry).is_valid(doc)]
         return " ".join([name, *taken]), None
-    first = errors[0]
+    one_of = next((e for e in errors if e.validator == "oneOf" and not e.absolute_path), None)
+    first = _meant(one_of, schemas()[name], doc) if one_of else jsonschema.exceptions.best_match(errors)
     where = "/".join(str(p) for p in first.absolute_path) or "(top)"
     return name, f"at {where}: {first.message}"
+
+
+def _meant(error: Any, schema: Mapping[str, Any], doc: Mapping[str, Any]) -> Any:
+    """For a top-level ``oneOf`` (payload | error.json), the error inside the branch ``ok`` points to."""
+    branches = schema.get("oneOf")
+    if not branches or not error.context:
+        return error
+    wants_error = doc.get("ok") is False
+    index = next((i for i, b in enumerate(branches) if (b.get("$ref") == "error.json") == wants_error), None)
+    inside = [e for e in error.context if e.relative_schema_path and e.relative_schema_path[0] == index]
+    import jsonschema
+
+    return jsonschema.exceptions.best_match(inside) if inside else error
 
 
 _REGISTRY: Any = None
