@@ -22,6 +22,7 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("device", metavar="DEVICE")
     p.add_argument("--header", metavar="H", help="detached LUKS header file or device")
     p.add_argument("--header-backup-file", required=True, metavar="FILE", help="backup file (must not exist)")
+    p.add_argument("--json", action="store_true", help="print a hotluks/1 document")
     p.set_defaults(func=cmd_header_backup)
 
     p = cmds.add_parser("header-restore", help="write a header backup back; refuses another volume key's "
@@ -29,6 +30,7 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("device", metavar="DEVICE")
     p.add_argument("--header", metavar="H", help="detached LUKS header file or device to restore into")
     p.add_argument("--header-backup-file", required=True, metavar="FILE", help="backup file to restore")
+    p.add_argument("--json", action="store_true", help="print a hotluks/1 document")
     p.add_argument("--force", "--batch-mode", dest="force", action="store_true",
                    help="restore even when the device holds a header of another volume key")
     p.set_defaults(func=cmd_header_restore)

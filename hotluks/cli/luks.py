@@ -62,8 +62,10 @@ def _key_file_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
                         "default: prompt on a terminal, else the first line of stdin")
 
 
-def _header_arg(p: argparse.ArgumentParser) -> None:
+def _header_arg(p: argparse.ArgumentParser, json_help: str | None = "print a hotluks/1 document") -> None:
     p.add_argument("--header", metavar="H", help="detached LUKS header file or device")
+    if json_help:
+        p.add_argument("--json", action="store_true", help=json_help)
 
 
 def _progress_args(p: argparse.ArgumentParser) -> None:
@@ -110,8 +112,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmds.add_parser("dump", help="show the header; exit 2 when it is not valid")
     p.add_argument("device", metavar="DEVICE")
-    _header_arg(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _header_arg(p, "machine-readable output")
     p.set_defaults(func=cmd_dump)
 
     p = cmds.add_parser("verify", help="check a passphrase: 0 opens, 1 wrong, 2 invalid/unsupported/weak")
@@ -140,7 +141,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = cmds.add_parser("decrypt", help="write the decrypted data segment to OUT ('-' = stdout)")
     p.add_argument("device", metavar="DEVICE")
     p.add_argument("out", metavar="OUT")
-    _header_arg(p)
+    _header_arg(p, "print a hotluks/1 document (bytes written); OUT must be a file")
     _key_file_arg(p)
     _progress_args(p)
     p.set_defaults(func=cmd_decrypt)
