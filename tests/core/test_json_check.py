@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,15 @@ EXAMPLE = REPO / "xml" / "examples" / "qemu-doc-detached-qcow2.xml"
 
 
 @pytest.fixture
-def log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A log of this test's own (the session's stays untouched)."""
+def log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A log of this test's own; what it holds is added to the session's log afterwards (its summary)."""
+    session = os.environ.get(ENV)
     path = tmp_path / "json-check.log"
     monkeypatch.setenv(ENV, str(path))
-    return path
+    yield path
+    if session and path.exists():
+        with open(session, "a") as out:
+            out.write(path.read_text())
 
 
 def test_the_session_sets_the_variable() -> None:
