@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.errors import DomainNotFound, InputError
+from hotluks.log import get_logger
 
 BACKENDS = ("qmp", "libvirt", "virsh")
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 #: longer than any socket path (108) or libvirt domain name QEMU accepts
 MAX_VM_NAME = 4096
 

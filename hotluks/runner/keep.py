@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,11 @@ from hotluks.backends.base import MonitorBackend
 from hotluks.errors import HotluksError, RefusedError
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS
 from hotluks.lifecycle.persist import DEFAULT_KEY_DIR, Persisted, check_persistable, persist, unpersist
+from hotluks.log import get_logger
 from hotluks.model import Disk
 from hotluks.secrets import SecretValue
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from hotluks.backends.base import MonitorBackend, VMIdentity
 from hotluks.lifecycle.coverage import uncovered
+from hotluks.log import get_logger
 from hotluks.runner import transaction as tx
 from hotluks.runner.executor import journal_quietly, undo_shielded
 from hotluks.runner.journal import CorruptRecordError, Journal, Record
@@ -14,7 +14,7 @@ from hotluks.runner.lock import held_elsewhere
 from hotluks.runner.results import RepairAction, StatusEntry, StatusItem
 from hotluks.runner.vmstate import snapshot
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Maintenance:

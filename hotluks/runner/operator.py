@@ -23,6 +23,7 @@ from hotluks.errors import HotluksError, InputError, RefusedError, RolledBackErr
 from hotluks.headers.pins import PinStore, check_pin
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_image
 from hotluks.lifecycle.persist import Persisted
+from hotluks.log import get_logger
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
 from hotluks.plan.names import guard_node
@@ -44,7 +45,7 @@ from hotluks.runner.results import AttachResult, DetachResult, RepairAction, Sta
 from hotluks.runner.vmstate import VMSnapshot, machine_type, plan_context, probe_capabilities, snapshot
 from hotluks.secrets import SecretValue, resolve
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 __all__ = ["Operator", "AttachResult", "DetachResult", "StatusEntry", "RepairAction", "StepReport"]
 

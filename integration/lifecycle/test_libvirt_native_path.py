@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from testsupport.libvirtd import define_secret, domain_xml, give_to_qemu, qemu_accessible_dir
+from testsupport.schemas import validate
 from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
@@ -41,20 +42,6 @@ def defined_domain(libvirt_uri: str) -> Iterator[str]:
             dom.destroy()
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
         conn.close()
-
-
-def _validate(command: str, doc: dict[str, Any]) -> None:
-    from importlib import resources
-
-    import jsonschema
-    from referencing import Registry, Resource
-
-    from hotluks.cli.output import envelope
-
-    schemas = {p.name: json.loads(p.read_text()) for p in resources.files("hotluks").joinpath("schemas").iterdir()
-               if p.name.endswith(".json")}
-    registry = Registry().with_resources((n, Resource.from_contents(d)) for n, d in schemas.items())
-    jsonschema.Draft202012Validator(schemas[f"{command}.json"], registry=registry).validate(envelope(command, doc))
 
 
 def _status(name: str, common: list[str]) -> tuple[int, list[tuple[str, str, bool]]]:
@@ -84,7 +71,7 @@ def test_native_attach_is_libvirts_and_survives_save_restore_and_restart(
                                "--json")
             assert attached.returncode == 0, attached.stderr
             doc = json.loads(attached.stdout)
-            _validate("attach", doc)
+            validate("attach", doc)
             assert (doc["path"], doc["device"]) == ("libvirt-native", "ua-hl-vdb")
             assert "vdb" in virsh("domblklist", name).stdout
             assert "dev='vdb'" in virsh("dumpxml", "--inactive", name).stdout
@@ -202,7 +189,7 @@ def test_default_attach_on_a_domain_is_libvirts_own(libvirt_uri: str, defined_do
             attached = run_cli("-v", "attach", name, disk.xml_path, *common, "--json")
             assert attached.returncode == 0, attached.stderr
             doc = json.loads(attached.stdout)
-            _validate("attach", doc)
+            validate("attach", doc)
             assert (doc["path"], doc["device"], doc["persistent"]) == ("libvirt-native", "ua-hl-vdb", False)
             assert ("through libvirt's device API (--path auto: libvirt expresses a attached-luks disk and "
                     "holds its secrets)") in attached.stderr
@@ -210,6 +197,6 @@ def test_default_attach_on_a_domain_is_libvirts_own(libvirt_uri: str, defined_do
             assert _status(name, common) == (0, [("vdb", "attached", True)])
             detached = run_cli("detach", name, "--target", "vdb", *common, "--timeout", "20", "--json")
             assert detached.returncode == 0, detached.stdout
-            _validate("detach", json.loads(detached.stdout))
+            validate("detach", json.loads(detached.stdout))
             assert "vdb" not in virsh("domblklist", name).stdout
     assert not leaks(PASSPHRASE, [attached.stdout, attached.stderr, detached.stdout])

@@ -16,21 +16,13 @@ from typing import Any
 
 import pytest
 
-from hotluks.demo.guest.agent import SyncGuestAgent
-from testsupport.libvirtd import define_secret, give_to_qemu
+from testsupport.libvirtd import define_secret, give_to_qemu, guest_sha
 from testsupport.schemas import validate
 from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt, pytest.mark.slow]
 SERIAL = "hl-persisted"
 
-
-def guest_sha(files: Path) -> str:
-    with SyncGuestAgent(files / "agent.sock", timeout=30) as agent:
-        agent.wait_ready(180)
-        dev = agent.wait_for_device(SERIAL, timeout=30)
-        agent.command("drop-caches")
-        return agent.sha256(dev.name)
 
 
 def test_persisted_disk_comes_back_after_destroy_start(libvirt_uri: str, guest_domain: Any, virsh: Any,
@@ -47,7 +39,7 @@ def test_persisted_disk_comes_back_after_destroy_start(libvirt_uri: str, guest_d
             give_to_qemu(path)
         attached = run_cli("attach", name, disk.xml_path, *common, *state, "--path", "qmp")
         assert attached.returncode == 0, attached.stderr
-        before = guest_sha(files)
+        before = guest_sha(files, SERIAL)
         definition = virsh("dumpxml", "--inactive", name).stdout
 
         assert disk.payload is not None
@@ -69,7 +61,7 @@ def test_persisted_disk_comes_back_after_destroy_start(libvirt_uri: str, guest_d
         for step in (("destroy", name), ("start", name)):
             proc = virsh(*step)
             assert proc.returncode == 0, f"{step}: {proc.stderr}"
-        assert guest_sha(files) == before
+        assert guest_sha(files, SERIAL) == before
         status = run_cli("status", name, *common, *state, "--json")
         assert status.returncode == 0, status.stderr
         assert [(d["target"], d["consistent"]) for d in json.loads(status.stdout)["disks"]] == [("vdb", True)]
@@ -78,7 +70,7 @@ def test_persisted_disk_comes_back_after_destroy_start(libvirt_uri: str, guest_d
         assert virsh("save", name, str(saved)).returncode == 0  # no guard: libvirt's XML now carries the disk
         restored = virsh("restore", str(saved))
         assert restored.returncode == 0, restored.stderr
-        assert guest_sha(files) == before
+        assert guest_sha(files, SERIAL) == before
 
         removed = run_cli("persist", name, "--target", "vdb", "--remove", *common)
         assert removed.returncode == 0, removed.stderr
