@@ -111,12 +111,12 @@ def test_attach_persistent_is_checked_first_and_comes_back_after_destroy_start(
         assert (doc["path"], doc["persistent"], doc["key_file"]) == ("qmp", True, str(keys / f"{_uuid(virsh, name)}.key"))
         assert "through QMP (--path auto: libvirt cannot express a detached-header-raw disk)" in attached.stderr
         assert not leaks(PASSPHRASE, [virsh("dumpxml", "--inactive", name).stdout, attached.stdout, attached.stderr])
-        before = guest_sha(files)
+        before = guest_sha(files, SERIAL)
 
         for step in (("destroy", name), ("start", name)):
             proc = virsh(*step)
             assert proc.returncode == 0, f"{step}: {proc.stderr}"
-        assert guest_sha(files) == before
+        assert guest_sha(files, SERIAL) == before
         status = run_cli("status", name, *common, "--json")
         assert status.returncode == 0, status.stderr
         assert [(d["target"], d["status"], d["consistent"]) for d in json.loads(status.stdout)["disks"]] == [
