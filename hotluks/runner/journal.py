@@ -136,6 +136,14 @@ def fdset_id(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _parse(text: str) -> Any:
+    """``json.loads``, with nesting too deep for the parser reported as the ``ValueError`` it is."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def _check(cond: bool, what: str) -> None:
     if not cond:
         raise ValueError(what)
@@ -175,7 +183,8 @@ def validate(doc: Any, vm_key: str | None = None) -> Record:
     known = {f.name for f in fields(Record)}
     _check(set(doc) <= known | {"steps"}, f"unknown fields {sorted(set(doc) - known)}")
     pid, updated = doc.get("pid", 0), doc.get("updated", 0.0)
-    _check(isinstance(pid, int) and isinstance(updated, (int, float)), "'pid'/'updated' are not numbers")
+    _check(type(pid) is int and 0 <= pid < 1 << 32, "'pid' is not a process id")
+    _check(type(updated) in (int, float) and 0 <= updated < 1e11, "'updated' is not a time")
     return Record(vm=doc["vm"], target=target, device=doc["device"], shape=doc["shape"], status=doc["status"],
                   steps=steps, vm_key=doc.get("vm_key", ""), instance=doc.get("instance", ""),
                   fingerprint=doc.get("fingerprint", ""), header_fingerprint=doc.get("header_fingerprint", ""),
@@ -186,7 +195,7 @@ def validate(doc: Any, vm_key: str | None = None) -> Record:
 def _validate_step(raw: Any, target: str) -> JournalStep:
     _check(isinstance(raw, dict), "a step is not an object")
     kind, name, execute, args = raw.get("kind"), raw.get("name"), raw.get("execute"), raw.get("arguments")
-    _check(kind in CREATES, f"unknown step kind {kind!r}")
+    _check(isinstance(kind, str) and kind in CREATES, f"unknown step kind {kind!r}")
     _check(isinstance(name, str) and isinstance(raw.get("role"), str), "a step's name/role is not a string")
     _check(execute == CREATES[kind], f"step {name!r}: {execute!r} is not how hotluks creates a {kind}")
     _check(isinstance(args, dict), f"step {name!r}: arguments are not an object")
@@ -289,17 +298,17 @@ class Journal:
             raise CorruptRecordError(f"journal record {path} is corrupt: {exc}") from None
         first, *changes = text.splitlines() or [""]
         try:
-            record = validate(json.loads(first), self.vm_key)
+            record = validate(_parse(first), self.vm_key)
         except ValueError as exc:
             try:  # a record written as one (indented) JSON document
-                record, changes = validate(json.loads(text), self.vm_key), []
+                record, changes = validate(_parse(text), self.vm_key), []
             except ValueError:
                 raise CorruptRecordError(f"journal record {path} is corrupt: {exc}") from None
         if record.target != target:
             raise CorruptRecordError(f"journal record {path} is corrupt: it is for target {record.target}")
         for number, line in enumerate(changes, start=2):
             try:
-                change = json.loads(line)
+                change = _parse(line)
                 if "status" in change:
                     _check(change["status"] in STATUSES, "unknown status")
                     record.status = change["status"]
