@@ -13,6 +13,7 @@ from typing import Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, QMPCommandError, VMIdentity
 from hotluks.backends.identity import peer_pid, process_instance, qemu_pid_from_vcpus, vm_uuid
+from hotluks.backends.replies import checked
 from hotluks.errors import BackendError, NotRunning
 
 
@@ -69,6 +70,7 @@ class QMPBackend(MonitorBackend):
         self._pump: asyncio.Task[None] | None = None
         self._peer_pid: int | None = None
         self._identity: VMIdentity | None = None
+        self._stuck: str | None = None  # a command QEMU did not answer in time
 
     @property
     def vm_key(self) -> str:
@@ -180,14 +182,18 @@ class QMPBackend(MonitorBackend):
 
         if self._client is None:
             raise BackendError("QMP backend is not connected")
+        if self._stuck is not None:  # QEMU answers in order: nothing comes before the late reply
+            raise BackendError(f"{command}: not sent, QEMU has not answered {self._stuck} (for over "
+                               f"{self.timeout:g}s)")
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._client.execute(command, dict(arguments) if arguments else None)
+                reply = await self._client.execute(command, dict(arguments) if arguments else None)
         except ExecuteError as exc:
             err = exc.error.error
             raise QMPCommandError(command, err.class_, err.desc) from None
         except TimeoutError:
-            raise BackendError(f"{command}: no answer from QEMU within {self.timeout:.0f}s") from None
+            self._stuck = command
+            raise BackendError(f"{command}: no answer from QEMU within {self.timeout:g}s") from None
         except (StateError, ExecInterruptedError, EOFError, ConnectionError, OSError) as exc:
             raise BackendError(f"{command}: connection to QEMU lost ({type(exc).__name__}: QEMU exited or "
                                "closed the monitor)") from None
@@ -195,6 +201,7 @@ class QMPBackend(MonitorBackend):
             if exc.__class__.__module__.startswith("qemu.qmp"):
                 raise BackendError(f"{command}: QMP connection failed ({type(exc).__name__})") from None
             raise
+        return checked(command, reply)
 
     async def close(self) -> None:
         if self._pump is not None:

@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--connect", "-c", dest="uri", metavar="URI", default=None, help="libvirt URI")
     p.add_argument("--backend", choices=("qmp", "libvirt", "virsh"), default=None)
     p.add_argument("--json", action="store_true", help='print {"bus", "slot", "function", "flags"}')
-    p.set_defaults(func=cmd_placement, timeout=10.0)
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for QEMU (connection, handshake, each reply); default 10")
+    p.set_defaults(func=cmd_placement)
 
 
 def cmd_placement(args: argparse.Namespace) -> int:

@@ -101,7 +101,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _common(s, vm_optional=True)
     s.add_argument("--all", action="store_true",
                    help="every hotluks disk on this host: the VMs of all records in the state directory")
-    s.set_defaults(func=cmd_status, timeout=10.0)  # read-only: takes no lock
+    s.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for QEMU (connection, handshake, each reply); default 10")
+    s.set_defaults(func=cmd_status)  # read-only: takes no lock
 
     r = sub.add_parser("repair", help="finish or undo operations interrupted by a crash", epilog=EXIT_CODES)
     _common(r, vm_optional=True)
@@ -124,7 +126,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="new size: bytes, or with K, M, G, T, P, E (powers of 1024, as qemu-img); "
                         "+SIZE/-SIZE grow/shrink by that much")
     z.add_argument("--force", action="store_true", help="allow shrinking (data past the new end is lost)")
-    z.set_defaults(func=cmd_resize, timeout=30.0)
+    z.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for QEMU (connection, handshake, each reply); default 30")
+    z.set_defaults(func=cmd_resize)
 
 
 async def _with_session(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

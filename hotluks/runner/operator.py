@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend, QMPCommandError, VMIdentity
-from hotluks.errors import HotluksError, InputError, RefusedError, RolledBackError
+from hotluks.errors import BackendError, HotluksError, InputError, RefusedError, RolledBackError
 from hotluks.headers.pins import PinStore, check_pin
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_image
 from hotluks.lifecycle.persist import Persisted
@@ -356,13 +356,17 @@ class Operator(Maintenance):
             if record.status not in ("attached", "detaching"):
                 raise RefusedError(f"target {target_dev} has an interrupted {record.status} operation; "
                                    "run `hotluks repair` first")
+            try:  # a monitor that cannot answer refuses here (nothing changed); once begun, a detach finishes
+                live = await shielded(lambda: snapshot(self.backend), 2 * timeout + 5.0)
+            except TimeoutError:
+                raise BackendError(f"cannot query {self.backend.vm} within {2 * timeout + 5:g}s") from None
             record.status = "detaching"
             try:
                 journal.save(record)
             except OSError as exc:
                 raise RefusedError(f"cannot write the journal in {journal.dir}: {exc.strerror or exc}; "
                                    "nothing was sent to the VM") from None
-            outcome = await undo_shielded(self.backend, journal, record, record.steps, timeout)
+            outcome = await undo_shielded(self.backend, journal, record, record.steps, timeout, live=live)
             if not outcome.clean:
                 record.error = outcome.summary()
                 journal_quietly(lambda: journal.save(record), [])
