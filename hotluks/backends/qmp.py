@@ -119,9 +119,13 @@ class QMPBackend(MonitorBackend):
             async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
                 await client.connect(sock)
         except TimeoutError:
+            greeted = getattr(client, "greeting", None) is not None
             with contextlib.suppress(Exception):
                 await client.disconnect()
             sock.close()
+            if greeted:  # not a busy QEMU (that one never greets): something answers, but not as QEMU does
+                raise BackendError(f"cannot connect to QMP socket {self.path}: the peer greeted but did not "
+                                   f"answer qmp_capabilities within {self.timeout:g}s") from None
             raise self._busy_error() from None
         except (ConnectError, OSError) as exc:
             with contextlib.suppress(Exception):

@@ -118,3 +118,9 @@ def test_a_malformed_reply_before_detach_changes_anything_refuses(tmp_path: Path
         server.counts.clear()
         server.rules["qom-list@1"] = returns("x")  # detach's first query, before it marks the record
         run(detach())
+
+
+def test_a_peer_that_greets_but_never_negotiates_is_not_called_busy() -> None:
+    with HostileQMP(capabilities=raw(HANG)) as server:
+        with pytest.raises(BackendError, match="greeted but did not answer qmp_capabilities within 1s"):
+            run(_connect(server, timeout=1.0))
