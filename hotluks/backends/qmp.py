@@ -17,6 +17,12 @@ from hotluks.backends.replies import checked
 from hotluks.errors import BackendError, NotRunning
 
 
+#: the longest QMP message hotluks reads. QEMU's largest reply it asks for is the schema
+#: (~240 KB for QEMU 10); parsed JSON of small objects takes ~30-80 times its size in memory,
+#: so a peer's 10 MB line would cost hundreds of MiB: longer messages end the connection
+MAX_MESSAGE = 2 << 20
+
+
 def socket_path(vm: str) -> Path | None:
     """The socket path when ``vm`` names a QMP socket (``unix:/path`` or a socket file)."""
     if vm.startswith("unix:"):
@@ -114,6 +120,7 @@ class QMPBackend(MonitorBackend):
                 raise BackendError(f"cannot connect to QMP socket {self.path}: {exc.strerror or exc}") from None
         self._peer_pid = peer_pid(sock)  # the process that listens: QEMU itself for -qmp unix:…,server=on
         client = _client_class()(f"hotluks:{self.path.name}")
+        client.readbuflen = MAX_MESSAGE  # (qemu.qmp's own default is 10 MB)
         client.logger.disabled = True  # qemu.qmp logs traffic at debug level; it may carry secrets
         try:
             async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
@@ -200,7 +207,7 @@ class QMPBackend(MonitorBackend):
             raise BackendError(f"{command}: no answer from QEMU within {self.timeout:g}s") from None
         except (StateError, ExecInterruptedError, EOFError, ConnectionError, OSError) as exc:
             raise BackendError(f"{command}: connection to QEMU lost ({type(exc).__name__}: QEMU exited or "
-                               "closed the monitor)") from None
+                               "closed the monitor, or sent a message that is not QMP or over 2 MiB)") from None
         except Exception as exc:  # qemu.qmp raises its own protocol errors on disconnect
             if exc.__class__.__module__.startswith("qemu.qmp"):
                 raise BackendError(f"{command}: QMP connection failed ({type(exc).__name__})") from None

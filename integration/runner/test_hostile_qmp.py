@@ -96,6 +96,14 @@ def _events(count: int) -> list[Step]:
     return [event * count]
 
 
+def _many_small(count: int) -> Rule:
+    """A ``return`` list of ``count`` tiny nested objects (parsed JSON costs ~30x its size)."""
+    def rule(default: dict[str, Any], msg: dict[str, Any]) -> list[Step]:
+        return [b'{"return": [' + b'{"a":[{}]},' * count + b'{}], "id": ' + json.dumps(msg.get("id")).encode()
+                + b"}\r\n"]
+    return rule
+
+
 def _giant(size: int) -> list[Step]:
     return [b'{"return": "' + b"A" * size + b'"}\r\n']
 
@@ -176,7 +184,8 @@ def _scripts() -> list[Script]:
     for label, error in {"no-class": {"desc": "d"}, "no-desc": {"class": "GenericError"},
                          "class-int": {"class": 1, "desc": 2}, "error-string": "boom", "error-list": [1],
                          "huge-desc": {"class": "GenericError", "desc": "d" * 1_000_000}}.items():
-        out.append(Script(f"error-{label}", {q: document({"error": error}) for q in QUERIES}))
+        out.append(Script(f"error-{label}", {q: document({"error": error}) for q in QUERIES},
+                          commands=("status", "attach-dry")))  # the first query fails: the same path for all
     out += [
         Script("both-return-and-error", {"query-uuid": document({"return": {}, "error": {"class": "X", "desc": "y"}})}),
         Script("neither-return-nor-error", {"query-uuid": document({"answer": 42})}),
@@ -196,6 +205,8 @@ def _scripts() -> list[Script]:
         Script("event-flood", {"query-uuid": then(_events(20000))}),
         Script("event-garbage", {"query-uuid": then([line({"event": 5}), line({"event": "X", "data": [1]})])}),
         Script("giant-line-50MB", {"query-uuid": raw(*_giant(50 << 20))}, commands=("status", "attach-dry")),
+        Script("small-objects-2MB", {"query-named-block-nodes": _many_small(180_000)}),
+        Script("small-objects-9MB", {"query-named-block-nodes": _many_small(900_000)}),
         Script("giant-reply-in-list", {"query-named-block-nodes": returns(["n" * 1000] * 20000)}),
         # the greeting and the handshake
         Script("no-greeting", {}, greeting=[HANG], commands=ALL_COMMANDS),  # each --timeout bounds it
@@ -365,8 +376,8 @@ SENDS: dict[str, tuple[str, ...]] = {
     "query-version": ("attach-dry",),
     "query-qmp-schema": ("attach-dry",),
     "qom-get": ("attach-dry", "placement"),
-    "query-uuid": IDENTITY,
-    "query-cpus-fast": IDENTITY,
+    "query-uuid": IDENTITY[:2],
+    "query-cpus-fast": IDENTITY[:2],
     "object-add": ("attach",), "blockdev-add": ("attach",), "device_add": ("attach",),
     "device_del": ("detach",), "blockdev-del": ("detach",), "object-del": ("detach",),
     "block_resize": ("resize",),

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hotluks.backends.qmp import QMPBackend
+from hotluks.backends.qmp import MAX_MESSAGE, QMPBackend
 from hotluks.errors import BackendError, MalformedReply, RolledBack
 from hotluks.runner.operator import Operator
 from hotluks.runner.vmstate import snapshot
@@ -124,3 +124,18 @@ def test_a_peer_that_greets_but_never_negotiates_is_not_called_busy() -> None:
     with HostileQMP(capabilities=raw(HANG)) as server:
         with pytest.raises(BackendError, match="greeted but did not answer qmp_capabilities within 1s"):
             run(_connect(server, timeout=1.0))
+
+
+def test_a_message_over_the_limit_ends_the_connection_before_it_is_parsed() -> None:
+    """A few MB of tiny JSON objects would take hundreds of MiB once parsed: refused unread."""
+    async def go() -> None:
+        backend = await _connect(server)
+        try:
+            with pytest.raises(BackendError, match="connection to QEMU lost .*over 2 MiB"):
+                await backend.execute("query-pci")
+        finally:
+            await backend.close()
+
+    big = b'{"return": "' + b"x" * (MAX_MESSAGE + 10) + b'", "id": "__qmp#00001"}\r\n'
+    with HostileQMP({"query-pci": raw(big)}) as server:
+        run(go())
