@@ -16,7 +16,6 @@ from hotluks.backends.identity import peer_pid, process_instance, qemu_pid_from_
 from hotluks.backends.replies import checked
 from hotluks.errors import BackendError, NotRunning
 
-
 #: the longest QMP message hotluks reads. QEMU's largest reply it asks for is the schema
 #: (~240 KB for QEMU 10); parsed JSON of small objects takes ~30-80 times its size in memory,
 #: so a peer's 10 MB line would cost hundreds of MiB: longer messages end the connection

@@ -201,6 +201,8 @@ def _scripts() -> list[Script]:
         Script("hang-on-query", {"query-named-block-nodes": raw(HANG)}),
         Script("hang-on-schema", {"query-qmp-schema": raw(HANG)}, commands=("attach", "attach-dry")),
         Script("slow-replies", {q: then([0.3]) for q in QUERIES}),
+        Script("slow-just-in-time", {q: then([1.5]) for q in QUERIES},  # each reply in time, not all
+               commands=("status", "attach-dry", "placement")),
         Script("slow-partial-line", {"query-uuid": lambda d, m: [line(d)[:5], 2.0, line(d)[5:]]}),
         Script("event-flood", {"query-uuid": then(_events(20000))}),
         Script("event-garbage", {"query-uuid": then([line({"event": 5}), line({"event": "X", "data": [1]})])}),

@@ -15,8 +15,8 @@ from hotluks.backends.qmp import MAX_MESSAGE, QMPBackend
 from hotluks.errors import BackendError, MalformedReply, RolledBack
 from hotluks.runner.operator import Operator
 from hotluks.runner.vmstate import snapshot
-from tests.runner.fakedisks import SECRETS, make
-from testsupport.hostileqmp import GREETING, HANG, HostileQMP, line, raw, returns
+from tests.runner.fakedisks import SECRETS, UUID, disk_xml, make
+from testsupport.hostileqmp import GREETING, HANG, HostileQMP, line, raw, returns, then
 
 
 def run(coro: Any) -> Any:
@@ -139,3 +139,41 @@ def test_a_message_over_the_limit_ends_the_connection_before_it_is_parsed() -> N
     big = b'{"return": "' + b"x" * (MAX_MESSAGE + 10) + b'", "id": "__qmp#00001"}\r\n'
     with HostileQMP({"query-pci": raw(big)}) as server:
         run(go())
+
+
+@pytest.mark.parametrize("command", ["attach-dry-run", "status", "placement"])
+def test_a_read_only_command_is_bounded_in_all_by_its_timeout(tmp_path: Path, command: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Each reply in time but all of them not: --timeout bounds the whole read-only conversation."""
+    from hotluks.cli.main import main
+
+    secret = tmp_path / "pass"
+    secret.write_bytes(b"fake-passphrase")
+    disk = tmp_path / "disk.xml"
+    disk.write_text(disk_xml(tmp_path, "attached-luks"))
+    slow = {q: then([0.4]) for q in ("query-cpus-fast", "query-uuid", "query-version", "query-qmp-schema",
+                                     "query-named-block-nodes", "qom-list", "qom-get", "query-pci")}
+    with HostileQMP() as server:
+        vm = f"unix:{server.path}"
+        argv = {"attach-dry-run": ["attach", vm, str(disk), "--secret", f"{UUID}={secret}", "--no-preflight",
+                                   "--dry-run"],
+                "status": ["status", vm],
+                "placement": ["placement", vm, "--target", "vdb"]}[command]
+        if command != "placement":
+            argv += ["--state-dir", str(tmp_path / "s")]
+        if command == "status":  # status asks nothing without a record: give it one to check
+            disk_obj = make(tmp_path, "attached-luks")
+
+            async def attach() -> None:
+                backend = await _connect(server, timeout=5.0)
+                try:
+                    await Operator(backend, state_dir=tmp_path / "s").attach(disk_obj, SECRETS, preflight=False)
+                finally:
+                    await backend.close()
+
+            run(attach())
+        server.rules.update(slow)
+        started = time.monotonic()
+        assert main([*argv, "--timeout", "1"]) == 2
+        assert time.monotonic() - started < 2
+    assert "did not answer all queries within 1s (--timeout); nothing was changed" in capsys.readouterr().err
