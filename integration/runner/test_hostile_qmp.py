@@ -439,7 +439,7 @@ def test_a_clean_monitor_works(world: World) -> None:
         assert outcome.code == 0 and not problems(outcome, command), (command, outcome)
 
 
-def test_the_server_is_gone_after_a_case(world: World) -> None:
+def test_the_server_is_gone_after_a_case() -> None:
     server = HostileQMP({"query-uuid": raw(HANG)})
     with server:
         assert server.path.is_socket()
