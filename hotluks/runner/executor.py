@@ -138,6 +138,15 @@ async def undo(backend: MonitorBackend, journal: Journal, record: Record, steps:
                           tuple(journal_notes))
 
 
+async def snapshot_first(backend: MonitorBackend, timeout: float) -> VMSnapshot:
+    """The VM before an undo changes anything: a monitor that cannot answer refuses it here (exit 2).
+    Shielded like the undo it precedes: once begun, a detach finishes."""
+    try:
+        return await shielded(lambda: snapshot(backend), 2 * timeout + 5.0)
+    except TimeoutError:
+        raise BackendError(f"cannot query {backend.vm} within {2 * timeout + 5:g}s") from None
+
+
 async def undo_shielded(backend: MonitorBackend, journal: Journal, record: Record, steps: list[JournalStep],
                         timeout: float, before: VMSnapshot | None = None,
                         live: VMSnapshot | None = None) -> tx.UndoOutcome:

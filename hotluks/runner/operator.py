@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend, QMPCommandError, VMIdentity
-from hotluks.errors import BackendError, HotluksError, InputError, RefusedError, RolledBackError
+from hotluks.errors import HotluksError, InputError, RefusedError, RolledBackError
 from hotluks.headers.pins import PinStore, check_pin
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_image
 from hotluks.lifecycle.persist import Persisted
@@ -32,7 +32,7 @@ from hotluks.plan.steps import Plan
 from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner import transaction as tx
 from hotluks.runner.access import check_qemu_access
-from hotluks.runner.executor import journal_quietly, send_step, shielded, undo_shielded
+from hotluks.runner.executor import journal_quietly, send_step, shielded, snapshot_first, undo_shielded
 from hotluks.runner.fdplan import with_fd_passing
 from hotluks.runner.guardplan import GUARD_ROLE, with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
@@ -356,10 +356,7 @@ class Operator(Maintenance):
             if record.status not in ("attached", "detaching"):
                 raise RefusedError(f"target {target_dev} has an interrupted {record.status} operation; "
                                    "run `hotluks repair` first")
-            try:  # a monitor that cannot answer refuses here (nothing changed); once begun, a detach finishes
-                live = await shielded(lambda: snapshot(self.backend), 2 * timeout + 5.0)
-            except TimeoutError:
-                raise BackendError(f"cannot query {self.backend.vm} within {2 * timeout + 5:g}s") from None
+            live = await snapshot_first(self.backend, timeout)  # a monitor that cannot answer refuses here
             record.status = "detaching"
             try:
                 journal.save(record)
