@@ -47,6 +47,8 @@ def _client_class() -> type[Any]:
     from qemu.qmp.message import Message
 
     class QuietQMPClient(QMPClient):
+        _limit = MAX_MESSAGE  # the read limit in qemu.qmp 0.0.3 (newer ones: ``readbuflen``, set per client)
+
         def _cb_outbound(self, msg: Message) -> Message:
             return msg
 
