@@ -113,6 +113,14 @@ class BackendError(HotluksError):
     """Talking to QEMU or libvirt failed (connection, timeout, protocol)."""
 
 
+class MalformedReply(BackendError):
+    """The monitor's reply has the wrong shape (not what QEMU sends); after a change: rollback (1) or repair (3).
+
+    Before the first change to the VM it is exit 2, like any monitor failure; see
+    :mod:`hotluks.backends.replies`.
+    """
+
+
 # -- after the first change to the VM ---------------------------------------------------------
 class RolledBack(HotluksError):
     """A step failed and every earlier step was undone; the VM is unchanged."""

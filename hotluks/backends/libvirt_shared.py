@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hotluks.backends.base import Event, MasterKey, QMPArgs, QMPCommandError, VMIdentity
 from hotluks.backends.identity import looks_like_uuid, normalize_uuid, process_instance, qemu_pid_from_vcpus
+from hotluks.backends.replies import checked
 from hotluks.errors import BackendError, DomainNotFound, NotRunning
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,7 +74,7 @@ def parse_reply(command: str, reply: str) -> Any:
         raise QMPCommandError(command, str(err.get("class", "GenericError")), str(err.get("desc", "unknown error")))
     if "return" not in data:
         raise BackendError(f"{command}: reply from the monitor has neither 'return' nor 'error'")
-    return data["return"]
+    return checked(command, data["return"])
 
 
 def shape_event(name: str, seconds: int, micros: int, details: str | None) -> Event:

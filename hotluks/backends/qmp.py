@@ -13,7 +13,13 @@ from typing import Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, QMPCommandError, VMIdentity
 from hotluks.backends.identity import peer_pid, process_instance, qemu_pid_from_vcpus, vm_uuid
+from hotluks.backends.replies import checked
 from hotluks.errors import BackendError, NotRunning
+
+#: the longest QMP message hotluks reads. QEMU's largest reply it asks for is the schema
+#: (~240 KB for QEMU 10); parsed JSON of small objects takes ~30-80 times its size in memory,
+#: so a peer's 10 MB line would cost hundreds of MiB: longer messages end the connection
+MAX_MESSAGE = 2 << 20
 
 
 def socket_path(vm: str) -> Path | None:
@@ -41,6 +47,8 @@ def _client_class() -> type[Any]:
     from qemu.qmp.message import Message
 
     class QuietQMPClient(QMPClient):
+        _limit = MAX_MESSAGE  # the read limit in qemu.qmp 0.0.3 (newer ones: ``readbuflen``, set per client)
+
         def _cb_outbound(self, msg: Message) -> Message:
             return msg
 
@@ -69,6 +77,7 @@ class QMPBackend(MonitorBackend):
         self._pump: asyncio.Task[None] | None = None
         self._peer_pid: int | None = None
         self._identity: VMIdentity | None = None
+        self._stuck: str | None = None  # a command QEMU did not answer in time
 
     @property
     def vm_key(self) -> str:
@@ -112,14 +121,19 @@ class QMPBackend(MonitorBackend):
                 raise BackendError(f"cannot connect to QMP socket {self.path}: {exc.strerror or exc}") from None
         self._peer_pid = peer_pid(sock)  # the process that listens: QEMU itself for -qmp unix:…,server=on
         client = _client_class()(f"hotluks:{self.path.name}")
+        client.readbuflen = MAX_MESSAGE  # (qemu.qmp's own default is 10 MB)
         client.logger.disabled = True  # qemu.qmp logs traffic at debug level; it may carry secrets
         try:
             async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
                 await client.connect(sock)
         except TimeoutError:
+            greeted = getattr(client, "greeting", None) is not None
             with contextlib.suppress(Exception):
                 await client.disconnect()
             sock.close()
+            if greeted:  # not a busy QEMU (that one never greets): something answers, but not as QEMU does
+                raise BackendError(f"cannot connect to QMP socket {self.path}: the peer greeted but did not "
+                                   f"answer qmp_capabilities within {self.timeout:g}s") from None
             raise self._busy_error() from None
         except (ConnectError, OSError) as exc:
             with contextlib.suppress(Exception):
@@ -180,21 +194,26 @@ class QMPBackend(MonitorBackend):
 
         if self._client is None:
             raise BackendError("QMP backend is not connected")
+        if self._stuck is not None:  # QEMU answers in order: nothing comes before the late reply
+            raise BackendError(f"{command}: not sent, QEMU has not answered {self._stuck} (for over "
+                               f"{self.timeout:g}s)")
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._client.execute(command, dict(arguments) if arguments else None)
+                reply = await self._client.execute(command, dict(arguments) if arguments else None)
         except ExecuteError as exc:
             err = exc.error.error
             raise QMPCommandError(command, err.class_, err.desc) from None
         except TimeoutError:
-            raise BackendError(f"{command}: no answer from QEMU within {self.timeout:.0f}s") from None
+            self._stuck = command
+            raise BackendError(f"{command}: no answer from QEMU within {self.timeout:g}s") from None
         except (StateError, ExecInterruptedError, EOFError, ConnectionError, OSError) as exc:
             raise BackendError(f"{command}: connection to QEMU lost ({type(exc).__name__}: QEMU exited or "
-                               "closed the monitor)") from None
+                               "closed the monitor, or sent a message that is not QMP or over 2 MiB)") from None
         except Exception as exc:  # qemu.qmp raises its own protocol errors on disconnect
             if exc.__class__.__module__.startswith("qemu.qmp"):
                 raise BackendError(f"{command}: QMP connection failed ({type(exc).__name__})") from None
             raise
+        return checked(command, reply)
 
     async def close(self) -> None:
         if self._pump is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from hotluks.cli.vm import VM_HELP
+from hotluks.cli.vm import VM_HELP, within
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--connect", "-c", dest="uri", metavar="URI", default=None, help="libvirt URI")
     p.add_argument("--backend", choices=("qmp", "libvirt", "virsh"), default=None)
     p.add_argument("--json", action="store_true", help='print {"bus", "slot", "function", "flags"}')
-    p.set_defaults(func=cmd_placement, timeout=10.0)
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for QEMU, in all (connection, handshake, replies); default 10")
+    p.set_defaults(func=cmd_placement)
 
 
 def cmd_placement(args: argparse.Namespace) -> int:
@@ -35,13 +37,13 @@ def cmd_placement(args: argparse.Namespace) -> int:
     device = args.device or Namer(args.target).device_id
 
     async def probe() -> DevicePlacement:
-        backend = await open_vm_backend(args.vm, uri=args.uri, backend=args.backend, timeout=args.timeout)
+        backend = await open_vm_backend(args.vm, uri=args.uri, backend=args.backend, timeout=max(args.timeout, 1.0))
         try:
             return await device_placement(backend, device)
         finally:
             await backend.close()
 
-    where = asyncio.run(probe())
+    where = asyncio.run(within(max(args.timeout, 1.0), probe(), "nothing was changed"))
     flags = where.cold_cmdline_flags()
     if args.json:
         from hotluks.cli.output import emit

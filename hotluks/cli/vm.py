@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="check the LUKS header against the fingerprint pinned for its location, pinning it on "
                         "first use (STATE/pins); a replaced header is refused")
     a.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                   help="seconds to wait for QEMU (and for unplug during rollback); default 30")
+                   help="seconds to wait for QEMU (and for unplug during rollback; with --dry-run, in all); "
+                        "default 30")
     a.add_argument("--path", choices=("qmp", "libvirt-native", "auto"), default="auto",
                    help="qmp: hotluks' steps through the monitor; libvirt-native: libvirt's device API for disks "
                         "it expresses (all secrets in libvirt's store; libvirt and virsh backends); auto (default): "
@@ -101,7 +102,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _common(s, vm_optional=True)
     s.add_argument("--all", action="store_true",
                    help="every hotluks disk on this host: the VMs of all records in the state directory")
-    s.set_defaults(func=cmd_status, timeout=10.0)  # read-only: takes no lock
+    s.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for QEMU, in all (connection, handshake, replies); default 10")
+    s.set_defaults(func=cmd_status)  # read-only: takes no lock
 
     r = sub.add_parser("repair", help="finish or undo operations interrupted by a crash", epilog=EXIT_CODES)
     _common(r, vm_optional=True)
@@ -124,7 +127,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="new size: bytes, or with K, M, G, T, P, E (powers of 1024, as qemu-img); "
                         "+SIZE/-SIZE grow/shrink by that much")
     z.add_argument("--force", action="store_true", help="allow shrinking (data past the new end is lost)")
-    z.set_defaults(func=cmd_resize, timeout=30.0)
+    z.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for QEMU (connection, handshake, each reply); default 30")
+    z.set_defaults(func=cmd_resize)
 
 
 async def _with_session(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -134,10 +139,33 @@ async def _with_session(args: argparse.Namespace, work: Callable[[AsyncSession],
     master = None
     if args.master_key:
         master = read_secret_file(args.master_key).value
-    async with aconnect(args.vm, uri=args.uri, state_dir=args.state_dir, master_key=master,
-                        master_key_id=args.master_key_id, backend=args.backend,
-                        timeout=max(args.timeout, 1.0)) as session:
-        return await work(session)
+    timeout = max(args.timeout, 1.0)
+
+    async def session_work() -> T:
+        async with aconnect(args.vm, uri=args.uri, state_dir=args.state_dir, master_key=master,
+                            master_key_id=args.master_key_id, backend=args.backend, timeout=timeout) as session:
+            return await work(session)
+
+    if not getattr(args, "read_only", False):
+        return await session_work()
+    return await within(timeout, session_work(), "nothing was changed")
+
+
+async def within(seconds: float, work: Awaitable[T], note: str) -> T:
+    """``work``, ended after ``seconds`` in all: a read-only command's --timeout bounds the whole
+    conversation with QEMU (a monitor answering each query just in time would otherwise add them up)."""
+    import asyncio
+
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            return await work
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        from hotluks.errors import BackendError
+
+        raise BackendError(f"QEMU did not answer all queries within {seconds:g}s (--timeout); {note}") from None
 
 
 async def _interruptible(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -187,6 +215,7 @@ def _run(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]])
 
 def cmd_attach(args: argparse.Namespace) -> int:
     apply_tls_option(args)
+    args.read_only = args.dry_run
     disk = load_disk(args.disk)
     secrets = read_secrets(args.secret)
     result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run,
@@ -233,6 +262,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         from hotluks.cli.status_all import cmd_status_all
 
         return cmd_status_all(args)
+    args.read_only = True
     disks = _run(args, lambda s: s.status())
     attention = 3 if any(d.needs_repair or d.status == "lost" or d.not_covered for d in disks) else 0
     if args.json:

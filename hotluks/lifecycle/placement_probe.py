@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
+from hotluks.backends.replies import expect
 from hotluks.errors import InputError
 
 
@@ -37,4 +38,4 @@ async def device_placement(backend: MonitorBackend, device: str) -> DevicePlacem
         devfn = await backend.execute("qom-get", {"path": path, "property": "addr"})
     except QMPCommandError as exc:
         raise InputError(f"the VM has no PCI device {device!r} ({exc.desc})") from None
-    return placement_from_qom(str(parent), int(devfn))
+    return placement_from_qom(expect("qom-get", parent, str, "parent_bus"), expect("qom-get", devfn, int, "addr"))

@@ -75,7 +75,7 @@ def root_slots_in_use(query_pci: Iterable[dict[str, Any]]) -> frozenset[int]:
     for bus in query_pci:
         if int(bus.get("bus", 0)) != 0:
             continue
-        used.update(int(dev["slot"]) for dev in bus.get("devices", []) if int(dev.get("bus", 0)) == 0)
+        used.update(int(dev["slot"]) for dev in bus.get("devices", []) if int(dev.get("bus", 0)) == 0 and "slot" in dev)
     return frozenset(used)
 
 

@@ -93,14 +93,15 @@ def journal_quietly(action: Callable[[], None], problems: list[str]) -> None:
 
 
 async def undo(backend: MonitorBackend, journal: Journal, record: Record, steps: list[JournalStep],
-               timeout: float, before: VMSnapshot | None = None) -> tx.UndoOutcome:
-    """Undo, newest first, each of ``steps`` that exists in the VM, then verify against a fresh snapshot."""
+               timeout: float, before: VMSnapshot | None = None, live: VMSnapshot | None = None) -> tx.UndoOutcome:
+    """Undo, newest first, each of ``steps`` that exists in the VM (``live``, else queried now), then
+    verify against a fresh snapshot."""
     undone: list[str] = []
     failed: list[tuple[JournalStep, str]] = []
     journal_notes: list[str] = []
     pending: str | None = None
     try:
-        live = await snapshot(backend)
+        live = live if live is not None else await snapshot(backend)
     except (BackendError, OSError) as exc:
         return tx.UndoOutcome((), (f"cannot query the VM: {tx.describe_failure(exc)}",), False, "")
     for index in tx.undo_order(steps, live):
@@ -137,12 +138,22 @@ async def undo(backend: MonitorBackend, journal: Journal, record: Record, steps:
                           tuple(journal_notes))
 
 
+async def snapshot_first(backend: MonitorBackend, timeout: float) -> VMSnapshot:
+    """The VM before an undo changes anything: a monitor that cannot answer refuses it here (exit 2).
+    Shielded like the undo it precedes: once begun, a detach finishes."""
+    try:
+        return await shielded(lambda: snapshot(backend), 2 * timeout + 5.0)
+    except TimeoutError:
+        raise BackendError(f"cannot query {backend.vm} within {2 * timeout + 5:g}s") from None
+
+
 async def undo_shielded(backend: MonitorBackend, journal: Journal, record: Record, steps: list[JournalStep],
-                        timeout: float, before: VMSnapshot | None = None) -> tx.UndoOutcome:
+                        timeout: float, before: VMSnapshot | None = None,
+                        live: VMSnapshot | None = None) -> tx.UndoOutcome:
     """:func:`undo`, shielded from cancellation and bounded (an unplug wait plus QEMU's own time)."""
     limit = 2 * timeout + 5.0
     try:
-        return await shielded(lambda: undo(backend, journal, record, steps, timeout, before), limit)
+        return await shielded(lambda: undo(backend, journal, record, steps, timeout, before, live), limit)
     except TimeoutError:
         return tx.UndoOutcome((), (f"the undo did not finish within {limit:g}s",), False, "")
 

@@ -32,7 +32,7 @@ from hotluks.plan.steps import Plan
 from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner import transaction as tx
 from hotluks.runner.access import check_qemu_access
-from hotluks.runner.executor import journal_quietly, send_step, shielded, undo_shielded
+from hotluks.runner.executor import journal_quietly, send_step, shielded, snapshot_first, undo_shielded
 from hotluks.runner.fdplan import with_fd_passing
 from hotluks.runner.guardplan import GUARD_ROLE, with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
@@ -356,13 +356,14 @@ class Operator(Maintenance):
             if record.status not in ("attached", "detaching"):
                 raise RefusedError(f"target {target_dev} has an interrupted {record.status} operation; "
                                    "run `hotluks repair` first")
+            live = await snapshot_first(self.backend, timeout)  # a monitor that cannot answer refuses here
             record.status = "detaching"
             try:
                 journal.save(record)
             except OSError as exc:
                 raise RefusedError(f"cannot write the journal in {journal.dir}: {exc.strerror or exc}; "
                                    "nothing was sent to the VM") from None
-            outcome = await undo_shielded(self.backend, journal, record, record.steps, timeout)
+            outcome = await undo_shielded(self.backend, journal, record, record.steps, timeout, live=live)
             if not outcome.clean:
                 record.error = outcome.summary()
                 journal_quietly(lambda: journal.save(record), [])

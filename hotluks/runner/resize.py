@@ -28,6 +28,7 @@ from hotluks.errors import (
     HotluksError,
     Incomplete,
     InputError,
+    MalformedReply,
     NotAttached,
     RefusedError,
     RolledBack,
@@ -131,7 +132,11 @@ async def node_size(backend: MonitorBackend, node: str) -> int:
     """The virtual size QEMU reports for block node ``node``."""
     for entry in await backend.execute("query-named-block-nodes", {"flat": True}):
         if entry.get("node-name") == node:
-            return int(entry["image"]["virtual-size"])
+            size = entry.get("image", {}).get("virtual-size")  # shapes checked by the backend
+            if size is None:
+                raise MalformedReply(f"query-named-block-nodes: malformed reply from the monitor: node {node} "
+                                     "has no image size")
+            return int(size)
     raise RefusedError(f"block node {node} is not in the VM: run `hotluks status` (and `hotluks repair`)")
 
 

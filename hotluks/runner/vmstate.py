@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
-from hotluks.errors import HotluksError, RefusedError
+from hotluks.backends.replies import expect
+from hotluks.errors import HotluksError, MalformedReply, RefusedError
 from hotluks.lifecycle.pci import pci_reservations
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
@@ -111,7 +112,12 @@ async def probe_capabilities(backend: MonitorBackend, cache_dir: Path | None = N
         if cached is not None:
             _CAPABILITIES[key] = cached
             return cached
-    caps = Capabilities.from_qmp(await backend.execute("query-qmp-schema"), version)
+    schema = await backend.execute("query-qmp-schema")
+    try:
+        caps = Capabilities.from_qmp(schema, version)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # entries checked, their insides not
+        raise MalformedReply(f"query-qmp-schema: malformed reply from the monitor ({type(exc).__name__}: "
+                             f"{str(exc)[:80]})") from None
     if package:
         _CAPABILITIES[key] = caps
         if path is not None:
@@ -153,7 +159,8 @@ def _store_capabilities(path: Path, caps: Capabilities) -> None:
 
 async def machine_type(backend: MonitorBackend) -> str:
     """The QOM type of the machine (``pc-q35-10.0-machine``, ``pc-i440fx-…``)."""
-    return str(await backend.execute("qom-get", {"path": "/machine", "property": "type"}))
+    return str(expect("qom-get", await backend.execute("qom-get", {"path": "/machine", "property": "type"}), str,
+                      "the machine type"))
 
 
 async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, *,
