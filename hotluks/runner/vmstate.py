@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,17 +66,19 @@ def _children(listing: list[dict[str, Any]]) -> dict[str, str]:
     return {str(e["name"]): str(e["type"])[6:-1] for e in listing if str(e.get("type", "")).startswith("child<")}
 
 
-async def snapshot(backend: MonitorBackend) -> VMSnapshot:
-    """Block nodes, secret/other objects, peripheral devices and (when the backend passes
-    descriptors) fdsets: three or four queries, pipelined."""
-    queries = [
+def _snapshot_queries(backend: MonitorBackend) -> list[Awaitable[Any]]:
+    queries: list[Awaitable[Any]] = [
         backend.execute("query-named-block-nodes", {"flat": True}),
         backend.execute("qom-list", {"path": "/objects"}),
         backend.execute("qom-list", {"path": "/machine/peripheral"}),
     ]
     if backend.passes_fds:
         queries.append(backend.execute("query-fdsets"))
-    nodes, objects, devices, *fdsets = await asyncio.gather(*queries)
+    return queries
+
+
+def _snapshot_from(replies: Sequence[Any]) -> VMSnapshot:
+    nodes, objects, devices, *fdsets = replies
     types = _children(devices)
     return VMSnapshot(
         nodes=frozenset(str(n["node-name"]) for n in nodes),
@@ -86,6 +88,12 @@ async def snapshot(backend: MonitorBackend) -> VMSnapshot:
         fdsets={int(s["fdset-id"]): frozenset(str(f.get("opaque", "")) for f in s.get("fds", []))
                 for s in (fdsets[0] if fdsets else [])},
     )
+
+
+async def snapshot(backend: MonitorBackend) -> VMSnapshot:
+    """Block nodes, secret/other objects, peripheral devices and (when the backend passes
+    descriptors) fdsets: three or four queries, pipelined."""
+    return _snapshot_from(await asyncio.gather(*_snapshot_queries(backend)))
 
 
 _CAPABILITIES: dict[str, Capabilities] = {}
@@ -156,26 +164,76 @@ async def machine_type(backend: MonitorBackend) -> str:
     return str(await backend.execute("qom-get", {"path": "/machine", "property": "type"}))
 
 
+def _places_on_pci(disk: Disk) -> bool:
+    return disk.address is None and disk.bus == "virtio"
+
+
 async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, *,
                        machine: str | None = None) -> PlanContext:
     """Conflict names plus where to plug ``disk`` when its XML has no ``<address>``.
 
     PCI disks go to the top of the free range (see :mod:`hotluks.plan.placement`).
     ``machine`` (from :func:`machine_type`, constant for a VM's life) saves a query.
+    :func:`survey` gets the same answer with the snapshot in one pipelined round.
     """
     machine = machine if machine is not None else await machine_type(backend)
+    peripherals = dict(snap.device_types)
+    if disk.address is None and not peripherals and (disk.bus == "scsi" or (disk.bus == "virtio" and "q35" in machine)):
+        peripherals = _children(await backend.execute("qom-list", {"path": "/machine/peripheral"}))
+    pci = (await pci_reservations(backend), await backend.execute("query-pci")) if _places_on_pci(disk) else None
+    context, _ = await _context(backend, disk, snap, peripherals, machine, pci, {})
+    return context
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What an attach needs to know of the VM before its first step, from one moment."""
+
+    before: VMSnapshot
+    context: PlanContext
+    #: the root port taken now and the next one in preference (guesses for a later survey)
+    port_hint: tuple[str, ...] = ()
+
+
+async def survey(backend: MonitorBackend, disk: Disk, *, machine: str, port_hint: Sequence[str] = ()) -> Survey:
+    """:func:`snapshot` and :func:`plan_context` in one pipelined round, usually.
+
+    The snapshot's queries, the domain's reserved addresses and ``query-pci`` (for a PCI disk
+    without an ``<address>``) and, on q35, the QOM bus listing of the ports in ``port_hint``
+    (a previous survey's guess) go out together. The guess only saves round trips: a listing
+    counts only for a port the fresh ``query-pci`` makes a candidate, and every other candidate
+    is still confirmed by a query of its own, exactly as :func:`plan_context` does.
+    """
+    queries = _snapshot_queries(backend)
+    count = len(queries)
+    pci = _places_on_pci(disk)
+    hint = list(port_hint[:2]) if pci and "q35" in machine else []
+    if pci:
+        queries += [pci_reservations(backend), backend.execute("query-pci")]
+        queries += [_bus_listing(backend, port) for port in hint]
+    replies = await asyncio.gather(*queries)
+    before = _snapshot_from(replies[:count])
+    facts = (replies[count], replies[count + 1]) if pci else None
+    listed = dict(zip(hint, replies[count + 2:]))
+    context, order = await _context(backend, disk, before, dict(before.device_types), machine, facts, listed)
+    taken = order[order.index(context.pci_bus):] if context.pci_bus in order else []
+    return Survey(before, context, tuple(taken[:2]))
+
+
+async def _context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, peripherals: Mapping[str, str],
+                   machine: str, pci: tuple[Reservations, list[dict[str, Any]]] | None,
+                   listed: Mapping[str, list[dict[str, Any]] | None]) -> tuple[PlanContext, list[str]]:
+    """The plan context from the facts gathered; also the root ports in order of preference."""
     q35 = "q35" in machine
     root = "pcie.0" if q35 else "pci.0"
     pci_bus = scsi_bus = None
     pci_slot: int | None = None
-    peripherals = dict(snap.device_types)
-    if disk.address is None and not peripherals and (disk.bus == "scsi" or (disk.bus == "virtio" and q35)):
-        peripherals = _children(await backend.execute("qom-list", {"path": "/machine/peripheral"}))
-    if disk.address is None and disk.bus == "virtio":
-        reserved = await pci_reservations(backend)
-        pci_devices = await backend.execute("query-pci")
+    order: list[str] = []
+    if pci is not None:
+        reserved, pci_devices = pci
         if q35:
-            pci_bus = await _free_pcie_port(backend, peripherals, pci_devices, reserved)
+            order = _port_candidates(peripherals, pci_devices, reserved)
+            pci_bus = await _free_pcie_port(backend, order, listed)
         else:
             pci_bus, pci_slot = root, choose_root_slot(root_slots_in_use(pci_devices), reserved.root_slots)
     if disk.address is None and disk.bus == "scsi":
@@ -188,19 +246,12 @@ async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, *,
     from hotluks.headers.tls import nbd_tls_dir
 
     return PlanContext(existing_names=snap.names, pci_bus=pci_bus, pci_slot=pci_slot, pci_root_bus=root,
-                       scsi_bus=scsi_bus, nbd_tls_dir=nbd_tls_dir())
+                       scsi_bus=scsi_bus, nbd_tls_dir=nbd_tls_dir()), order
 
 
-async def _free_pcie_port(backend: MonitorBackend, peripherals: Mapping[str, str],
-                          pci_devices: list[dict[str, Any]], reserved: Reservations) -> str:
-    """The id of the last empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0).
-
-    ``query-pci`` lists the devices behind a bridge only once firmware has numbered
-    its secondary bus; a paused or still-booting VM shows every bridge empty. So
-    ports that ``query-pci`` shows empty are confirmed, last first and one at a
-    time until the first empty one, by their QOM bus (``/machine/peripheral/ID/ID``)
-    having no ``child[N]`` device links. Typically: one more query.
-    """
+def _port_candidates(peripherals: Mapping[str, str], pci_devices: list[dict[str, Any]],
+                     reserved: Reservations) -> list[str]:
+    """Hot-pluggable root ports that ``query-pci`` shows empty, in order of preference."""
     ports = {name for name, typ in peripherals.items() if typ in HOTPLUG_BRIDGES}
     candidates: list[str] = []
     for bus in pci_devices:
@@ -209,21 +260,41 @@ async def _free_pcie_port(backend: MonitorBackend, peripherals: Mapping[str, str
             qdev_id = str(dev.get("qdev_id") or "")
             if bridge and qdev_id in ports and not bridge.get("devices"):
                 candidates.append(qdev_id)
-    for port in ports_by_preference(candidates, reserved.port_ids):
-        if await _bus_is_empty(backend, port):
+    return ports_by_preference(candidates, reserved.port_ids)
+
+
+async def _free_pcie_port(backend: MonitorBackend, order: list[str],
+                          listed: Mapping[str, list[dict[str, Any]] | None]) -> str:
+    """The id of the last empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0).
+
+    ``query-pci`` lists the devices behind a bridge only once firmware has numbered
+    its secondary bus; a paused or still-booting VM shows every bridge empty. So
+    ports that ``query-pci`` shows empty (``order``) are confirmed, last first and one at a
+    time until the first empty one, by their QOM bus (``/machine/peripheral/ID/ID``)
+    having no ``child[N]`` device links (``listed``: listings already fetched with the
+    ``query-pci`` they go with). Typically: one more query, or none.
+    """
+    for port in order:
+        listing = listed[port] if port in listed else await _bus_listing(backend, port)
+        if _bus_empty(listing):
             return port
     raise RefusedError("no free hot-pluggable PCIe root port in this q35 VM: add spare ports "
                        "(libvirt: <controller type='pci' model='pcie-root-port'/>; QEMU: "
                        "-device pcie-root-port,id=rpN,chassis=N) or give the disk an <address>")
 
 
-async def _bus_is_empty(backend: MonitorBackend, bridge: str) -> bool:
-    """True when the secondary bus of ``bridge`` has no devices plugged (per QOM)."""
+async def _bus_listing(backend: MonitorBackend, bridge: str) -> list[dict[str, Any]] | None:
+    """The QOM listing of the secondary bus of ``bridge``; ``None`` when it has no bus of that name."""
     try:
-        listing = await backend.execute("qom-list", {"path": f"/machine/peripheral/{bridge}/{bridge}"})
+        listing: list[dict[str, Any]] = await backend.execute("qom-list", {"path": f"/machine/peripheral/{bridge}/{bridge}"})
     except QMPCommandError:
-        return True  # bus not found under its usual name: trust query-pci
-    return not any(str(e.get("name", "")).startswith("child[") for e in listing)
+        return None
+    return listing
+
+
+def _bus_empty(listing: list[dict[str, Any]] | None) -> bool:
+    """True when a bus listing shows no device plugged (a bus not found under its usual name: trust query-pci)."""
+    return listing is None or not any(str(e.get("name", "")).startswith("child[") for e in listing)
 
 
 def _walk_pci(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:

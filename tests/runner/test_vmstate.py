@@ -13,7 +13,7 @@ import pytest
 from hotluks.errors import RefusedError
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
-from hotluks.runner.vmstate import VMSnapshot, plan_context, probe_capabilities
+from hotluks.runner.vmstate import VMSnapshot, plan_context, probe_capabilities, survey
 
 ReplayFactory = Callable[[str], Any]
 
@@ -154,6 +154,43 @@ def test_scsi_placement_and_missing_controller(recorded: ReplayFactory) -> None:
         e for e in backend.replies["qom-list /machine/peripheral"] if e["name"] != "scsi0"]
     with pytest.raises(RefusedError, match="no SCSI controller"):
         asyncio.run(plan_context(backend, _scsi(), VMSnapshot(frozenset(), frozenset(), frozenset())))
+
+
+def _surveyable(backend: Any) -> Any:
+    backend.replies.update({"query-named-block-nodes": [{"node-name": "hl-vdb-luks"}], "qom-list /objects": []})
+    return backend
+
+
+@pytest.mark.parametrize("recording", ["q35-paused-rp1-used", "q35-booted-rp1-used"])
+@pytest.mark.parametrize("hint", [(), ("rp3",), ("rp2",), ("rp1",), ("rp9",), ("rp3", "rp2")])
+def test_survey_places_as_plan_context_whatever_the_hint(recorded: ReplayFactory, recording: str,
+                                                         hint: tuple[str, ...]) -> None:
+    """The pipelined survey (snapshot + placement) decides exactly what snapshot + plan_context would;
+    a port hint only lists buses ahead: a wrong or occupied guess costs a query, never the answer."""
+    backend = _surveyable(recorded(recording))
+    seen = asyncio.run(survey(backend, _virtio(), machine="pc-q35-10.0-machine", port_hint=hint))
+    assert seen.context.pci_bus == "rp3" and seen.port_hint == ("rp3", "rp2")
+    assert seen.before.nodes == {"hl-vdb-luks"} and "rp1" in seen.before.devices
+    assert "hl-vdb-luks" in seen.context.existing_names
+    assert backend.sent.count("query-pci") == 1
+    listed = [k for k in backend.sent if k.startswith("qom-list /machine/peripheral/")]
+    assert "qom-list /machine/peripheral/rp3/rp3" in listed and len(listed) == len(set(listed))
+    if hint[:1] == ("rp3",):  # the right guess: one pipelined round, nothing after it
+        assert listed == [f"qom-list /machine/peripheral/{port}/{port}" for port in hint] == backend.sent[-len(hint):]
+
+
+def test_survey_does_not_trust_an_occupied_guess(recorded: ReplayFactory) -> None:
+    backend = _surveyable(recorded("q35-paused-rp1-used"))
+    backend.replies["qom-list /machine/peripheral/rp3/rp3"].append({"name": "child[0]", "type": "link<virtio-blk-pci>"})
+    seen = asyncio.run(survey(backend, _virtio(), machine="pc-q35-10.0-machine", port_hint=("rp3",)))
+    assert seen.context.pci_bus == "rp2" and backend.sent[-1] == "qom-list /machine/peripheral/rp2/rp2"
+
+
+def test_survey_of_a_scsi_disk_sends_no_pci_queries(recorded: ReplayFactory) -> None:
+    backend = _surveyable(recorded("q35-booted-rp1-used"))
+    seen = asyncio.run(survey(backend, _scsi(), machine="pc-q35-10.0-machine", port_hint=("rp3",)))
+    assert seen.context.scsi_bus == "scsi0.0" and seen.context.pci_bus is None and seen.port_hint == ()
+    assert backend.sent == ["query-named-block-nodes", "qom-list /objects", "qom-list /machine/peripheral"]
 
 
 def test_snapshot_difference() -> None:
