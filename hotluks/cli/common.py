@@ -22,11 +22,12 @@ MAX_SOCKET_PATH = 107
 
 def load_disk(path: str) -> Disk:
     """Parse DISK.xml (``-`` reads stdin)."""
+    from hotluks.model import Disk
     from hotluks.xmlparse import MAX_XML_BYTES, parse_disk, read_disk_file
 
     if path == "-":
-        return parse_disk(sys.stdin.buffer.read(MAX_XML_BYTES + 1), source="<stdin>")
-    return read_disk_file(path)
+        return parse_disk(sys.stdin.buffer.read(MAX_XML_BYTES + 1), Disk, source="<stdin>")
+    return read_disk_file(path, Disk)
 
 
 def add_secret_option(parser: argparse.ArgumentParser) -> None:
