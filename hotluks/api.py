@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
 import os
 import threading
 from collections.abc import Coroutine, Generator, Mapping
@@ -33,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from hotluks.arguments import check_seconds, check_vm
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.errors import InputError, InvalidDisk, SecretError
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, remove_unrecorded_guard
@@ -82,13 +82,6 @@ def _master(master_key: bytes | MasterKey | None, keyid: str = "masterKey0") -> 
     if len(master_key) != 32:
         raise SecretError(f"master_key must be 32 bytes (AES-256), got {len(master_key)}")
     return MasterKey(keyid, bytes(master_key))
-
-
-def _seconds(value: object, what: str = "timeout") -> float:
-    """A positive, finite number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise InputError(f"{what} must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 def _disk(disk: object) -> Disk:
@@ -149,13 +142,13 @@ class AsyncSession:
                      persistent: bool = False) -> AttachResult:
         """``path``: ``qmp`` (hotluks' steps), ``libvirt-native`` (libvirt's device API) or ``auto``."""
         return await self.operator.attach(_disk(disk), _secret_values(secrets), preflight=bool(preflight),
-                                          dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin),
+                                          dry_run=bool(dry_run), timeout=check_seconds(timeout), pin=bool(pin),
                                           allow_weak_header=bool(allow_weak_header), path=path,
                                           persistent=bool(persistent))
 
     async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
         what = _target(disk_or_target)
-        result = await self.operator.detach(what, timeout=_seconds(timeout))
+        result = await self.operator.detach(what, timeout=check_seconds(timeout))
         if self.backend.name in LIBVIRT_BACKENDS:  # a guard added outside the plan by an older hotluks
             await remove_unrecorded_guard(self.backend, result.target)
         return result
@@ -164,7 +157,7 @@ class AsyncSession:
         return await self.operator.status()
 
     async def repair(self, timeout: float = 30.0) -> list[RepairAction]:
-        return await self.operator.repair(timeout=_seconds(timeout))
+        return await self.operator.repair(timeout=check_seconds(timeout))
 
     async def resize(self, disk_or_target: Disk | str, size: int | str, force: bool = False) -> ResizeResult:
         """Grow the attached disk to ``size`` (bytes, or qemu-img style ``"10G"``/``"+1G"``); shrink only
@@ -228,12 +221,10 @@ def aconnect(vm: str, *, uri: str | None = None, state_dir: str | Path | None = 
              master_key: bytes | MasterKey | None = None, master_key_id: str = "masterKey0",
              backend: str | None = None, timeout: float = 10.0) -> _AsyncConnect:
     """Open an :class:`AsyncSession` on ``vm`` (await it, or use ``async with``)."""
-    from hotluks.backends.select import check_vm_name
-
-    check_vm_name(vm)
+    check_vm(vm)
     return _AsyncConnect({"vm": vm, "uri": _optional_text(uri, "uri"), "state_dir": _state_dir(state_dir),
                           "master": _master(master_key, master_key_id),
-                          "backend": _optional_text(backend, "backend"), "timeout": _seconds(timeout)})
+                          "backend": _optional_text(backend, "backend"), "timeout": check_seconds(timeout)})
 
 
 class _LoopRunner:
