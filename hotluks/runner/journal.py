@@ -230,6 +230,9 @@ class Journal:
     def ensure(self, *, recheck: bool = False) -> None:
         """Create the VM's directory and refuse unless it and its parents are trusted (checked once
         per instance, or again with ``recheck``: every operation does, under its lock)."""
+        if self._trusted and recheck and self.dir.parent == self.state_dir \
+                and untrusted_reason(self.dir, strict=2) is None:
+            return  # both exist and pass the same checks (one walk up instead of two, nothing to create)
         if recheck or not self._trusted:
             ensure_trusted_dir(self.state_dir)
             ensure_trusted_dir(self.dir)
