@@ -46,7 +46,7 @@ from hotluks.runner.native_path import (
 )
 from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight, verify_pin
 from hotluks.runner.results import AttachResult, DetachResult, RepairAction, StatusEntry, StepReport
-from hotluks.runner.vmstate import VMSnapshot, machine_type, probe_capabilities, snapshot, survey
+from hotluks.runner.vmstate import PortMemory, VMSnapshot, machine_type, probe_capabilities, snapshot, survey
 from hotluks.secrets import SecretValue, resolve
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Operator(Maintenance):
         self._drafts: dict[Disk, tuple[Plan, str]] = {}  # pure, so planned once per disk and connection
         self._identity: VMIdentity | None = None
         self._journal: Journal | None = None
-        self._port_hint: tuple[str, ...] = ()  # root ports whose buses the next attach lists ahead
+        self._ports = PortMemory()  # what surveys learnt of the root ports: saves round trips
 
     # -- helpers ---------------------------------------------------------------
     async def identity(self) -> VMIdentity:
@@ -123,8 +123,7 @@ class Operator(Maintenance):
         return plan_fingerprint(build_plan(disk, await self.capabilities()))
 
     async def _plan(self, disk: Disk, caps: Capabilities) -> tuple[Plan, VMSnapshot]:
-        seen = await survey(self.backend, disk, machine=await self.machine(), port_hint=self._port_hint)
-        self._port_hint = seen.port_hint[1:]  # the port taken now is busy from here on (if all goes well)
+        seen = await survey(self.backend, disk, machine=await self.machine(), memory=self._ports)
         before = seen.before
         plan = build_plan(disk, caps, seen.context)
         if self.backend.passes_fds:
@@ -364,8 +363,7 @@ class Operator(Maintenance):
                 raise tx.incomplete(f"detach of {target_dev} incomplete: {record.error}; "
                                     f"run `hotluks repair {self.backend.vm}`", outcome)
             journal_quietly(lambda: journal.remove(target_dev), [])
-            freed = next((s.arguments.get("bus") for s in record.steps if s.kind == "device"), None)
-            self._port_hint = (freed,) if isinstance(freed, str) else ()  # likely the next attach's port
+            self._ports.freed(next((s.arguments.get("bus") for s in record.steps if s.kind == "device"), None))
             return DetachResult(self.backend.vm, target_dev, record.device, outcome.undone,
                                 time.perf_counter() - started)
 

@@ -191,45 +191,103 @@ class Survey:
 
     before: VMSnapshot
     context: PlanContext
-    #: the root port taken now and the next one in preference (guesses for a later survey)
-    port_hint: tuple[str, ...] = ()
 
 
-async def survey(backend: MonitorBackend, disk: Disk, *, machine: str, port_hint: Sequence[str] = ()) -> Survey:
+@dataclass
+class PortMemory:
+    """What one connection's surveys learnt of a q35 VM's root ports: guesses that save round
+    trips, never facts an attach relies on (each survey confirms, in QOM, the port it takes)."""
+
+    #: root ports whose buses the next survey lists ahead (the likely next port first)
+    hint: tuple[str, ...] = ()
+    #: the hot-pluggable bridges ``query-pci`` showed, in bus order (empty or not), last time ...
+    topology: tuple[str, ...] | None = None
+    #: ... when the VM had these bridges: reused while it has exactly these (root ports cannot come
+    #: or go on pcie.0 while QEMU runs)
+    bridges: frozenset[str] = frozenset()
+
+    def freed(self, bus: object) -> None:
+        """A detach unplugged a device from ``bus``: the likely port of the next attach."""
+        self.hint = (bus,) if isinstance(bus, str) else ()
+
+
+class _AskQueryPci(Exception):
+    """The remembered topology does not fit (bridges changed, a bus under another name)."""
+
+
+async def survey(backend: MonitorBackend, disk: Disk, *, machine: str, memory: PortMemory | None = None) -> Survey:
     """:func:`snapshot` and :func:`plan_context` in one pipelined round, usually.
 
-    The snapshot's queries, the domain's reserved addresses and ``query-pci`` (for a PCI disk
-    without an ``<address>``) and, on q35, the QOM bus listing of the ports in ``port_hint``
-    (a previous survey's guess) go out together. The guess only saves round trips: a listing
-    counts only for a port the fresh ``query-pci`` makes a candidate, and every other candidate
-    is still confirmed by a query of its own, exactly as :func:`plan_context` does.
+    The snapshot's queries, the domain's reserved addresses and, for a PCI disk without an
+    ``<address>``, ``query-pci`` go out together; on q35 with ``memory``, so does the QOM bus
+    listing of the port it expects, and ``query-pci`` is replaced by the remembered order of the
+    bridges as long as the fresh snapshot shows the same ones. Every candidate port is still
+    confirmed empty by its QOM bus listing, the last free one taken, exactly as :func:`plan_context`
+    does; where the memory does not fit, the survey asks ``query-pci`` after all. ``memory`` is
+    updated: the port taken is presumed busy from now on (the attach goes on), the next is expected.
     """
+    memory = memory if memory is not None else PortMemory()
+    q35 = "q35" in machine
+    pci = _places_on_pci(disk)
     queries = _snapshot_queries(backend)
     count = len(queries)
-    pci = _places_on_pci(disk)
-    hint = list(port_hint[:2]) if pci and "q35" in machine else []
+    hint = list(memory.hint[:2]) if pci and q35 else []
+    known = memory.topology if pci and q35 else None
     if pci:
-        queries += [pci_reservations(backend), backend.execute("query-pci")]
+        queries.append(pci_reservations(backend))
+        if known is None:
+            queries.append(backend.execute("query-pci"))
         queries += [_bus_listing(backend, port) for port in hint]
     replies = await asyncio.gather(*queries)
     before = _snapshot_from(replies[:count])
-    facts = (replies[count], replies[count + 1]) if pci else None
-    listed = dict(zip(hint, replies[count + 2:]))
-    context, order = await _context(backend, disk, before, dict(before.device_types), machine, facts, listed)
+    peripherals = dict(before.device_types)
+    facts: tuple[Reservations, list[dict[str, Any]]] | None = None
+    listed: dict[str, list[dict[str, Any]] | None] = {}
+    if pci:
+        reserved, *rest = replies[count:]
+        listed = dict(zip(hint, rest[len(rest) - len(hint):]))
+        if known is not None:
+            try:
+                if _bridges(peripherals) != memory.bridges:
+                    raise _AskQueryPci()
+                return _remember(memory, before, await _context(backend, disk, before, peripherals, machine,
+                                                                None, listed, known=(reserved, known)))
+            except _AskQueryPci:
+                listed = {port: got for port, got in listed.items() if got is not None}
+                facts = (reserved, await backend.execute("query-pci"))
+        else:
+            facts = (reserved, rest[0])
+        if q35:
+            memory.topology, memory.bridges = tuple(_bridges_in_order(peripherals, facts[1])), _bridges(peripherals)
+    return _remember(memory, before, await _context(backend, disk, before, peripherals, machine, facts, listed))
+
+
+def _remember(memory: PortMemory, before: VMSnapshot, found: tuple[PlanContext, list[str]]) -> Survey:
+    context, order = found
     taken = order[order.index(context.pci_bus):] if context.pci_bus in order else []
-    return Survey(before, context, tuple(taken[:2]))
+    memory.hint = tuple(taken[1:2])
+    return Survey(before, context)
 
 
 async def _context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, peripherals: Mapping[str, str],
                    machine: str, pci: tuple[Reservations, list[dict[str, Any]]] | None,
-                   listed: Mapping[str, list[dict[str, Any]] | None]) -> tuple[PlanContext, list[str]]:
-    """The plan context from the facts gathered; also the root ports in order of preference."""
+                   listed: Mapping[str, list[dict[str, Any]] | None], *,
+                   known: tuple[Reservations, tuple[str, ...]] | None = None) -> tuple[PlanContext, list[str]]:
+    """The plan context from the facts gathered; also the root ports in order of preference.
+
+    ``known``: the reservations and the remembered bridge order, instead of ``query-pci`` (q35 only;
+    :class:`_AskQueryPci` when a port's bus cannot be found in QOM).
+    """
     q35 = "q35" in machine
     root = "pcie.0" if q35 else "pci.0"
     pci_bus = scsi_bus = None
     pci_slot: int | None = None
     order: list[str] = []
-    if pci is not None:
+    if known is not None:
+        reserved, topology = known
+        order = ports_by_preference(topology, reserved.port_ids)
+        pci_bus = await _free_pcie_port(backend, order, listed, strict=True)
+    elif pci is not None:
         reserved, pci_devices = pci
         if q35:
             order = _port_candidates(peripherals, pci_devices, reserved)
@@ -249,10 +307,21 @@ async def _context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, periph
                        scsi_bus=scsi_bus, nbd_tls_dir=nbd_tls_dir()), order
 
 
+def _bridges(peripherals: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(name for name, typ in peripherals.items() if typ in HOTPLUG_BRIDGES)
+
+
+def _bridges_in_order(peripherals: Mapping[str, str], pci_devices: list[dict[str, Any]]) -> list[str]:
+    """Every hot-pluggable bridge with an id, in ``query-pci`` (bus) order, empty or not."""
+    ports = _bridges(peripherals)
+    return [str(dev["qdev_id"]) for bus in pci_devices for dev in _walk_pci(bus.get("devices", []))
+            if dev.get("pci_bridge") and dev.get("qdev_id") in ports]
+
+
 def _port_candidates(peripherals: Mapping[str, str], pci_devices: list[dict[str, Any]],
                      reserved: Reservations) -> list[str]:
     """Hot-pluggable root ports that ``query-pci`` shows empty, in order of preference."""
-    ports = {name for name, typ in peripherals.items() if typ in HOTPLUG_BRIDGES}
+    ports = _bridges(peripherals)
     candidates: list[str] = []
     for bus in pci_devices:
         for dev in _walk_pci(bus.get("devices", [])):
@@ -264,7 +333,7 @@ def _port_candidates(peripherals: Mapping[str, str], pci_devices: list[dict[str,
 
 
 async def _free_pcie_port(backend: MonitorBackend, order: list[str],
-                          listed: Mapping[str, list[dict[str, Any]] | None]) -> str:
+                          listed: Mapping[str, list[dict[str, Any]] | None], *, strict: bool = False) -> str:
     """The id of the last empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0).
 
     ``query-pci`` lists the devices behind a bridge only once firmware has numbered
@@ -272,10 +341,13 @@ async def _free_pcie_port(backend: MonitorBackend, order: list[str],
     ports that ``query-pci`` shows empty (``order``) are confirmed, last first and one at a
     time until the first empty one, by their QOM bus (``/machine/peripheral/ID/ID``)
     having no ``child[N]`` device links (``listed``: listings already fetched with the
-    ``query-pci`` they go with). Typically: one more query, or none.
+    ``query-pci`` they go with). Typically: one more query, or none. ``strict``: the order
+    is remembered, not fresh, so a bus QOM cannot find is not judged by ``query-pci``.
     """
     for port in order:
         listing = listed[port] if port in listed else await _bus_listing(backend, port)
+        if listing is None and strict:  # no bus of that name, and no fresh query-pci to trust
+            raise _AskQueryPci()
         if _bus_empty(listing):
             return port
     raise RefusedError("no free hot-pluggable PCIe root port in this q35 VM: add spare ports "
