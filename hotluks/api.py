@@ -176,9 +176,8 @@ class AsyncSession:
         from hotluks.headers.rotate import rotate
 
         disk = _disk(disk)
-        return await rotate(self.backend, disk, new_passphrase, _secret_values(secrets),
-                            disk_fingerprint=await self.operator.disk_fingerprint(disk),
-                            state_dir=self.operator.state_dir)
+        return await rotate(self.operator, disk, new_passphrase, _secret_values(secrets),
+                            disk_fingerprint=await self.operator.disk_fingerprint(disk))
 
     async def close(self) -> None:
         await self.backend.close()

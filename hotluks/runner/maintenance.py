@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from hotluks.backends.base import MonitorBackend, VMIdentity
+from hotluks.errors import NotAttached, RefusedError
 from hotluks.runner import transaction as tx
 from hotluks.runner.executor import journal_quietly, undo_shielded
 from hotluks.runner.journal import CorruptRecordError, Journal, Record
@@ -29,6 +32,25 @@ class Maintenance:
 
     async def _lock(self) -> Any:
         raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def attached(self, target: str) -> AsyncIterator[tuple[Journal, Record]]:
+        """Work on the disk hotluks attached on ``target`` (``resize``, ``rotate``): under the VM's lock,
+        taken as attach and detach take it (the state directory's trust rechecked), with its journal and
+        its record, fully attached in this QEMU instance; else exit 2 before anything is done."""
+        ident = await self.identity()
+        journal = await self.journal()
+        async with await self._lock():
+            try:
+                record = journal.load(target)
+            except CorruptRecordError as exc:
+                raise RefusedError(f"{exc}; run `hotluks repair` to quarantine it") from None
+            if record is None or tx.is_lost(record, ident.instance):
+                raise NotAttached(f"hotluks has no disk attached on {target} of {self.backend.vm}")
+            if record.status != "attached":
+                raise RefusedError(f"target {target} has an interrupted {record.status} operation; "
+                                   "run `hotluks repair` first")
+            yield journal, record
 
     async def status(self) -> list[StatusEntry]:
         """hotluks-managed disks of this VM with the live presence of each item. Read-only: no lock."""
