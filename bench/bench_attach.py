@@ -33,7 +33,7 @@ from hotluks.demo.qemu.launcher import QemuProcess, start_qemu
 from hotluks.plan.planner import build_plan
 from hotluks.render.qmp import bound_command
 from hotluks.runner.operator import Operator
-from hotluks.runner.vmstate import plan_context, snapshot, survey
+from hotluks.runner.vmstate import PortMemory, plan_context, snapshot, survey
 from hotluks.secrets import SecretValue
 from testsupport.vms import clear_templates, make_disk, target_for, vm_args
 
@@ -124,7 +124,8 @@ async def _breakdown(op: Operator, backend: QMPBackend, model: Any, reps: int) -
 
     snap_t, ctx_t, survey_t, save_t = [], [], [], []
     machine = await op.machine()
-    seen = await survey(backend, model, machine=machine)
+    memory = PortMemory()  # what the operator's connection has learnt after its first attach
+    seen = await survey(backend, model, machine=machine, memory=memory)
     plan = build_plan(model, await op.capabilities(), seen.context)
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -132,7 +133,8 @@ async def _breakdown(op: Operator, backend: QMPBackend, model: Any, reps: int) -
         t1 = time.perf_counter()
         await plan_context(backend, model, snap, machine=machine)
         t2 = time.perf_counter()
-        await survey(backend, model, machine=machine, port_hint=seen.port_hint[:1])  # what attach sends
+        memory.freed(seen.context.pci_bus)  # as after the detach of the previous round
+        await survey(backend, model, machine=machine, memory=memory)  # what attach sends
         t3 = time.perf_counter()
         journal = await op.journal()
         record = Record.for_plan(backend.vm, plan)  # what attach writes: the record, a mark per step, status
