@@ -19,6 +19,22 @@ from hotluks.runner.vmstate import snapshot
 log = logging.getLogger(__name__)
 
 
+def load_to_change(journal: Journal, target: str) -> Record | None:
+    """The record of ``target`` for an operation that will change it (``None``: no record); a corrupt
+    one is refused (exit 2) until ``repair`` quarantines it."""
+    try:
+        return journal.load(target)
+    except CorruptRecordError as exc:
+        raise RefusedError(f"{exc}; run `hotluks repair` to quarantine it") from None
+
+
+def refuse_interrupted(record: Record, allowed: tuple[str, ...] = ("attached",)) -> None:
+    """Exit 2 unless ``record`` is in one of the ``allowed`` states (else ``repair`` must run first)."""
+    if record.status not in allowed:
+        raise RefusedError(f"target {record.target} has an interrupted {record.status} operation; "
+                           "run `hotluks repair` first")
+
+
 class Maintenance:
     """Status and repair; mixed into :class:`hotluks.runner.operator.Operator`."""
 
@@ -41,15 +57,10 @@ class Maintenance:
         ident = await self.identity()
         journal = await self.journal()
         async with await self._lock():
-            try:
-                record = journal.load(target)
-            except CorruptRecordError as exc:
-                raise RefusedError(f"{exc}; run `hotluks repair` to quarantine it") from None
+            record = load_to_change(journal, target)
             if record is None or tx.is_lost(record, ident.instance):
                 raise NotAttached(f"hotluks has no disk attached on {target} of {self.backend.vm}")
-            if record.status != "attached":
-                raise RefusedError(f"target {target} has an interrupted {record.status} operation; "
-                                   "run `hotluks repair` first")
+            refuse_interrupted(record)
             yield journal, record
 
     async def status(self) -> list[StatusEntry]:

@@ -35,7 +35,7 @@ from hotluks.runner.fdplan import with_fd_passing
 from hotluks.runner.guardplan import GUARD_ROLE, with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
 from hotluks.runner.lock import vm_lock
-from hotluks.runner.maintenance import Maintenance
+from hotluks.runner.maintenance import Maintenance, load_to_change, refuse_interrupted
 from hotluks.runner.native_path import (
     PATH_CHOICES,
     PathChoice,
@@ -337,19 +337,14 @@ class Operator(Maintenance):
         ident = await self.identity()
         journal = await self.journal()
         async with await self._lock():
-            try:
-                record = journal.load(target_dev)
-            except CorruptRecordError as exc:
-                raise RefusedError(f"{exc}; run `hotluks repair` to quarantine it") from None
+            record = load_to_change(journal, target_dev)
             if record is None or (tx.is_lost(record, ident.instance)
                                   and not tx.carried(record, await snapshot(self.backend))):
                 if record is not None:  # its QEMU is gone: nothing of it is in this one
                     journal.remove(target_dev)
                 return DetachResult(self.backend.vm, target_dev, record.device if record else "", (),
                                     time.perf_counter() - started, already_absent=True)
-            if record.status not in ("attached", "detaching"):
-                raise RefusedError(f"target {target_dev} has an interrupted {record.status} operation; "
-                                   "run `hotluks repair` first")
+            refuse_interrupted(record, ("attached", "detaching"))
             record.status = "detaching"
             try:
                 journal.save(record)
