@@ -231,7 +231,7 @@ async def survey(backend: MonitorBackend, disk: Disk, *, machine: str, memory: P
     pci = _places_on_pci(disk)
     queries = _snapshot_queries(backend)
     count = len(queries)
-    hint = list(memory.hint[:2]) if pci and q35 else []
+    hint = [port for port in memory.hint[:2] if not memory.bridges or port in memory.bridges] if pci and q35 else []
     known = memory.topology if pci and q35 else None
     if pci:
         queries.append(pci_reservations(backend))

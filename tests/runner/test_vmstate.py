@@ -226,12 +226,18 @@ def test_survey_of_a_scsi_disk_sends_no_pci_queries(recorded: ReplayFactory) -> 
     assert backend.sent == ["query-named-block-nodes", "qom-list /objects", "qom-list /machine/peripheral"]
 
 
-def test_a_detach_points_the_next_survey_at_the_freed_port() -> None:
+def test_a_detach_points_the_next_survey_at_the_freed_port(recorded: ReplayFactory) -> None:
     memory = PortMemory(hint=("rp2",))
     memory.freed("rp4")
     assert memory.hint == ("rp4",)
     memory.freed(None)
     assert memory.hint == ()
+    backend = _surveyable(recorded("q35-paused-rp1-used"))
+    asyncio.run(survey(backend, _virtio(), machine=Q35, memory=memory))
+    memory.freed("pcie.0")  # a disk with an <address> on the root bus: no root port to list ahead
+    backend.sent.clear()
+    asyncio.run(survey(backend, _virtio(), machine=Q35, memory=memory))
+    assert _listings(backend) == ["qom-list /machine/peripheral/rp3/rp3"]
 
 
 def test_snapshot_difference() -> None:
