@@ -1,9 +1,14 @@
 """CLI start-up: `hotluks plan` against the bare interpreter and `qemu-img --version`.
 
-    .venv/bin/python bench/bench_cli.py [--reps 30] [--python VENV/bin/python]
+    .venv/bin/python bench/bench_cli.py [--reps 30] [--python VENV/bin/python | --wheel]
 
 ``--python`` measures another interpreter, e.g. a venv where the built wheel is installed:
 the project's editable .venv pays an import hook in `site` that makes the floor slower.
+``--wheel`` does that itself: it builds the wheel (``pip wheel . --no-deps``), installs it
+in a new venv in a temporary directory (dependencies from pip's usual index), runs every
+command from that directory (not the checkout) and removes it afterwards. Where the
+interpreter has a ``hotluks`` console script beside it (an installed wheel), the commands
+are also run through it, as operators do.
 
 The commands run interleaved (one of each per round), so a busy machine slows them
 alike; the ratio to `python -c pass` is the median of the per-round ratios.
@@ -13,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,12 +42,38 @@ def once_ms(argv: list[str]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def wheel_venv(where: Path) -> str:
+    """Build the wheel, install it into a new venv under ``where``; return the venv's python."""
+    dist = where / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)], check=True)
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "-q", *map(str, dist.glob("*.whl"))], check=True, env=ENV)
+    return py
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--python", default=sys.executable, help="interpreter with hotluks installed")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--python", default=sys.executable, help="interpreter with hotluks installed")
+    group.add_argument("--wheel", action="store_true", help="build the wheel and measure it in a fresh venv")
     args = parser.parse_args()
-    py = args.python
+    if args.wheel:
+        where = Path(tempfile.mkdtemp(prefix="hotluks-bench-"))
+        try:
+            os.chdir(where)
+            measure(wheel_venv(where), args.reps, compile_checkout=False)
+        finally:
+            os.chdir(ROOT)
+            shutil.rmtree(where, ignore_errors=True)
+    else:
+        measure(args.python, args.reps, compile_checkout=True)
+
+
+def measure(py: str, reps: int, compile_checkout: bool) -> None:
+    script = Path(py).parent / "hotluks"
     commands = {
         "python -c pass (interpreter floor)": [py, "-c", "pass"],
         "qemu-img --version": ["qemu-img", "--version"],
@@ -50,19 +83,30 @@ def main() -> None:
         "hotluks cold-cmdline EXAMPLE": [py, "-m", "hotluks", "cold-cmdline", str(EXAMPLE), "--secret",
                                          "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f=/run/key"],
     }
-    subprocess.run([py, "-m", "compileall", "-q", str(ROOT / "hotluks")], check=True, env=ENV)
+    if script.exists() and "site-packages" in subprocess.run(
+            [py, "-c", "import hotluks; print(hotluks.__file__)"], capture_output=True, text=True, env=ENV).stdout:
+        commands["hotluks plan EXAMPLE (console script)"] = [str(script), "plan", str(EXAMPLE)]
+        commands["hotluks cold-cmdline EXAMPLE (console script)"] = [
+            str(script), *commands["hotluks cold-cmdline EXAMPLE"][3:]]
+    if compile_checkout:  # pip byte-compiles what it installs; the checkout is compiled here
+        subprocess.run([py, "-m", "compileall", "-q", str(ROOT / "hotluks")], check=True, env=ENV)
+    for argv in commands.values():  # warm-up: bytecode of anything not compiled yet, page cache
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     samples: dict[str, list[float]] = {name: [] for name in commands}
-    for _ in range(args.reps):
+    for _ in range(reps):
         for name, argv in commands.items():
             samples[name].append(once_ms(argv))
     floor_name = "python -c pass (interpreter floor)"
-    print(f"CLI start-up (median of {args.reps} interleaved rounds)")
+    print(f"CLI start-up of {py} (median of {reps} interleaved rounds)")
     for name, times in samples.items():
         ratio = statistics.median(t / f for t, f in zip(times, samples[floor_name]))
-        print(f"  {name:<38} {statistics.median(times):7.1f} ms   x{ratio:4.2f} of the interpreter floor")
-    plan_ratio = statistics.median(t / f for t, f in zip(samples["hotluks plan EXAMPLE"], samples[floor_name]))
-    print(f"  hotluks plan: x{plan_ratio:.2f} of the floor (goal ≤ x{GOAL_RATIO:g}: "
-          f"{'met' if plan_ratio <= GOAL_RATIO else 'MISSED'})")
+        print(f"  {name:<46} {statistics.median(times):7.1f} ms   x{ratio:4.2f} of the interpreter floor")
+    for name in ("hotluks plan EXAMPLE", "hotluks plan EXAMPLE (console script)"):
+        if name in samples:
+            plan_ratio = statistics.median(t / f for t, f in zip(samples[name], samples[floor_name]))
+            print(f"  {name}: x{plan_ratio:.2f} of the floor (goal ≤ x{GOAL_RATIO:g}: "
+                  f"{'met' if plan_ratio <= GOAL_RATIO else 'MISSED'})")
+
 
 if __name__ == "__main__":
     main()

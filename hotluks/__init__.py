@@ -1,18 +1,16 @@
 """hotluks: plug LUKS-encrypted disks into running QEMU VMs, all or nothing.
 
-The public API is imported lazily so that ``import hotluks`` stays cheap. As a library
-hotluks never configures logging: its loggers (``hotluks.*``) end in a ``NullHandler``
-until the application configures its own (the CLI does).
+The public API is imported lazily so that ``import hotluks`` stays cheap (no :mod:`logging`).
+As a library hotluks never configures logging: its loggers (``hotluks.*``) end in a
+``NullHandler`` (:mod:`hotluks.log`, imported by every module that logs) until the
+application configures its own (the CLI does).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-
-logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "Disk": "hotluks.model",

@@ -110,14 +110,14 @@ def _optional_text(value: object, what: str) -> str | None:
     return value
 
 
-def _state_dir(value: object) -> Path | None:
+def _state_dir(value: object, what: str = "state_dir") -> Path | None:
     if value is None:
         return None
     if not isinstance(value, str | os.PathLike):
-        raise InputError(f"state_dir must be a path, not {type(value).__name__}")
+        raise InputError(f"{what} must be a path, not {type(value).__name__}")
     path = Path(os.fsdecode(os.fspath(value)))
     if not str(path) or "\0" in str(path):
-        raise InputError("state_dir must be a usable path")
+        raise InputError(f"{what} must be a usable path")
     return path
 
 
@@ -138,19 +138,32 @@ class AsyncSession:
 
     async def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
                      dry_run: bool = False, timeout: float = 30.0, pin: bool = False,
-                     allow_weak_header: bool = False, path: PathChoice = "qmp",
-                     persistent: bool = False) -> AttachResult:
-        """``path``: ``qmp`` (hotluks' steps), ``libvirt-native`` (libvirt's device API) or ``auto``."""
+                     allow_weak_header: bool = False, path: PathChoice = "auto",
+                     persistent: bool = False, key_dir: str | Path | None = None,
+                     qemu_user: str | None = None) -> AttachResult:
+        """``path``: ``auto`` (the default: libvirt's device API where libvirt expresses the disk and
+        holds its secrets, else hotluks' QMP steps), ``qmp`` or ``libvirt-native``. ``persistent``:
+        also into the domain's definition (on the QMP path as ``hotluks persist``, key file in ``key_dir``)."""
         return await self.operator.attach(_disk(disk), _secret_values(secrets), preflight=bool(preflight),
                                           dry_run=bool(dry_run), timeout=check_seconds(timeout), pin=bool(pin),
                                           allow_weak_header=bool(allow_weak_header), path=path,
-                                          persistent=bool(persistent))
+                                          persistent=bool(persistent), key_dir=_state_dir(key_dir, "key_dir"),
+                                          qemu_user=_optional_text(qemu_user, "qemu_user"))
 
-    async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
+    async def detach(self, disk_or_target: Disk | str, timeout: float = 30.0,
+                     persistent: bool = False) -> DetachResult:
+        """Also takes the disk out of a libvirt domain's definition when it is there (``persistent``:
+        and fail when the definition cannot be reached)."""
+        import dataclasses
+
+        from hotluks.runner.keep import forget
+
         what = _target(disk_or_target)
         result = await self.operator.detach(what, timeout=check_seconds(timeout))
         if self.backend.name in LIBVIRT_BACKENDS:  # a guard added outside the plan by an older hotluks
             await remove_unrecorded_guard(self.backend, result.target)
+        if await forget(self.backend, result.target, result.device, required=bool(persistent)):
+            result = dataclasses.replace(result, persistent=True)
         return result
 
     async def status(self) -> list[StatusEntry]:
@@ -287,13 +300,14 @@ class Session:
 
     def attach(self, disk: Disk | str | Path, secrets: SecretsArg = None, preflight: bool = True,
                dry_run: bool = False, timeout: float = 30.0, pin: bool = False,
-               allow_weak_header: bool = False, path: PathChoice = "qmp",
-               persistent: bool = False) -> AttachResult:
+               allow_weak_header: bool = False, path: PathChoice = "auto",
+               persistent: bool = False, key_dir: str | Path | None = None,
+               qemu_user: str | None = None) -> AttachResult:
         return self._runner.run(self._session.attach(disk, secrets, preflight, dry_run, timeout, pin,
-                                                     allow_weak_header, path, persistent))
+                                                     allow_weak_header, path, persistent, key_dir, qemu_user))
 
-    def detach(self, disk_or_target: Disk | str, timeout: float = 30.0) -> DetachResult:
-        return self._runner.run(self._session.detach(disk_or_target, timeout))
+    def detach(self, disk_or_target: Disk | str, timeout: float = 30.0, persistent: bool = False) -> DetachResult:
+        return self._runner.run(self._session.detach(disk_or_target, timeout, persistent))
 
     def status(self) -> list[StatusEntry]:
         return self._runner.run(self._session.status())

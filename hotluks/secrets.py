@@ -13,16 +13,16 @@
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from hotluks.errors import SecretError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path  # not at run time: the model (and so `plan`) imports this module
+
     from hotluks.plan.steps import SecretBinding
 
 REDACTED = "<redacted>"
@@ -142,6 +142,8 @@ def _looks_like_uuid(key: str) -> bool:
 
 def plaintext_for(binding: SecretBinding, value: SecretValue) -> bytes:
     """The bytes QEMU must end up holding: a passphrase as is, a Ceph key base64-decoded."""
+    import base64
+
     if binding.encoding == "raw":
         return value.value
     try:
@@ -152,6 +154,8 @@ def plaintext_for(binding: SecretBinding, value: SecretValue) -> bytes:
 
 def seal(plaintext: bytes, master_key: bytes, keyid: str, iv: bytes | None = None) -> dict[str, Any]:
     """QEMU ``secret`` properties carrying ``plaintext`` encrypted under ``master_key``."""
+    import base64
+
     from cryptography.hazmat.primitives import padding
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -176,6 +180,8 @@ def secret_properties(
     master_key: tuple[str, bytes] | None,
 ) -> dict[str, Any]:
     """``data``/``format`` (and ``keyid``/``iv`` when sealed) for one secret object."""
+    import base64
+
     plain = plaintext_for(binding, value)
     if master_key is not None:
         return seal(plain, master_key[1], master_key[0])
@@ -213,6 +219,8 @@ async def resolve(bindings: Iterable[SecretBinding], given: Mapping[str, SecretV
     Ceph key decoded (``secret-set-value --base64 KEY``), users hold it as base64 text.
     A missing value is a :class:`SecretError` naming the ``--secret`` to pass.
     """
+    import base64
+
     values = dict(given)
     for binding in bindings:
         if value_for(values, binding.ref) is not None:

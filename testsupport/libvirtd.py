@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hotluks.errors import BackendError
 
 SYSTEM_URI = "qemu:///system"
@@ -580,3 +582,34 @@ def give_to_qemu(path: Path) -> None:
     """Make ``path`` owned by the QEMU user (libvirt runs QEMU as ``libvirt-qemu``)."""
     user = pwd.getpwnam(QEMU_USER)
     os.chown(path, user.pw_uid, user.pw_gid)
+
+
+# pytest fixtures, one copy: the integration/libvirt and integration/lifecycle conftests import them
+
+
+@pytest.fixture(scope="session")
+def libvirt_daemon() -> Iterator[LibvirtDaemon]:
+    """The shared real libvirtd (started when none runs; stopped at the end if this session started it)."""
+    daemon = start_libvirtd()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def libvirt_uri(libvirt_daemon: LibvirtDaemon) -> str:
+    if not libvirt_daemon.alive():  # e.g. libvirtd's idle --timeout ended it
+        libvirt_daemon.stop()
+        restarted = start_libvirtd(libvirt_daemon.uri)
+        libvirt_daemon.__dict__.update(restarted.__dict__)
+    return libvirt_daemon.uri
+
+
+def guest_sha(files: Path, serial: str) -> str:
+    """sha256 of the guest's disk with ``serial``, read through the demo guest's agent in ``files``."""
+    from hotluks.demo.guest.agent import SyncGuestAgent
+
+    with SyncGuestAgent(files / "agent.sock", timeout=30) as agent:
+        agent.wait_ready(180)
+        dev = agent.wait_for_device(serial, timeout=30)
+        agent.command("drop-caches")
+        return agent.sha256(dev.name)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotluks.errors import BackendError
+from hotluks.lifecycle.coverage import Moment
 from hotluks.secrets import MasterKey
 
 __all__ = ["Event", "EventQueue", "MasterKey", "MonitorBackend", "QMPArgs", "QMPCommandError", "VMIdentity"]
@@ -114,6 +115,10 @@ class MonitorBackend(ABC):
     async def persistent_xml(self) -> str | None:
         """The management layer's persistent definition of the VM (libvirt: ``dumpxml --inactive``), if any."""
         return None
+
+    async def moments(self) -> list[Moment]:
+        """The management layer's snapshots, checkpoints and backup jobs of the VM (libvirt), if any."""
+        return []
 
     @property
     def vm_key(self) -> str:

@@ -39,6 +39,7 @@ from hotluks.backends.libvirt_shared import (
     shape_event,
 )
 from hotluks.errors import BackendError, SecretError
+from hotluks.lifecycle.coverage import Moment, completed_backup, parse_backup, parse_checkpoint, parse_snapshot
 
 __all__ = ["DEFAULT_URI", "MASTER_KEY_ID", "LibvirtBackend", "command_json", "decode_master_key",
            "event_from_libvirt", "parse_reply", "private_secret_message", "probe_master_key"]
@@ -230,6 +231,33 @@ class LibvirtBackend(MonitorBackend):
             raise BackendError(f"dumpxml: no answer from libvirt within {self.timeout:.0f}s") from None
         except libvirt.libvirtError as exc:
             raise BackendError(f"cannot read the definition of {self.vm!r}: {libvirt_message(exc)}") from None
+
+    async def moments(self) -> list[Moment]:
+        """Snapshots and checkpoints (with creation time), the running and the last completed backup job."""
+        import libvirt
+
+        if self._dom is None:
+            raise BackendError("libvirt backend is not connected")
+        dom = self._dom
+
+        def collect() -> list[Moment]:
+            found = [parse_snapshot(s.getXMLDesc(0)) for s in dom.listAllSnapshots(0)]
+            found += [parse_checkpoint(c.getXMLDesc(0)) for c in dom.listAllCheckpoints(0)]
+            with contextlib.suppress(libvirt.libvirtError):  # VIR_ERR_NO_DOMAIN_BACKUP: none runs
+                found.append(parse_backup(dom.backupGetXMLDesc(0)))
+            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
+            if (stats.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED
+                    and stats.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP):
+                found.append(completed_backup())
+            return [m for m in found if m is not None]
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.to_thread(collect)
+        except TimeoutError:
+            raise BackendError(f"snapshots/backups: no answer from libvirt within {self.timeout:.0f}s") from None
+        except libvirt.libvirtError as exc:
+            raise BackendError(f"cannot list the snapshots of {self.vm!r}: {libvirt_message(exc)}") from None
 
     async def secret_value(self, ref: str) -> bytes | None:
         """Value of a libvirt secret by UUID, else by usage (volume, then ceph, iscsi, tls, vtpm)."""

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 
 from hotluks.arguments import check_vm
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.errors import DomainNotFound, InputError
+from hotluks.log import get_logger
 
 BACKENDS = ("qmp", "libvirt", "virsh")
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 def libvirt_python_available() -> bool:
     """True when ``import libvirt`` would work (checked without importing it)."""

@@ -62,6 +62,7 @@ from hotluks.backends.virsh_shell import (
     virsh_json,
 )
 from hotluks.errors import BackendError, SecretError
+from hotluks.lifecycle.coverage import Moment, completed_backup, parse_backup, parse_checkpoint, parse_snapshot
 
 __all__ = ["LOGGING_VARIABLES", "PROMPT", "READY_MARK", "VirshBackend", "command_outputs", "dominfo_fields",
            "monitor_line", "parse_event_line", "quiet_environment", "reply_from_output", "shell_quote",
@@ -268,6 +269,25 @@ class VirshBackend(MonitorBackend):
         if status != 0 or err.strip():
             raise BackendError(f"virsh cannot read the definition of {self.vm!r}: {virsh_error(err)}")
         return "".join(command_outputs(out)).strip()
+
+    async def moments(self) -> list[Moment]:
+        """Snapshots and checkpoints (with creation time), the running and the last completed backup job."""
+        dom = shell_quote(self.vm)
+        _, out, _ = await self._run(f"snapshot-list --domain {dom} --name\ncheckpoint-list --domain {dom} --name\n")
+        lists = [[n.strip() for n in text.splitlines() if n.strip()] for text in command_outputs(out)]
+        if len(lists) != 2:
+            raise BackendError(f"virsh did not list the snapshots and checkpoints of {self.vm!r}")
+        lines = [f"snapshot-dumpxml --domain {dom} --snapshotname {shell_quote(n)}" for n in lists[0]]
+        lines += [f"checkpoint-dumpxml --domain {dom} --checkpointname {shell_quote(n)}" for n in lists[1]]
+        lines += [f"backup-dumpxml --domain {dom}", f"domjobinfo --domain {dom} --completed --keep-completed"]
+        _, out, _ = await self._run("".join(line + "\n" for line in lines))
+        found = [parse_snapshot(x) for x in re.findall(r"(?s)<domainsnapshot\b.*?</domainsnapshot>", out)]
+        found += [parse_checkpoint(x) for x in re.findall(r"(?s)<domaincheckpoint\b.*?</domaincheckpoint>", out)]
+        found += [parse_backup(x) for x in re.findall(r"(?s)<domainbackup\b.*?</domainbackup>", out)]
+        job = dominfo_fields(command_outputs(out)[-1] if PROMPT in out else "")
+        if job.get("Job type") == "Completed" and job.get("Operation") == "Backup":
+            found.append(completed_backup())
+        return [m for m in found if m is not None]
 
     async def secret_value(self, ref: str) -> bytes | None:
         """Value of a libvirt secret by UUID or usage (``secret-get-value`` prints it on stdout)."""

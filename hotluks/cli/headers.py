@@ -22,6 +22,7 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("device", metavar="DEVICE")
     p.add_argument("--header", metavar="H", help="detached LUKS header file or device")
     p.add_argument("--header-backup-file", required=True, metavar="FILE", help="backup file (must not exist)")
+    p.add_argument("--json", action="store_true", help="print a hotluks/1 document")
     p.set_defaults(func=cmd_header_backup)
 
     p = cmds.add_parser("header-restore", help="write a header backup back; refuses another volume key's "
@@ -29,6 +30,7 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("device", metavar="DEVICE")
     p.add_argument("--header", metavar="H", help="detached LUKS header file or device to restore into")
     p.add_argument("--header-backup-file", required=True, metavar="FILE", help="backup file to restore")
+    p.add_argument("--json", action="store_true", help="print a hotluks/1 document")
     p.add_argument("--force", "--batch-mode", dest="force", action="store_true",
                    help="restore even when the device holds a header of another volume key")
     p.set_defaults(func=cmd_header_restore)
@@ -50,21 +52,27 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
 
 
 def cmd_header_backup(args: argparse.Namespace) -> int:
+    from hotluks.cli.luks import done
     from hotluks.luks.backup import header_backup
     from hotluks.luks.fingerprint import fingerprint
 
     hdr = header_backup(args.device, args.header_backup_file, header=args.header)
-    print(f"LUKS{hdr.version} header of {args.header or args.device} saved to {args.header_backup_file} "
-          f"(fingerprint sha256:{fingerprint(hdr).value})")
-    return 0
+    value = fingerprint(hdr).value
+    return done(args, f"LUKS{hdr.version} header of {args.header or args.device} saved to {args.header_backup_file} "
+                      f"(fingerprint sha256:{value})",
+                {"version": hdr.version, "device": args.device, "header": args.header,
+                 "header_backup_file": args.header_backup_file, "fingerprint": value})
 
 
 def cmd_header_restore(args: argparse.Namespace) -> int:
+    from hotluks.cli.luks import done
     from hotluks.luks.backup import header_restore
 
     res = header_restore(args.device, args.header_backup_file, header=args.header, force=args.force)
     how = "replaced atomically" if res.atomic else "written in place"
     was = "" if res.previous is None else (" (same volume key as before)" if res.previous == res.fingerprint
                                           else f" (FORCED over another header, sha256:{res.previous})")
-    print(f"header restored to {args.header or args.device}, {how}; fingerprint sha256:{res.fingerprint}{was}")
-    return 0
+    return done(args, f"header restored to {args.header or args.device}, {how}; fingerprint sha256:{res.fingerprint}{was}",
+                {"device": args.device, "header": args.header, "header_backup_file": args.header_backup_file,
+                 "fingerprint": res.fingerprint, "previous": res.previous, "atomic": res.atomic,
+                 "forced": res.previous is not None and res.previous != res.fingerprint})

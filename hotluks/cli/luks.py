@@ -62,8 +62,10 @@ def _key_file_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
                         "default: prompt on a terminal, else the first line of stdin")
 
 
-def _header_arg(p: argparse.ArgumentParser) -> None:
+def _header_arg(p: argparse.ArgumentParser, json_help: str | None = "print a hotluks/1 document") -> None:
     p.add_argument("--header", metavar="H", help="detached LUKS header file or device")
+    if json_help:
+        p.add_argument("--json", action="store_true", help=json_help)
 
 
 def _progress_args(p: argparse.ArgumentParser) -> None:
@@ -73,8 +75,22 @@ def _progress_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bar(args: argparse.Namespace, total: int) -> ProgressBar:
-    quiet = args.quiet or getattr(args, "global_json", False) or getattr(args, "json", False)
-    return ProgressBar(total, force=args.progress, quiet=quiet)
+    return ProgressBar(total, force=args.progress, quiet=args.quiet or wants_json(args))
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False) or getattr(args, "global_json", False))
+
+
+def done(args: argparse.Namespace, text: str | None, payload: dict[str, Any]) -> int:
+    """Finish a ``luks`` action: ``text`` on stdout, or under ``--json`` the hotluks/1 document of ``payload``."""
+    if wants_json(args):
+        from hotluks.cli.output import emit
+
+        emit(f"luks {args.luks_command}", payload)
+    elif text is not None:
+        print(text)
+    return 0
 
 
 def _kdf_args(p: argparse.ArgumentParser) -> None:
@@ -96,8 +112,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmds.add_parser("dump", help="show the header; exit 2 when it is not valid")
     p.add_argument("device", metavar="DEVICE")
-    _header_arg(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _header_arg(p, "machine-readable output")
     p.set_defaults(func=cmd_dump)
 
     p = cmds.add_parser("verify", help="check a passphrase: 0 opens, 1 wrong, 2 invalid/unsupported/weak")
@@ -126,7 +141,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = cmds.add_parser("decrypt", help="write the decrypted data segment to OUT ('-' = stdout)")
     p.add_argument("device", metavar="DEVICE")
     p.add_argument("out", metavar="OUT")
-    _header_arg(p)
+    _header_arg(p, "print a hotluks/1 document (bytes written); OUT must be a file")
     _key_file_arg(p)
     _progress_args(p)
     p.set_defaults(func=cmd_decrypt)
@@ -228,11 +243,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     _payload_must_exist(args)
     hdr = open_header(args.device, header=args.header)
-    for note in enforce(hdr, allow_weak_header=args.allow_weak_header):
+    notes = enforce(hdr, allow_weak_header=args.allow_weak_header)
+    for note in notes:
         print(f"warning: {printable(note)}", file=sys.stderr)
     vk = unlock(hdr, read_passphrase(args.key_file))
-    print(f"passphrase opens keyslot {vk.keyslot}")
-    return 0
+    return done(args, f"passphrase opens keyslot {vk.keyslot}",
+                {"version": hdr.version, "keyslot": vk.keyslot, "warnings": [printable(n) for n in notes]})
 
 
 def _confirm_overwrite(concern: str, target: str, key_file: str | None) -> None:
@@ -264,8 +280,9 @@ def cmd_format(args: argparse.Namespace) -> int:
     vk = format_volume(args.device, passphrase, type=args.type, header=args.header, cipher=args.cipher,
                        key_size=bits, hash=args.hash, kdf=kdf, sector_size=args.sector_size)
     where = f"detached header {args.header}" if args.header else args.device
-    print(f"{args.type} header written to {where} ({args.cipher}, {bits} bits, keyslot {vk.keyslot})")
-    return 0
+    return done(args, f"{args.type} header written to {where} ({args.cipher}, {bits} bits, keyslot {vk.keyslot})",
+                {"type": args.type, "device": args.device, "header": args.header, "cipher": args.cipher,
+                 "key_bits": bits, "keyslot": vk.keyslot})
 
 
 def _open_out(path: str) -> IO[bytes]:
@@ -292,13 +309,15 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
     from hotluks.luks import decrypt_payload, open_header, unlock
 
+    if args.out == "-" and wants_json(args):
+        raise InputError("--json prints a document on stdout: give OUT as a file, not '-'")
     hdr = open_header(args.device, header=args.header)
     vk = unlock(hdr, read_passphrase(args.key_file))
     size = os.stat(args.device).st_size if os.path.isfile(args.device) else 0
     bar = _bar(args, max(0, size - hdr.payload_offset))
     out = _open_out(args.out)
     try:
-        decrypt_payload(args.device, out, vk, header=args.header, progress=bar)
+        written = decrypt_payload(args.device, out, vk, header=args.header, progress=bar)
         if out is sys.stdout.buffer:
             out.flush()
     except BrokenPipeError:
@@ -307,7 +326,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         bar.finish()
         if out is not sys.stdout.buffer:
             out.close()
-    return 0
+    return done(args, None, {"device": args.device, "header": args.header, "out": args.out, "bytes": written})
 def cmd_encrypt(args: argparse.Namespace) -> int:
     import os
 
@@ -328,12 +347,12 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         total = os.fstat(src.fileno()).st_size
     bar = _bar(args, total)
     try:
-        encrypt_payload(src, args.device, vk, header=args.header, progress=bar, total=total)
+        written = encrypt_payload(src, args.device, vk, header=args.header, progress=bar, total=total)
     finally:
         bar.finish()
         if src is not sys.stdin.buffer:
             src.close()
-    return 0
+    return done(args, None, {"device": args.device, "header": args.header, "input": args.input, "bytes": written})
 
 
 def cmd_add_key(args: argparse.Namespace) -> int:
@@ -350,13 +369,11 @@ def cmd_add_key(args: argparse.Namespace) -> int:
     default = "pbkdf2" if hdr.version == 1 else "argon2id"
     kdf = _kdf(args, default, hdr.hash or "sha256", len(vk.key))
     slot = add_key(args.device, passphrase, new, header=args.header, kdf=kdf, keyslot=args.key_slot)
-    print(f"added keyslot {slot}")
-    return 0
+    return done(args, f"added keyslot {slot}", {"device": args.device, "header": args.header, "keyslot": slot})
 
 
 def cmd_remove_key(args: argparse.Namespace) -> int:
     from hotluks.luks import remove_key
 
     slot = remove_key(args.device, read_passphrase(args.key_file), header=args.header)
-    print(f"removed keyslot {slot}")
-    return 0
+    return done(args, f"removed keyslot {slot}", {"device": args.device, "header": args.header, "keyslot": slot})

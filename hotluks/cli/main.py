@@ -39,6 +39,7 @@ COMMAND_OWNERS = {
 QUIET_COMMANDS = frozenset({"plan", "cold-cmdline", "example"})
 _command_run: str | None = None  # the command main() ran last (entry() decides how to exit)
 _json_requested = False  # --json on the command line: argparse's usage errors become JSON too
+_argv_words: list[str] = []  # the command line's words that are not options (to name a usage error's command)
 DESCRIPTION = "Plug LUKS-encrypted disks (detached headers, librbd) into running QEMU VMs."
 
 
@@ -86,9 +87,25 @@ class ArgumentParser(argparse.ArgumentParser):
         if _json_requested:
             from hotluks.cli.output import error_envelope, write
 
-            command = self.prog.removeprefix("hotluks").strip() or "hotluks"
+            command = self.prog.removeprefix("hotluks").strip() or _command_words(self) or "hotluks"
             write(error_envelope(command, argparse.ArgumentError(None, message), 2))
         super().error(message)
+
+
+def _command_words(parser: argparse.ArgumentParser) -> str:
+    """``luks dump`` for ``hotluks luks dump DEV --bad``, whose unknown option the top parser reports."""
+    words: list[str] = []
+    found = True
+    while found:
+        found = False
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                word = next((a for a in _argv_words if a in action.choices and a not in words), None)
+                if word is not None:
+                    words.append(word)
+                    parser, found = action.choices[word], True
+                    break
+    return " ".join(words)
 
 
 class VersionAction(argparse.Action):
@@ -172,8 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hotluks.cli.common import validate_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    global _json_requested
+    global _json_requested, _argv_words
     _json_requested = "--json" in argv
+    _argv_words = [a for a in argv if not a.startswith("-")]
     word = next((a for a in argv if not a.startswith("-")), None)
     owner = COMMAND_OWNERS.get(word or "") if "-h" not in argv and "--help" not in argv else None
     parser = build_parser(owner)

@@ -46,6 +46,14 @@ def emit(command: str, payload: Mapping[str, Any]) -> None:
 
 
 def write(doc: Mapping[str, Any]) -> None:
+    """Print ``doc``; under ``HOTLUKS_JSON_CHECK`` (the test suite) only once it matches its schema."""
+    import os
+
+    log = os.environ.get("HOTLUKS_JSON_CHECK")
+    if log:
+        from hotluks.cli.jsoncheck import check
+
+        check(doc, log)
     json.dump(doc, sys.stdout, indent=2)
     sys.stdout.write("\n")
     sys.stdout.flush()

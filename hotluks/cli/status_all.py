@@ -5,7 +5,8 @@ that is gone means its QEMU is gone), a libvirt domain by its UUID on ``--connec
 A QMP VM whose recorded QEMU no longer runs (``/proc``), a domain that is shut off or gone,
 or whose socket now leads to another QEMU has ``lost`` disks; one that cannot be asked
 for another reason (a busy socket, a different libvirt) has ``unknown`` disks.
-Read-only, no locks; exit 3 when any disk is not attached and consistent.
+Read-only, no locks; exit 3 when any disk is not attached and consistent, or left out of a
+libvirt snapshot or backup since its attach (:mod:`hotluks.lifecycle.coverage`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from hotluks.cli.output import emit
 from hotluks.errors import DomainNotFound, HotluksError, InputError, NotRunning
+from hotluks.lifecycle.coverage import HINT as NOT_COVERED_HINT
 from hotluks.runner.inventory import KnownVM, instance_gone, known_vms, offline_entries
 from hotluks.runner.results import StatusEntry
 
@@ -93,7 +95,7 @@ def cmd_status_all(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     vms = asyncio.run(status_all(state_dir, args))
     disks = [d for v in vms for d in v.disks]
-    attention = 3 if any(not d.consistent for d in disks) else 0
+    attention = 3 if any(not d.consistent or d.not_covered for d in disks) else 0
     if args.json:
         emit("status", {"all": True, "state_dir": str(state_dir), "vms": [v.to_json() for v in vms]})
         return attention
@@ -104,8 +106,12 @@ def cmd_status_all(args: argparse.Namespace) -> int:
         for d in v.disks:
             health = "ok" if d.consistent else "in progress" if d.in_progress else d.error or d.status
             print(f"  {d.target:<6} {d.device:<16} {d.shape:<22} {d.status:<13} {health}")
-    if attention:
+            for moment in d.not_covered:
+                print(f"         not covered by {moment.describe()}")
+    if any(not d.consistent for d in disks):
         print("hotluks: some disks are not attached as recorded: `hotluks status VM` for one VM", file=sys.stderr)
+    if any(d.not_covered for d in disks):
+        print(NOT_COVERED_HINT, file=sys.stderr)
     return attention
 
 

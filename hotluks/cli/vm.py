@@ -68,11 +68,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "first use (STATE/pins); a replaced header is refused")
     a.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for QEMU (and for unplug during rollback); default 30")
-    a.add_argument("--path", choices=("qmp", "libvirt-native", "auto"), default="qmp",
+    a.add_argument("--path", choices=("qmp", "libvirt-native", "auto"), default="auto",
                    help="qmp: hotluks' steps through the monitor; libvirt-native: libvirt's device API for disks "
-                        "it expresses (libvirt secrets, libvirt backend); auto: the latter where possible")
+                        "it expresses (all secrets in libvirt's store; libvirt and virsh backends); auto (default): "
+                        "the latter where possible, else qmp (always qmp on a bare QEMU); -v says which and why")
     a.add_argument("--persistent", action="store_true",
-                   help="libvirt-native only: also add the disk to the domain's definition")
+                   help="also put the disk into the libvirt domain's definition: libvirt's own on the "
+                        "libvirt-native path, <qemu:commandline> as `hotluks persist` does on the QMP path "
+                        "(checked before the attach; a failure to write it rolls the attach back)")
+    a.add_argument("--key-dir", metavar="DIR", default=None,
+                   help="QMP path with --persistent: where the domain's key file lives (default /var/lib/hotluks-keys)")
+    a.add_argument("--qemu-user", metavar="USER", default=None,
+                   help="QMP path with --persistent: libvirt's QEMU user (default libvirt-qemu)")
     a.set_defaults(func=cmd_attach)
 
     d = sub.add_parser("detach", help="unplug a disk hotluks attached and delete its nodes and secrets",
@@ -83,6 +90,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     what.add_argument("--target", metavar="DEV", help="the target dev (e.g. vdb) instead of the XML")
     d.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the guest to release the device (default 30)")
+    d.add_argument("--persistent", action="store_true",
+                   help="also take the disk out of the libvirt domain's definition (done anyway when it is there; "
+                        "with this flag, failing to reach the definition is an error)")
     d.set_defaults(func=cmd_detach)
 
     s = sub.add_parser("status", help="list hotluks-managed disks of a VM and their live nodes",
@@ -182,7 +192,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     result = _run(args, lambda s: s.attach(disk, secrets, preflight=not args.no_preflight, dry_run=args.dry_run,
                                            timeout=args.timeout, pin=args.pin,
                                            allow_weak_header=args.allow_weak_header, path=args.path,
-                                           persistent=args.persistent))
+                                           persistent=args.persistent, key_dir=args.key_dir,
+                                           qemu_user=args.qemu_user))
     if args.json:
         emit("attach", result.to_json())
     elif result.already_attached:
@@ -197,12 +208,14 @@ def cmd_attach(args: argparse.Namespace) -> int:
         total = sum(s.seconds for s in result.steps)
         print(f"attached {result.target} to {result.vm} as device {result.device} "
               f"({len(result.steps)} steps, {total * 1000:.1f} ms, {result.path}); preflight: {result.preflight}")
+        if result.persistent:
+            print(f"  and in the definition of {result.vm}" + (f" (key file {result.key_file})" if result.key_file else ""))
     return 0
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
     target = args.target or load_disk(args.disk).target_dev
-    result = _run(args, lambda s: s.detach(target, timeout=args.timeout))
+    result = _run(args, lambda s: s.detach(target, timeout=args.timeout, persistent=args.persistent))
     if args.json:
         emit("detach", result.to_json())
     elif result.already_absent:
@@ -210,6 +223,8 @@ def cmd_detach(args: argparse.Namespace) -> int:
     else:
         print(f"detached {result.target} (device {result.device}) from {result.vm} in "
               f"{result.seconds * 1000:.1f} ms: {', '.join(result.removed) or 'nothing left to remove'}")
+    if result.persistent and not args.json:
+        print(f"  and took it out of the definition of {result.vm}")
     return 0
 
 
@@ -219,7 +234,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         return cmd_status_all(args)
     disks = _run(args, lambda s: s.status())
-    attention = 3 if any(d.needs_repair or d.status == "lost" for d in disks) else 0
+    attention = 3 if any(d.needs_repair or d.status == "lost" or d.not_covered for d in disks) else 0
     if args.json:
         emit("status", {"vm": args.vm, "disks": [d.to_json() for d in disks]})
         return attention
@@ -234,11 +249,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"       header pinned: sha256:{d.header_fingerprint}")
         if d.error:
             print(f"       last error: {d.error}")
+        for moment in d.not_covered:
+            print(f"       not covered by {moment.describe()}")
     if any(d.status == "lost" for d in disks):
         print(f"hotluks: lost disks: the QEMU they were attached to is gone; `hotluks attach {args.vm} DISK.xml` "
               "plugs one again, `hotluks detach` forgets it", file=sys.stderr)
     if any(d.needs_repair for d in disks):
         print(f"hotluks: some disks need attention: run `hotluks repair {args.vm}`", file=sys.stderr)
+    if any(d.not_covered for d in disks):
+        from hotluks.lifecycle.coverage import HINT
+
+        print(HINT, file=sys.stderr)
     return attention
 
 

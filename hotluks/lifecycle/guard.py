@@ -24,7 +24,6 @@ image, and removes a guard an older hotluks added outside the plan.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import subprocess
 import tempfile
@@ -32,9 +31,10 @@ from pathlib import Path
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
 from hotluks.errors import BackendError, RefusedError
+from hotluks.log import get_logger
 from hotluks.plan.names import GUARD_PREFIX, guard_node
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FDSET_TAG = "hotluks-guard:"
 #: backends whose VM has libvirt lifecycle operations (save, managedsave, snapshots, migration)

@@ -77,6 +77,17 @@ def _allowed(st: os.stat_result, uid: int, gids: Iterable[int], want: int) -> bo
     return bits & want == want
 
 
+def enter_problem(path: str | os.PathLike[str], uid: int, gids: Sequence[int]) -> str | None:
+    """For a file still to be created (directories made mode 0711): why the QEMU user could not
+    reach it through the directories that exist already, or None."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and parent != "/":
+        if os.path.isdir(parent) and not _allowed(os.stat(parent), uid, gids, 1):
+            return f"{os.fspath(path)}: the QEMU user cannot enter {parent}"
+        parent = os.path.dirname(parent)
+    return None
+
+
 def access_problem(need: NeededFile, uid: int, gids: Sequence[int]) -> str | None:
     """Why the QEMU user cannot open ``need`` (missing, a directory on the way, the file), or None."""
     path = os.path.abspath(need.path)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 from hotluks.backends.base import MonitorBackend
 from hotluks.errors import BackendError
+from hotluks.log import get_logger
 from hotluks.plan.placement import Reservations, reservations_from_domain_xml
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 async def pci_reservations(backend: MonitorBackend) -> Reservations:

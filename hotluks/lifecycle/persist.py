@@ -18,8 +18,15 @@ from typing import Any
 from hotluks.backends.base import MonitorBackend
 from hotluks.errors import BackendError, RefusedError, SecretError
 from hotluks.lifecycle.definition import has_disk, with_disk, without_disk
-from hotluks.lifecycle.hook import access_problem, needed_files
-from hotluks.lifecycle.libvirt_cmdline import commandline_argv, commandline_xml, default_qemu_user, ensure_key_file
+from hotluks.lifecycle.hook import access_problem, enter_problem, needed_files
+from hotluks.lifecycle.libvirt_cmdline import (
+    KEY_BYTES,
+    KEY_OBJECT,
+    commandline_argv,
+    commandline_xml,
+    default_qemu_user,
+    ensure_key_file,
+)
 from hotluks.lifecycle.placement_probe import device_placement
 from hotluks.model import Disk
 from hotluks.plan.names import Namer
@@ -84,6 +91,35 @@ async def _domain_call(uri: str, domain: str, fn: Any) -> Any:
         raise BackendError(f"libvirt: {exc.get_error_message() or exc}") from None
 
 
+def _problems(argv: list[str], user: str | None, key_file: Path) -> list[str]:
+    """Why QEMU (as ``user``) could not open the files ``argv`` names at the next start (a key
+    file not created yet: whether the QEMU user could enter its directory)."""
+    uid, gids = _qemu_ids(user)
+    wrapped = f"<domain>{commandline_xml(argv)}</domain>"
+    problems = [f"{n.owner}: {p}" for n in needed_files(wrapped)
+                if (n.owner != KEY_OBJECT or key_file.exists()) and (p := access_problem(n, uid, gids)) is not None]
+    if not key_file.exists() and (p := enter_problem(key_file, uid, gids)) is not None:
+        problems.append(f"{KEY_OBJECT}: {p}")
+    return problems
+
+
+async def check_persistable(backend: MonitorBackend, disk: Disk, *, domain: str, uri: str,
+                            secrets: Mapping[str, SecretValue] | None = None, key_dir: Path = DEFAULT_KEY_DIR,
+                            qemu_user: str | None = None) -> None:
+    """Refuse (changing nothing: no key file, no definition) when :func:`persist` would refuse ``disk``.
+
+    For ``attach --persistent`` before the live attach: the files do not depend on the slot."""
+    values = await _secret_values(backend, disk, secrets or {})
+    user = qemu_user or default_qemu_user()
+    uuid = await _domain_call(uri, domain, lambda _lv, dom, _c: dom.UUIDString())
+    key_file = key_dir / f"{uuid}.key"
+    argv = commandline_argv(build_plan(disk, context=PlanContext()), values, bytes(KEY_BYTES), str(key_file))
+    problems = _problems(argv, user, key_file)
+    if problems:
+        raise RefusedError(f"not writing {disk.target_dev} into {domain}'s definition: at the next start QEMU "
+                           f"(as {user or 'root'}) could not open {'; '.join(problems)}; nothing was attached")
+
+
 async def persist(backend: MonitorBackend, disk: Disk, *, domain: str, uri: str,
                   secrets: Mapping[str, SecretValue] | None = None, key_dir: Path = DEFAULT_KEY_DIR,
                   qemu_user: str | None = None) -> Persisted:
@@ -99,9 +135,7 @@ async def persist(backend: MonitorBackend, disk: Disk, *, domain: str, uri: str,
     key_file = key_dir / f"{uuid}.key"
     key = ensure_key_file(key_file, user)
     argv = commandline_argv(plan, values, key, str(key_file))
-    uid, gids = _qemu_ids(user)
-    wrapped = f"<domain>{commandline_xml(argv)}</domain>"
-    problems = [f"{n.owner}: {p}" for n in needed_files(wrapped) if (p := access_problem(n, uid, gids)) is not None]
+    problems = _problems(argv, user, key_file)
     if problems:
         raise RefusedError(f"not writing {disk.target_dev} into {domain}'s definition: at the next start QEMU "
                            f"(as {user or 'root'}) could not open {'; '.join(problems)}")
@@ -114,8 +148,9 @@ async def unpersist(target: str, *, domain: str, uri: str, alias: str | None = N
     """Remove ``target``'s arguments from ``domain``'s definition (the key file stays for other disks)."""
     names = Namer(target, alias)
     prefix = (names.base, names.device_id)
-    inactive = await _domain_call(uri, domain, lambda lv, dom, _c: dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE))
-    if not has_disk(inactive, prefix):
+    inactive = await _domain_call(uri, domain, lambda lv, dom, _c: dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE)
+                                  if dom.isPersistent() else None)
+    if inactive is None or not has_disk(inactive, prefix):  # a transient domain: never define it
         return Persisted(domain, target, None, False, False)
     new = without_disk(inactive, prefix)
     await _domain_call(uri, domain, lambda _lv, _dom, conn: conn.defineXML(new))

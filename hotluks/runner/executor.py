@@ -8,7 +8,6 @@ when the state directory is full, removed or read-only.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -16,12 +15,13 @@ from typing import Any, TypeVar
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
 from hotluks.errors import BackendError
+from hotluks.log import get_logger
 from hotluks.plan.steps import FdSource, Step
 from hotluks.runner import transaction as tx
 from hotluks.runner.journal import Journal, JournalStep, Record
 from hotluks.runner.vmstate import VMSnapshot, snapshot
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from hotluks.backends.base import MonitorBackend, VMIdentity
 from hotluks.errors import NotAttached, RefusedError
+from hotluks.lifecycle.coverage import uncovered
+from hotluks.log import get_logger
 from hotluks.runner import transaction as tx
 from hotluks.runner.executor import journal_quietly, undo_shielded
 from hotluks.runner.journal import CorruptRecordError, Journal, Record
@@ -16,7 +17,7 @@ from hotluks.runner.lock import held_elsewhere
 from hotluks.runner.results import RepairAction, StatusEntry, StatusItem
 from hotluks.runner.vmstate import snapshot
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def load_to_change(journal: Journal, target: str) -> Record | None:
@@ -72,6 +73,7 @@ class Maintenance:
             return []
         live = await snapshot(self.backend)
         busy = held_elsewhere(journal.dir)  # an operation in progress: its records are not (yet) broken
+        moments = await self.backend.moments()
         out = []
         for target, entry in entries:
             if isinstance(entry, CorruptRecordError):
@@ -81,9 +83,11 @@ class Maintenance:
             lost = status == "lost"
             items = tuple(StatusItem(s.kind, s.name, not lost and tx.present(s, live)) for s in entry.steps)
             in_progress = busy and status in ("attaching", "rolling-back", "detaching")
+            # a disk libvirt plugged itself (libvirt-native) is in libvirt's snapshots and backups
+            missed = uncovered(moments, target, entry.updated) if status == "attached" and entry.path == "qmp" else ()
             out.append(StatusEntry(target, entry.device, entry.shape, status, consistent,
                                    tx.needs_repair(status, consistent) and not in_progress, entry.error, items,
-                                   in_progress, entry.header_fingerprint or None))
+                                   in_progress, entry.header_fingerprint or None, missed))
         return out
 
     async def repair(self, *, timeout: float = 30.0) -> list[RepairAction]:

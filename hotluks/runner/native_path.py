@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from hotluks.backends.base import MonitorBackend
-from hotluks.errors import BackendError, DetachTimeoutError, InputError
+from hotluks.errors import BackendError, DetachTimeoutError, InputError, RefusedError
 from hotluks.model import Disk
 from hotluks.runner.journal import JournalStep, Record
 from hotluks.secrets import SecretValue, value_for
@@ -38,6 +38,24 @@ def why_not_native(backend: MonitorBackend, disk: Disk, given: Mapping[str, Secr
     if user_given:
         return f"{', '.join(user_given)} came from --secret, not from libvirt's secrets"
     return None
+
+
+def choose_path(backend: MonitorBackend, disk: Disk, given: Mapping[str, SecretValue],
+                path: PathChoice) -> tuple[bool, str]:
+    """Whether ``disk`` takes the libvirt-native path, and why (for ``-v``); ``auto`` (the default)
+    picks it where libvirt expresses the disk and holds all its secrets, else the QMP path."""
+    if path not in PATH_CHOICES:
+        raise InputError(f"path must be one of {', '.join(PATH_CHOICES)}, not {path!r}")
+    if path == "qmp":
+        return False, "--path qmp"
+    reason = why_not_native(backend, disk, given)
+    if path == "libvirt-native" and reason is not None:
+        raise RefusedError(f"target {disk.target_dev} cannot take the libvirt-native path: {reason}")
+    if reason is not None:
+        return False, f"--path auto: {reason}"
+    if path == "libvirt-native":
+        return True, "--path libvirt-native"
+    return True, f"--path auto: libvirt expresses a {disk.shape} disk and holds its secrets"
 
 
 def native_disk(disk: Disk) -> Disk:

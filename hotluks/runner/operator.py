@@ -22,6 +22,8 @@ from hotluks.backends.base import MasterKey, MonitorBackend, QMPCommandError, VM
 from hotluks.errors import HotluksError, InputError, RefusedError, RolledBackError
 from hotluks.headers.pins import PinStore, check_pin
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_image
+from hotluks.lifecycle.persist import Persisted
+from hotluks.log import get_logger
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
 from hotluks.plan.names import guard_node
@@ -34,22 +36,16 @@ from hotluks.runner.executor import journal_quietly, send_step, shielded, undo_s
 from hotluks.runner.fdplan import with_fd_passing
 from hotluks.runner.guardplan import GUARD_ROLE, with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
+from hotluks.runner.keep import Keep, keep_for
 from hotluks.runner.lock import vm_lock
 from hotluks.runner.maintenance import Maintenance, load_to_change, refuse_interrupted
-from hotluks.runner.native_path import (
-    PATH_CHOICES,
-    PathChoice,
-    attach_through_libvirt,
-    native_disk,
-    native_record,
-    why_not_native,
-)
+from hotluks.runner.native_path import PathChoice, attach_through_libvirt, choose_path, native_disk, native_record
 from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight, verify_pin
 from hotluks.runner.results import AttachResult, DetachResult, RepairAction, StatusEntry, StepReport
 from hotluks.runner.vmstate import PortMemory, VMSnapshot, machine_type, probe_capabilities, snapshot, survey
 from hotluks.secrets import SecretValue, resolve
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 __all__ = ["Operator", "AttachResult", "DetachResult", "StatusEntry", "RepairAction", "StepReport"]
 
@@ -139,8 +135,9 @@ class Operator(Maintenance):
     # -- attach ----------------------------------------------------------------
     async def attach(self, disk: Disk, secrets: Mapping[str, SecretValue] | None = None, *,
                      preflight: bool = True, dry_run: bool = False, timeout: float = 30.0,
-                     pin: bool = False, allow_weak_header: bool = False, path: PathChoice = "qmp",
-                     persistent: bool = False) -> AttachResult:
+                     pin: bool = False, allow_weak_header: bool = False, path: PathChoice = "auto",
+                     persistent: bool = False, key_dir: Path | None = None,
+                     qemu_user: str | None = None) -> AttachResult:
         """Attach ``disk``: refuse (exit 2), succeed, or roll back completely (exit 1) or record a repair (3).
 
         The LUKS preflight runs before the VM's lock is taken; ``timeout`` also bounds the
@@ -148,19 +145,14 @@ class Operator(Maintenance):
         one recorded for its location, or recorded on this first use. ``allow_weak_header`` lets
         a header below the policy (cipher_null, ECB, a KDF under cryptsetup's minimum) through.
         ``path`` picks hotluks' QMP steps, libvirt's device API (``libvirt-native``,
-        :mod:`hotluks.runner.native_path`; with ``persistent`` also in the domain's definition),
-        or the latter where it can (``auto``).
+        :mod:`hotluks.runner.native_path`), or the latter where it can (``auto``, the default; on
+        a bare QEMU always QMP). ``persistent`` also puts the disk into the domain's definition:
+        libvirt's own on the native path, else ``<qemu:commandline>`` as ``hotluks persist`` does
+        (:mod:`hotluks.runner.keep`; key file under ``key_dir``), checked before anything is sent.
         """
-        if path not in PATH_CHOICES:
-            raise InputError(f"path must be one of {', '.join(PATH_CHOICES)}, not {path!r}")
-        native_reason = why_not_native(self.backend, disk, secrets or {}) if path != "qmp" else "not asked"
-        if path == "libvirt-native" and native_reason is not None:
-            raise RefusedError(f"target {disk.target_dev} cannot take the libvirt-native path: {native_reason}")
-        if persistent and native_reason is not None:
-            raise RefusedError("--persistent is for the libvirt-native path (libvirt keeps the disk in the "
-                               "definition); for other disks see `hotluks persist`")
-        if path == "auto" and native_reason is not None:
-            log.info("attaching %s through QMP: %s", disk.target_dev, native_reason)
+        native, why = choose_path(self.backend, disk, secrets or {}, path)
+        log.info("attaching %s through %s (%s)", disk.target_dev, "libvirt's device API" if native else "QMP", why)
+        keep = keep_for(self.backend, key_dir, qemu_user) if persistent and not native else None
         ident = await self.identity()
         caps = await self.capabilities()
         draft, fingerprint = self._draft(disk, caps)  # no VM facts: which secrets, and the disk's fingerprint
@@ -180,6 +172,8 @@ class Operator(Maintenance):
         else:  # a pinned header is checked even without the passphrase preflight
             note = await verify_pin(disk, values, timeout) or note
         header_fp = pinned.fingerprint if pinned else None
+        if keep is not None:  # a refusal here changes nothing
+            await keep.check(self.backend, disk, secrets or {})
         journal = await self.journal()
         async with await self._lock():
             try:
@@ -197,11 +191,14 @@ class Operator(Maintenance):
                                        f"{', '.join(missing)}; `hotluks detach` it, then attach again")
                 top = next((s.arguments.get("drive") for s in existing.steps if s.kind == "device"), "") \
                     or existing.device
+                kept = (await keep.write(self.backend, disk, secrets or {})
+                        if keep and not dry_run and existing.path == "qmp" else None)
                 return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=existing.device,
                                     top_node=str(top), shape=existing.shape, preflight=note, dry_run=dry_run,
                                     already_attached=True, header_fingerprint=existing.header_fingerprint or None,
-                                    path=existing.path)
-            if native_reason is None:
+                                    path=existing.path, persistent=kept is not None,
+                                    key_file=kept.key_file if kept else None)
+            if native:
                 return await self._attach_native(journal, native_disk(disk), ident, fingerprint, note,
                                                  header_fp, dry_run=dry_run, timeout=timeout, persistent=persistent)
             plan, before = await self._plan(disk, caps)
@@ -224,11 +221,22 @@ class Operator(Maintenance):
             log.info("attaching %s to %s as %s (%s, %d steps); preflight: %s", disk.target_dev, self.backend.vm,
                      plan.device_id, disk.shape, len(plan.steps), note)
             reports = await self._run_steps(journal, record, plan, commands, before, timeout)
+            kept = await self._keep(keep, journal, record, disk, secrets or {}, before, timeout) if keep else None
             if pinned is not None and pinned.first_use:
                 pins.record(pinned.source, pinned.fingerprint)
             return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=plan.device_id,
                                 top_node=plan.top_node, shape=disk.shape, preflight=note, steps=tuple(reports),
-                                header_fingerprint=header_fp)
+                                header_fingerprint=header_fp, persistent=keep is not None,
+                                key_file=kept.key_file if kept else None)
+
+    async def _keep(self, keep: Keep, journal: Journal, record: Record, disk: Disk,
+                    secrets: Mapping[str, SecretValue], before: VMSnapshot, timeout: float) -> Persisted:
+        """Write the attached disk into the definition, or roll the live attach back (exit 1 or 3)."""
+        try:
+            return await keep.write(self.backend, disk, secrets)
+        except BaseException as exc:
+            await self._roll_back(journal, record, len(record.steps) - 1, exc, before, timeout)
+            raise AssertionError("unreachable") from None
 
     async def _attach_native(self, journal: Journal, disk: Disk, ident: VMIdentity, fingerprint: str, note: str,
                              header_fp: str | None, *, dry_run: bool, timeout: float,
@@ -273,7 +281,7 @@ class Operator(Maintenance):
         top = f"libvirt-{attached.source_index}-format" if attached.source_index is not None else disk.alias
         return AttachResult(self.backend.vm, disk.target_dev, disk.alias, top, disk.shape, note,
                             steps=(StepReport(step.execute, step.name, time.perf_counter() - started),),
-                            header_fingerprint=header_fp, path="libvirt-native")
+                            header_fingerprint=header_fp, path="libvirt-native", persistent=persistent)
 
     async def _run_steps(self, journal: Journal, record: Record, plan: Plan, commands: list[dict[str, Any]],
                          before: VMSnapshot, timeout: float) -> list[StepReport]:

@@ -12,7 +12,6 @@ or KDF the engine cannot compute is "not checked" and left to QEMU.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import pickle
 import sys
@@ -20,13 +19,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hotluks.errors import HotluksError, LuksError, PreflightError, SecretError
+from hotluks.log import get_logger
 from hotluks.model import Disk, Engine, Source
 from hotluks.secrets import SecretValue
 
 if TYPE_CHECKING:
     from hotluks.luks.metadata import Header as LuksHeader
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 HEADER_PROBE_BYTES = 16 * 1024 * 1024  # enough for any LUKS1 header and LUKS2 metadata + keyslots
 LUKS2_WITH_QEMU_HINT = ("QEMU's LUKS driver (engine='qemu') reads LUKS1 only: convert the header with "
                         "'cryptsetup convert --type luks1' (PBKDF2 keyslots only), or for an RBD image use "

@@ -18,7 +18,6 @@ afterwards — unchanged: exit 1, changed anyway: exit 3.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from dataclasses import dataclass
@@ -33,13 +32,14 @@ from hotluks.errors import (
     RolledBack,
     UnsupportedError,
 )
+from hotluks.log import get_logger
 from hotluks.runner.journal import Record
 from hotluks.runner.results import JSONResult
 
 if TYPE_CHECKING:
     from hotluks.runner.operator import Operator
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: qemu-img's size suffixes (powers of 1024; ``B`` or none: bytes)
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}

@@ -119,7 +119,7 @@ def test_libvirt_domain_cephx_with_libvirt_secrets(cephx: Ceph, libvirt_uri: str
             async with await open_backend(domain.name, uri=domain.uri, backend="libvirt", timeout=60) as backend:
                 before = await backend_snapshot(backend)
                 op = Operator(backend, state_dir=state_dir)
-                result = await op.attach(disk, {})
+                result = await op.attach(disk, {}, path="qmp")
                 secret_ids = [s.name for s in result.steps if s.execute == "object-add"]
                 assert len(secret_ids) == 2
                 for obj in secret_ids:  # sealed: QEMU decrypted both with masterKey0
@@ -155,7 +155,8 @@ def test_libvirt_cli_with_secret_file_and_conf(ceph: Ceph, libvirt_uri: str, sta
                 return await backend_snapshot(backend), seen
 
         before, _ = asyncio.run(look(False))
-        attach = run_cli("attach", domain.name, xml, *ceph.secret_args(workdir), *common, "--json", timeout=120)
+        attach = run_cli("attach", domain.name, xml, *ceph.secret_args(workdir), *common, "--path", "qmp", "--json",
+                         timeout=120)
         assert attach.returncode == 0, attach.stdout + attach.stderr
         result = json.loads(attach.stdout)
         assert result["top_node"] == "hl-vdb-fmt"

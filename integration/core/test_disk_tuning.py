@@ -14,6 +14,7 @@ import pytest
 from hotluks.demo.qemu.launcher import start_qemu
 from hotluks.model import Disk
 from hotluks.plan.planner import build_plan
+from testsupport.schemas import validate
 
 pytestmark = [pytest.mark.qemu]
 
@@ -158,7 +159,7 @@ def test_cli_attach_status_detach_of_a_tuned_disk(images: Any, tmp_path: Path) -
             status = run_cli("status", vm, "--state-dir", state, "--json")
             status_doc = json.loads(status.stdout)
             for command, real in (("attach", doc), ("status", status_doc)):
-                _validate(command, real)  # the runner's real outputs fit the published schemas
+                validate(command, real)  # the runner's real outputs fit the published schemas
             disk = json.loads(status.stdout)["disks"][0]
             assert disk["consistent"] and {"hl-vdb-tg", "hl-vdb-throttle", "hl-vdb-cor"} <= {
                 i["name"] for i in disk["items"]}
@@ -170,19 +171,6 @@ def test_cli_attach_status_detach_of_a_tuned_disk(images: Any, tmp_path: Path) -
             mon.close()
     finally:
         proc.stop()
-
-
-def _validate(command: str, doc: Any) -> None:
-    import json
-    from importlib import resources
-
-    import jsonschema
-    from referencing import Registry, Resource
-
-    schemas = {p.name: json.loads(p.read_text()) for p in resources.files("hotluks").joinpath("schemas").iterdir()
-               if p.name.endswith(".json")}
-    registry = Registry().with_resources((n, Resource.from_contents(d)) for n, d in schemas.items())
-    jsonschema.Draft202012Validator(schemas[f"{command}.json"], registry=registry).validate(doc)
 
 
 def test_cold_boot_arguments_of_a_tuned_disk(images: Any) -> None:

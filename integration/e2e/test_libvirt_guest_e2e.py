@@ -102,7 +102,7 @@ def test_libvirt_guest_reads_plaintext(daemon: LibvirtDaemon, domain: TransientD
     before = virsh_snapshot(daemon.uri, domain.name)
     with define_secret(daemon.uri, "volume", disk.secret_key, PASSPHRASE):
         if via == "cli":
-            proc = run_cli("attach", domain.name, disk.xml_path, "--connect", daemon.uri, "--state-dir", state,
+            proc = run_cli("attach", domain.name, disk.xml_path, "--path", "qmp", "--connect", daemon.uri, "--state-dir", state,
                            "--json")
             assert proc.returncode == 0, proc.stderr
             assert json.loads(proc.stdout)["device"] == disk.device
@@ -111,7 +111,7 @@ def test_libvirt_guest_reads_plaintext(daemon: LibvirtDaemon, domain: TransientD
             with hotluks.connect(domain.name, uri=daemon.uri, state_dir=state, backend=backend) as vm:
                 assert vm.backend_name == (via if via == "virsh" else "libvirt")
                 assert vm.seals_secrets  # libvirt's masterKey0: the monitor only sees ciphertext
-                vm.attach(disk.disk())
+                vm.attach(disk.disk(), path="qmp")
 
     dev = agent.wait_for_device(serial, timeout=20)
     expected = bytes([PATTERN]) * PATTERN_LEN + bytes(PAYLOAD_MB * 1024 * 1024 - PATTERN_LEN)

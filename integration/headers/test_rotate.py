@@ -18,23 +18,11 @@ from hotluks.headers.rotate import STEPS, rotate
 from hotluks.luks.fingerprint import fingerprint
 from hotluks.runner.operator import Operator
 from hotluks.secrets import SecretValue
+from testsupport.schemas import validate
 from testsupport.vms import Monitor, Snapshot, leaks, make_disk, qemu_io_read, run_cli
 
 pytestmark = [pytest.mark.qemu]
 NEW = b"the rotated passphrase 7"
-
-
-def _validate(command: str, doc: dict[str, object]) -> None:
-    """``doc`` fits hotluks/schemas/COMMAND.json (the published hotluks/1 shape)."""
-    from importlib import resources
-
-    import jsonschema
-    from referencing import Registry, Resource
-
-    folder = resources.files("hotluks").joinpath("schemas")
-    schemas = {p.name: json.loads(p.read_text()) for p in folder.iterdir() if p.name.endswith(".json")}
-    registry = Registry().with_resources((n, Resource.from_contents(s)) for n, s in schemas.items())
-    jsonschema.Draft202012Validator(schemas[f"{command}.json"], registry=registry).validate(doc)
 
 
 def test_rotate_keeps_the_vm_reading_and_only_the_new_passphrase_opens(
@@ -52,7 +40,7 @@ def test_rotate_keeps_the_vm_reading_and_only_the_new_passphrase_opens(
     rotated = run_cli("rotate", *common, *disk.cli_secret(), "--new-key-file", new_file, "--json")
     assert rotated.returncode == 0, rotated.stderr
     result = json.loads(rotated.stdout)
-    _validate("rotate", result)
+    validate("rotate", result)
     assert result["header_fingerprint"] == pin and not result["libvirt_secret_updated"]
     assert qemu_io_read(monitor, vm, top) == "ok"  # QEMU keeps the volume key: the disk still reads
     with pytest.raises(WrongPassphraseError):

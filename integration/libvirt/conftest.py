@@ -8,7 +8,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from testsupport.libvirtd import LibvirtDaemon, TransientDomain, start_domain, start_libvirtd
+from testsupport.libvirtd import TransientDomain, start_domain
+from testsupport.libvirtd import libvirt_daemon as libvirt_daemon  # the shared fixtures
+from testsupport.libvirtd import libvirt_uri as libvirt_uri
 
 T = TypeVar("T")
 
@@ -16,22 +18,6 @@ T = TypeVar("T")
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the daemon life-cycle tests first: their cold-start cases need no daemon running yet."""
     items.sort(key=lambda item: 0 if item.path.name == "test_daemon.py" else 1)
-
-
-@pytest.fixture(scope="session")
-def libvirt_daemon() -> Iterator[LibvirtDaemon]:
-    daemon = start_libvirtd()
-    yield daemon
-    daemon.stop()
-
-
-@pytest.fixture
-def libvirt_uri(libvirt_daemon: LibvirtDaemon) -> str:
-    if not libvirt_daemon.alive():  # e.g. libvirtd's idle --timeout ended it
-        libvirt_daemon.stop()
-        restarted = start_libvirtd(libvirt_daemon.uri)
-        libvirt_daemon.__dict__.update(restarted.__dict__)
-    return libvirt_daemon.uri
 
 
 @pytest.fixture

@@ -87,9 +87,9 @@ def test_dry_run_equals_what_is_sent(domain: TransientDomain, backend_name: str,
                 backend = Recording(inner)
                 before = await backend_snapshot(inner)
                 op = Operator(backend, state_dir=work / "state")
-                dry = await op.attach(disk.disk(), secrets, dry_run=True)
+                dry = await op.attach(disk.disk(), secrets, dry_run=True, path="qmp")
                 assert backend.sent == []
-                await op.attach(disk.disk(), secrets)
+                await op.attach(disk.disk(), secrets, path="qmp")
                 sent = list(backend.sent)
                 await op.detach("vdb", timeout=15)
                 assert await backend_snapshot(inner) == before

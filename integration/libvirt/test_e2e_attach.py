@@ -46,7 +46,7 @@ def test_attach_detach_all_shapes_with_libvirt_secrets(libvirt_uri: str, backend
                 log = QEMU_LOG_DIR / f"{domain.name}.log"
                 op = Operator(backend, state_dir=tmp_path / "state")
                 for disk in disks:
-                    result = await op.attach(disk.disk(), {})
+                    result = await op.attach(disk.disk(), {}, path="qmp")
                     secret_ids = [s.name for s in result.steps if s.execute == "object-add"]
                     assert secret_ids
                     for obj in secret_ids:  # sealed: QEMU decrypted it with masterKey0

@@ -61,7 +61,8 @@ def test_root_only_files_are_refused_before_anything_is_sent(domain: TransientDo
             before = await backend_snapshot(backend)
             op = Operator(backend, state_dir=private_dir / "state")
             with pytest.raises(RefusedError) as info:
-                await op.attach(disk.disk(), {disk.secret_key: SecretValue(disk.passphrase)})
+                await op.attach(disk.disk(), {disk.secret_key: SecretValue(disk.passphrase)},
+                                path="qmp")
             assert info.value.exit_code == 2 and "QEMU's user" in str(info.value)
             assert "not searchable" in str(info.value) or str(disk.payload) in str(info.value)
             assert await _tagged_fdsets(backend) == []
@@ -83,7 +84,8 @@ def test_files_qemu_may_open_attach_through_descriptors(domain: TransientDomain,
             async with await open_backend(domain.name, uri=domain.uri, backend=backend_name) as backend:
                 before = await backend_snapshot(backend)
                 op = Operator(backend, state_dir=work / "state")
-                result = await op.attach(disk.disk(), {disk.secret_key: SecretValue(disk.passphrase)})
+                result = await op.attach(disk.disk(), {disk.secret_key: SecretValue(disk.passphrase)},
+                                path="qmp")
                 nodes = {n["node-name"]: n for n in await backend.execute("query-named-block-nodes",
                                                                           {"flat": True})}
                 assert nodes["hl-vdb-proto"]["file"].startswith("/dev/fdset/")
@@ -128,7 +130,8 @@ def test_block_devices_attach_through_descriptors(domain: TransientDomain, priva
             async with await open_backend(domain.name, uri=domain.uri, backend="libvirt") as backend:
                 before = await backend_snapshot(backend)
                 op = Operator(backend, state_dir=private_dir / "state")
-                await op.attach(Disk.from_xml(xml), {disk.secret_key: SecretValue(disk.passphrase)})
+                await op.attach(Disk.from_xml(xml), {disk.secret_key: SecretValue(disk.passphrase)},
+                                path="qmp")
                 nodes = {n["node-name"]: n for n in await backend.execute("query-named-block-nodes",
                                                                           {"flat": True})}
                 assert nodes["hl-vdc-proto"]["drv"] == "host_device"
@@ -157,7 +160,7 @@ def test_rollback_removes_the_descriptors_it_passed(domain: TransientDomain, aru
                 op = Operator(backend, state_dir=work / "state")
                 with pytest.raises(RolledBackError) as info:
                     await op.attach(disk.disk(), {disk.secret_key: SecretValue(b"wrong passphrase")},
-                                    preflight=False)
+                                    preflight=False, path="qmp")
                 assert "remove-fd" in str(info.value)
                 assert await _tagged_fdsets(backend) == []
                 assert await backend_snapshot(backend) == before

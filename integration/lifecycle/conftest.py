@@ -23,28 +23,12 @@ from hotluks.demo.guest.build import GuestArtifacts, build_guest
 from hotluks.demo.guest.vm import libvirt_boot_options
 from testsupport.libvirtd import (
     QEMU_LOG_DIR,
-    LibvirtDaemon,
     domain_xml,
     give_to_qemu,
     qemu_accessible_dir,
-    start_libvirtd,
 )
-
-
-@pytest.fixture(scope="session")
-def libvirt_daemon() -> Iterator[LibvirtDaemon]:
-    daemon = start_libvirtd()
-    yield daemon
-    daemon.stop()
-
-
-@pytest.fixture
-def libvirt_uri(libvirt_daemon: LibvirtDaemon) -> str:
-    if not libvirt_daemon.alive():  # e.g. libvirtd's idle --timeout ended it
-        libvirt_daemon.stop()
-        restarted = start_libvirtd(libvirt_daemon.uri)
-        libvirt_daemon.__dict__.update(restarted.__dict__)
-    return libvirt_daemon.uri
+from testsupport.libvirtd import libvirt_daemon as libvirt_daemon  # the shared fixtures
+from testsupport.libvirtd import libvirt_uri as libvirt_uri
 
 
 @pytest.fixture(scope="session")
@@ -95,8 +79,8 @@ def defined_guest(uri: str, artifacts: GuestArtifacts, files: Path, commandline:
     """A defined (persistent), running pc domain booting the tiny guest (agent on files/agent.sock).
 
     It has a 16 MiB qcow2 ``vda`` libvirt knows (internal snapshots need one for the VM state)
-    and, optionally, a ``<qemu:commandline>`` block. Undefined with its managed save and
-    snapshot metadata afterwards.
+    and, optionally, a ``<qemu:commandline>`` block. Undefined with its managed save,
+    snapshot and checkpoint metadata afterwards.
     """
     import libvirt
     from lxml import etree
@@ -132,7 +116,8 @@ def defined_guest(uri: str, artifacts: GuestArtifacts, files: Path, commandline:
             if dom.isActive():
                 dom.destroy()
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                              | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
         conn.close()
         (QEMU_LOG_DIR / f"{name}.log").unlink(missing_ok=True)
 

@@ -57,7 +57,7 @@ def test_guard_is_planned_journaled_rolled_back_and_checked(libvirt_uri: str, do
         for path in [work / "d", *disk.files]:
             give_to_qemu(path)
 
-        dry = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common, "--dry-run", "--json")
+        dry = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common, "--path", "qmp", "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
         commands = json.loads(dry.stdout)["commands"]
         assert [c["execute"] for c in commands[:2]] == ["add-fd", "blockdev-add"]
@@ -67,14 +67,14 @@ def test_guard_is_planned_journaled_rolled_back_and_checked(libvirt_uri: str, do
 
         wrong = work / "wrong"
         wrong.write_bytes(b"not-the-passphrase")
-        failed = run_cli("attach", name, disk.xml_path, f"--secret={disk.secret_key}={wrong}", "--no-preflight",
+        failed = run_cli("attach", name, disk.xml_path, f"--secret={disk.secret_key}={wrong}", "--path", "qmp", "--no-preflight",
                          *common)
         assert failed.returncode == 1, failed.stderr  # rolled back, guard included
         assert "blockdev-del hlg-vdb" in failed.stderr, failed.stderr
         assert _ours(virsh, name) == (set(), set())
         assert virsh.monitor(name, "query-migrate").get("blocked-reasons", []) == []
 
-        attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common, "--json")
+        attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common, "--path", "qmp", "--json")
         assert attached.returncode == 0, attached.stderr
         steps = [s["name"] for s in json.loads(attached.stdout)["steps"]]
         assert steps[1] == "hlg-vdb" and steps[0].startswith("fdset-")

@@ -15,21 +15,13 @@ from typing import Any
 
 import pytest
 
-from hotluks.demo.guest.agent import SyncGuestAgent
-from testsupport.libvirtd import give_to_qemu
+from testsupport.libvirtd import give_to_qemu, guest_sha
 from testsupport.vms import PASSPHRASE, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt, pytest.mark.slow]
 SERIAL = "hl-hooked"
 ADDRESS = "<address type='pci' domain='0' bus='0' slot='0x1f' function='0'/>"
 
-
-def guest_sha(files: Path) -> str:
-    with SyncGuestAgent(files / "agent.sock", timeout=30) as agent:
-        agent.wait_ready(180)
-        dev = agent.wait_for_device(SERIAL, timeout=30)
-        agent.command("drop-caches")
-        return agent.sha256(dev.name)
 
 
 def test_hook_refuses_start_and_restore_until_qemu_can_open_the_files(
@@ -57,7 +49,7 @@ def test_hook_refuses_start_and_restore_until_qemu_can_open_the_files(
     give_to_qemu(disk.payload)
     give_to_qemu(disk.header)
     with guest_domain_at(hooked.uri, cold.stdout) as name:
-        before = guest_sha(files)
+        before = guest_sha(files, SERIAL)
         saved = tmp_path / "saved.img"
         assert virsh("save", name, str(saved)).returncode == 0
         os.chown(disk.header, 0, 0)
@@ -69,7 +61,7 @@ def test_hook_refuses_start_and_restore_until_qemu_can_open_the_files(
         give_to_qemu(disk.header)
         restore = virsh("restore", str(saved))
         assert restore.returncode == 0, restore.stderr
-        assert guest_sha(files) == before
+        assert guest_sha(files, SERIAL) == before
 
     proc = run_cli("hook", "uninstall", "--hooks-dir", hooked.hooks)
     assert proc.returncode == 0 and not (hooked.hooks / "qemu.d" / "50-hotluks").exists()

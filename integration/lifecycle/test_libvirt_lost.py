@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from testsupport.libvirtd import domain_xml, give_to_qemu, qemu_accessible_dir
+from testsupport.schemas import validate
 from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
@@ -46,20 +47,6 @@ def two_domains(libvirt_uri: str) -> Iterator[list[str]]:
         conn.close()
 
 
-def _validate(doc: dict[str, Any]) -> None:
-    from importlib import resources
-
-    import jsonschema
-    from referencing import Registry, Resource
-
-    from hotluks.cli.output import envelope
-
-    schemas = {p.name: json.loads(p.read_text()) for p in resources.files("hotluks").joinpath("schemas").iterdir()
-               if p.name.endswith(".json")}
-    registry = Registry().with_resources((n, Resource.from_contents(d)) for n, d in schemas.items())
-    jsonschema.Draft202012Validator(schemas["status.json"], registry=registry).validate(envelope("status", doc))
-
-
 def _states(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
     return {(v["vm"], d["target"]): d["status"] for v in doc["vms"] for d in v["disks"]}
 
@@ -75,14 +62,14 @@ def test_restart_makes_the_disk_lost_and_attach_plugs_it_again(libvirt_uri: str,
             disk = make_disk(work / name, shape, "vdb", "virtio")
             for path in [work / name, *disk.files]:
                 give_to_qemu(path)
-            attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common)
+            attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common, "--path", "qmp")
             assert attached.returncode == 0, attached.stderr
             disks[name] = disk
 
         listing = run_cli("status", "--all", *common, "--json")
         assert listing.returncode == 0, listing.stderr
         doc = json.loads(listing.stdout)
-        _validate(doc)
+        validate("status", doc)
         assert _states(doc) == {(first, "vdb"): "attached", (second, "vdb"): "attached"}
         assert {v["backend"] for v in doc["vms"]} == {"libvirt"} and all(v["reached"] for v in doc["vms"])
 
@@ -98,14 +85,15 @@ def test_restart_makes_the_disk_lost_and_attach_plugs_it_again(libvirt_uri: str,
         assert text.returncode == 3 and "lost" in text.stdout and "hotluks attach" in text.stderr
         everything = run_cli("status", "--all", *common, "--json")
         assert everything.returncode == 3
-        _validate(json.loads(everything.stdout))
+        validate("status", json.loads(everything.stdout))
         assert _states(json.loads(everything.stdout)) == {(first, "vdb"): "lost", (second, "vdb"): "attached"}
 
         repaired = run_cli("repair", first, *common, "--json")
         assert repaired.returncode == 0, repaired.stderr
         assert [(a["target"], a["action"]) for a in json.loads(repaired.stdout)["actions"]] == [("vdb", "lost")]
 
-        again = run_cli("attach", first, disks[first].xml_path, *disks[first].cli_secret(), *common, "--json")
+        again = run_cli("attach", first, disks[first].xml_path, *disks[first].cli_secret(), *common, "--path", "qmp",
+                        "--json")
         assert again.returncode == 0, again.stderr
         assert not json.loads(again.stdout)["already_attached"]  # plugged again, not "already there"
         nodes = {n["node-name"] for n in virsh.monitor(first, "query-named-block-nodes", flat=True)}
@@ -117,7 +105,7 @@ def test_restart_makes_the_disk_lost_and_attach_plugs_it_again(libvirt_uri: str,
         assert virsh("destroy", second).returncode == 0  # shut off: its disk is lost too
         off = run_cli("status", "--all", *common, "--json")
         assert off.returncode == 3
-        _validate(json.loads(off.stdout))
+        validate("status", json.loads(off.stdout))
         assert _states(json.loads(off.stdout)) == {(first, "vdb"): "attached", (second, "vdb"): "lost"}
 
         assert virsh("start", second, "--paused").returncode == 0

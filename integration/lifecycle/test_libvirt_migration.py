@@ -95,7 +95,7 @@ def test_hot_plugged_disk_blocks_migration_at_the_source(
     for path in [work, *disk.files]:
         give_to_qemu(path)
     with guest_domain() as name:
-        attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), "--connect", libvirt_uri,
+        attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), "--path", "qmp", "--connect", libvirt_uri,
                            "--state-dir", tmp_path / "state")
         assert attached.returncode == 0, attached.stderr
         before = guest_sha(files)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from testsupport.libvirtd import define_secret, domain_xml, give_to_qemu, qemu_accessible_dir
+from testsupport.schemas import validate
 from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
@@ -41,20 +42,6 @@ def defined_domain(libvirt_uri: str) -> Iterator[str]:
             dom.destroy()
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
         conn.close()
-
-
-def _validate(command: str, doc: dict[str, Any]) -> None:
-    from importlib import resources
-
-    import jsonschema
-    from referencing import Registry, Resource
-
-    from hotluks.cli.output import envelope
-
-    schemas = {p.name: json.loads(p.read_text()) for p in resources.files("hotluks").joinpath("schemas").iterdir()
-               if p.name.endswith(".json")}
-    registry = Registry().with_resources((n, Resource.from_contents(d)) for n, d in schemas.items())
-    jsonschema.Draft202012Validator(schemas[f"{command}.json"], registry=registry).validate(envelope(command, doc))
 
 
 def _status(name: str, common: list[str]) -> tuple[int, list[tuple[str, str, bool]]]:
@@ -84,7 +71,7 @@ def test_native_attach_is_libvirts_and_survives_save_restore_and_restart(
                                "--json")
             assert attached.returncode == 0, attached.stderr
             doc = json.loads(attached.stdout)
-            _validate("attach", doc)
+            validate("attach", doc)
             assert (doc["path"], doc["device"]) == ("libvirt-native", "ua-hl-vdb")
             assert "vdb" in virsh("domblklist", name).stdout
             assert "dev='vdb'" in virsh("dumpxml", "--inactive", name).stdout
@@ -109,8 +96,12 @@ def test_native_attach_is_libvirts_and_survives_save_restore_and_restart(
             assert refused.returncode == 2 and "cannot express" in refused.stderr, refused.stderr
             files = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), *common, "--path", "libvirt-native")
             assert files.returncode == 2 and "--secret" in files.stderr, files.stderr
-            persistent_qmp = run_cli("attach", name, header.xml_path, *common, "--persistent")
-            assert persistent_qmp.returncode == 2 and "hotluks persist" in persistent_qmp.stderr
+            # --persistent on the QMP path: checked before the live attach; a refusal changes nothing
+            persistent_qmp = run_cli("attach", name, header.xml_path, *common, "--persistent",
+                                     "--key-dir", str(tmp_path / "keys"))  # QEMU's user cannot enter tmp_path
+            assert persistent_qmp.returncode == 2 and "could not open" in persistent_qmp.stderr, persistent_qmp.stderr
+            assert "nothing was attached" in persistent_qmp.stderr
+            assert [t for t, *_ in _status(name, common)[1]] == ["vdb"] and not (tmp_path / "keys").exists()
             auto = run_cli("attach", name, header.xml_path, *common, "--path", "auto", "--json")
             assert auto.returncode == 0, auto.stderr
             assert json.loads(auto.stdout)["path"] == "qmp"
@@ -179,3 +170,33 @@ def test_cancelled_native_attach_waits_for_libvirt_then_rolls_back(libvirt_uri: 
 
             asyncio.run(go())
     assert "vdb" not in virsh("domblklist", defined_domain).stdout
+
+
+@pytest.mark.parametrize("backend", ["libvirt", "virsh"])
+def test_default_attach_on_a_domain_is_libvirts_own(libvirt_uri: str, defined_domain: str, virsh: Any,
+                                                    tmp_path: Path, backend: str) -> None:
+    """No --path: an attached-LUKS disk with its secret in libvirt's store goes through libvirt's device
+    API (`auto` is the default under the libvirt and virsh backends) and shows in `domblklist`; `-v`
+    says which path and why. A detach takes it away again."""
+    name = defined_domain
+    common = ["--connect", libvirt_uri, "--backend", backend, "--state-dir", str(tmp_path / "state")]
+    with qemu_accessible_dir() as work:
+        disk = make_disk(work / "d", "attached-luks", "vdb", "virtio")
+        for path in [work / "d", *disk.files]:
+            give_to_qemu(path)
+        disk.secret_file.unlink()  # the passphrase lives in libvirt only
+        with define_secret(libvirt_uri, "volume", disk.secret_key, PASSPHRASE):
+            attached = run_cli("-v", "attach", name, disk.xml_path, *common, "--json")
+            assert attached.returncode == 0, attached.stderr
+            doc = json.loads(attached.stdout)
+            validate("attach", doc)
+            assert (doc["path"], doc["device"], doc["persistent"]) == ("libvirt-native", "ua-hl-vdb", False)
+            assert ("through libvirt's device API (--path auto: libvirt expresses a attached-luks disk and "
+                    "holds its secrets)") in attached.stderr
+            assert "vdb" in virsh("domblklist", name).stdout
+            assert _status(name, common) == (0, [("vdb", "attached", True)])
+            detached = run_cli("detach", name, "--target", "vdb", *common, "--timeout", "20", "--json")
+            assert detached.returncode == 0, detached.stdout
+            validate("detach", json.loads(detached.stdout))
+            assert "vdb" not in virsh("domblklist", name).stdout
+    assert not leaks(PASSPHRASE, [attached.stdout, attached.stderr, detached.stdout])

@@ -72,7 +72,7 @@ def test_libvirt_hotplug_after_hotluks(libvirt_uri: str, machine: str, bridge: s
         plain.write_bytes(b"")
         os.truncate(plain, 1024 * 1024)
         with define_secret(libvirt_uri, "volume", disk.secret_key, disk.passphrase):
-            attached = run_cli("attach", dom.name, disk.xml_path, "--connect", libvirt_uri,
+            attached = run_cli("attach", dom.name, disk.xml_path, "--path", "qmp", "--connect", libvirt_uri,
                                "--state-dir", tmp_path / "state", "--json")
             assert attached.returncode == 0, attached.stderr
             where = hotluks_device_address(libvirt_uri, dom.name)
@@ -117,7 +117,7 @@ def test_persistent_definition_reservations_are_kept_free(libvirt_uri: str, tmp_
             dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
             added = virsh(libvirt_uri, "attach-device", name, str(reserved), "--config")
             assert added.returncode == 0, added.stderr
-            attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), "--connect", libvirt_uri,
+            attached = run_cli("attach", name, disk.xml_path, *disk.cli_secret(), "--path", "qmp", "--connect", libvirt_uri,
                                "--state-dir", tmp_path / "state")
             assert attached.returncode == 0, attached.stderr
             assert hotluks_device_address(libvirt_uri, name) == ("", 0x1E)

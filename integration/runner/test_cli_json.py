@@ -6,30 +6,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-from referencing import Registry, Resource
 
 from hotluks.demo.qemu.launcher import QemuProcess
+from testsupport.schemas import validate
 from testsupport.vms import Monitor, Snapshot, journal_files, leaks, make_disk, run_cli
 
 pytestmark = pytest.mark.qemu
-
-_FOLDER = resources.files("hotluks").joinpath("schemas")
-SCHEMAS = {p.name: json.loads(p.read_text()) for p in _FOLDER.iterdir() if p.name.endswith(".json")}
-REGISTRY = Registry().with_resources((n, Resource.from_contents(s)) for n, s in SCHEMAS.items())
-
 
 def run_json(command: str, *args: str | Path, code: int = 0) -> dict[str, Any]:
     """``hotluks COMMAND ARGS --json``: the exit code is ``code`` and stdout one valid hotluks/1 document."""
     proc = run_cli(command, *args, "--json")
     assert proc.returncode == code, (command, proc.stdout, proc.stderr)
     doc: dict[str, Any] = json.loads(proc.stdout)
-    jsonschema.Draft202012Validator(SCHEMAS[f"{command}.json"], registry=REGISTRY).validate(doc)
+    validate(command, doc)
     assert (doc["format"], doc["command"], doc["ok"]) == ("hotluks/1", command, code == 0 or (command, code) == ("status", 3))
     if "error" in doc and isinstance(doc["error"], dict):
         assert doc["error"]["exit_code"] == code
@@ -98,7 +91,8 @@ def test_usage_errors_are_documents_too(tmp_path: Path) -> None:
     proc = run_cli("detach", "unix:/nonexistent.sock", "--json")  # neither DISK.xml nor --target
     assert proc.returncode == 2
     doc = json.loads(proc.stdout)
-    jsonschema.Draft202012Validator(SCHEMAS["error.json"], registry=REGISTRY).validate(doc)
+    validate("detach", doc)
+    assert doc["ok"] is False and doc["error"]["exit_code"] == 2
     assert doc["command"] == "detach"
 
 

@@ -9,27 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from testsupport.schemas import validate
 from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli, start_vm
 
 pytestmark = pytest.mark.qemu
-
-
-def _validate(doc: dict[str, object]) -> None:
-    _validate_as("status", doc)
-
-
-def _validate_as(command: str, doc: dict[str, object]) -> None:
-    from importlib import resources
-
-    import jsonschema
-    from referencing import Registry, Resource
-
-    from hotluks.cli.output import envelope
-
-    schemas = {p.name: json.loads(p.read_text()) for p in resources.files("hotluks").joinpath("schemas").iterdir()
-               if p.name.endswith(".json")}
-    registry = Registry().with_resources((n, Resource.from_contents(d)) for n, d in schemas.items())
-    jsonschema.Draft202012Validator(schemas[f"{command}.json"], registry=registry).validate(envelope(command, doc))
 
 
 def test_status_all_lists_every_vm_and_a_killed_qemu_is_lost(tmp_path: Path) -> None:
@@ -47,7 +30,7 @@ def test_status_all_lists_every_vm_and_a_killed_qemu_is_lost(tmp_path: Path) -> 
         both = run_cli("status", "--all", *state, "--json")
         assert both.returncode == 0, both.stderr
         doc = json.loads(both.stdout)
-        _validate(doc)
+        validate("status", doc)
         seen = {(v["vm"], d["target"]): (d["status"], d["consistent"]) for v in doc["vms"] for d in v["disks"]}
         assert seen == {(str(first.qmp_path), "vdb"): ("attached", True),
                         (str(first.qmp_path), "vdc"): ("attached", True),
@@ -60,7 +43,7 @@ def test_status_all_lists_every_vm_and_a_killed_qemu_is_lost(tmp_path: Path) -> 
         after = run_cli("status", "--all", *state, "--json")
         assert after.returncode == 3, after.stderr
         doc = json.loads(after.stdout)
-        _validate(doc)
+        validate("status", doc)
         by_vm = {v["vm"]: v for v in doc["vms"]}
         gone = by_vm[str(second.qmp_path)]
         assert not gone["reached"] and [(d["target"], d["status"]) for d in gone["disks"]] == [("vdb", "lost")]
@@ -80,7 +63,7 @@ def test_status_all_lists_every_vm_and_a_killed_qemu_is_lost(tmp_path: Path) -> 
         forgot = run_cli("repair", "--all", *state, "--json")
         assert forgot.returncode == 0, forgot.stderr
         doc = json.loads(forgot.stdout)
-        _validate_as("repair", doc)
+        validate("repair", doc)
         assert [(f["vm"], f["target"]) for f in doc["forgotten"]] == [(str(second.qmp_path), "vdb")]
         clean = run_cli("status", "--all", *state, "--json")
         assert clean.returncode == 0 and json.loads(clean.stdout)["vms"] == []

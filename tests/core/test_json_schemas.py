@@ -3,46 +3,24 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from referencing import Registry, Resource
 
-from hotluks.cli.output import FORMAT, envelope, schema_name
+from hotluks.cli.jsoncheck import schemas
+from hotluks.cli.output import FORMAT, envelope
 from hotluks.runner.results import AttachResult, DetachResult, RepairAction, StatusEntry, StatusItem, StepReport
+from testsupport.schemas import validate
 
-SCHEMAS = {p.name: json.loads(p.read_text()) for p in resources.files("hotluks").joinpath("schemas").iterdir()
-           if p.name.endswith(".json")}
-REGISTRY = Registry().with_resources(
-    (name, Resource.from_contents(doc)) for name, doc in SCHEMAS.items())
 KEY = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f"
 
 
-def validate(command: str, doc: Any) -> None:
-    schema = SCHEMAS[schema_name(command)]
-    jsonschema.Draft202012Validator(schema, registry=REGISTRY).validate(doc)
-    assert doc["format"] == FORMAT and doc["command"] == command
-    _snake(doc)
-
-
-def _snake(value: Any, qmp: bool = False) -> None:
-    """hotluks' own keys are snake_case; QMP data (arguments, undo) keeps QEMU's spelling."""
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            assert qmp or "-" not in key, key
-            _snake(inner, qmp or key in ("arguments", "undo", "commands"))
-    elif isinstance(value, list):
-        for inner in value:
-            _snake(inner, qmp)
-
-
 def test_schemas_are_valid_and_cover_the_commands() -> None:
-    for doc in SCHEMAS.values():
+    for doc in schemas().values():
         jsonschema.Draft202012Validator.check_schema(doc)
-    assert set(SCHEMAS) >= {"plan.json", "cold-cmdline.json", "example.json", "attach.json", "detach.json",
+    assert set(schemas()) >= {"plan.json", "cold-cmdline.json", "example.json", "attach.json", "detach.json",
                             "status.json", "repair.json", "luks-dump.json", "error.json", "resize.json", "rotate.json"}
 
 
@@ -98,6 +76,11 @@ def test_runner_results_in_the_envelope() -> None:
     entry = StatusEntry("vdb", "hl-vdb", "attached-luks", "attached", True, False, None,
                         (StatusItem("node", "hl-vdb-luks", True),), header_fingerprint="ab" * 32)
     validate("status", envelope("status", {"vm": "vm1", "disks": [entry.to_json()]}))
+    from hotluks.lifecycle.coverage import Moment, completed_backup
+
+    missed = StatusEntry("vdb", "hl-vdb", "attached-luks", "attached", True, False,
+                         not_covered=(Moment("snapshot", "d1", 1796440059, frozenset({"vda"})), completed_backup()))
+    validate("status", envelope("status", {"vm": "vm1", "disks": [missed.to_json()]}))
     repair = {"vm": "vm1", "actions": [RepairAction("vdb", "finished detach", ("hl-vdb",)).to_json()]}
     validate("repair", envelope("repair", repair))
     from hotluks.runner.resize import ResizeResult

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hotluks.errors import InputError, RefusedError
 from hotluks.model import Disk
 from hotluks.runner import transaction as tx
 from hotluks.runner.journal import validate
@@ -50,3 +51,40 @@ def test_why_not_native(example_xml: Path) -> None:
     assert why_not_native(libvirt_like, disk, {}) is None
     assert "--secret" in str(why_not_native(libvirt_like, disk, {UUID: SecretValue(b"x")}))
     assert "cannot express" in str(why_not_native(libvirt_like, Disk.from_xml(example_xml), {}))
+
+
+def test_auto_is_the_default_and_picks_libvirt_where_libvirt_can() -> None:
+    """CLI, sync and async API and the operator all default to ``auto``: libvirt's device API for a
+    disk libvirt expresses with its secrets in libvirt's store, else QMP (always on a bare QEMU)."""
+    import inspect
+
+    from hotluks.api import AsyncSession, Session
+    from hotluks.cli.main import build_parser
+    from hotluks.runner.native_path import choose_path
+    from hotluks.runner.operator import Operator
+
+    for fn in (Operator.attach, AsyncSession.attach, Session.attach):
+        assert inspect.signature(fn).parameters["path"].default == "auto", fn
+    assert build_parser().parse_args(["attach", "dom", "d.xml"]).path == "auto"
+    disk = Disk.from_xml(ATTACHED.format(u=UUID))
+    libvirt_like = FakeQemu(passes_fds=True)  # named "libvirt"
+    native, why = choose_path(libvirt_like, disk, {}, "auto")
+    assert native and "libvirt expresses a attached-luks disk" in why
+    native, why = choose_path(libvirt_like, disk, {UUID: SecretValue(b"x")}, "auto")
+    assert not native and "--secret" in why
+    assert choose_path(libvirt_like, disk, {}, "qmp") == (False, "--path qmp")
+    native, why = choose_path(FakeQemu(), disk, {}, "auto")  # a bare QEMU stays on the monitor path
+    assert not native and "libvirt domain is needed" in why
+    with pytest.raises(RefusedError, match="cannot take the libvirt-native path"):
+        choose_path(FakeQemu(), disk, {}, "libvirt-native")
+    with pytest.raises(InputError, match="path must be one of"):
+        choose_path(libvirt_like, disk, {}, "monitor")  # type: ignore[arg-type]
+
+
+def test_persistent_needs_a_libvirt_domain() -> None:
+    from hotluks.runner.keep import keep_for
+
+    with pytest.raises(RefusedError, match="needs a libvirt domain"):
+        keep_for(FakeQemu(), None, None)
+    keep = keep_for(FakeQemu(passes_fds=True), Path("/k"), "qemu")
+    assert keep.key_dir == Path("/k") and keep.qemu_user == "qemu"
