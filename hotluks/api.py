@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
 import os
 import threading
 from collections.abc import Coroutine, Generator, Mapping
@@ -33,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from hotluks.arguments import check_seconds, check_vm
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.errors import InputError, InvalidDisk, SecretError
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, remove_unrecorded_guard
@@ -82,13 +82,6 @@ def _master(master_key: bytes | MasterKey | None, keyid: str = "masterKey0") -> 
     if len(master_key) != 32:
         raise SecretError(f"master_key must be 32 bytes (AES-256), got {len(master_key)}")
     return MasterKey(keyid, bytes(master_key))
-
-
-def _seconds(value: object, what: str = "timeout") -> float:
-    """A positive, finite number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise InputError(f"{what} must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 def _disk(disk: object) -> Disk:
@@ -152,7 +145,7 @@ class AsyncSession:
         holds its secrets, else hotluks' QMP steps), ``qmp`` or ``libvirt-native``. ``persistent``:
         also into the domain's definition (on the QMP path as ``hotluks persist``, key file in ``key_dir``)."""
         return await self.operator.attach(_disk(disk), _secret_values(secrets), preflight=bool(preflight),
-                                          dry_run=bool(dry_run), timeout=_seconds(timeout), pin=bool(pin),
+                                          dry_run=bool(dry_run), timeout=check_seconds(timeout), pin=bool(pin),
                                           allow_weak_header=bool(allow_weak_header), path=path,
                                           persistent=bool(persistent), key_dir=_state_dir(key_dir, "key_dir"),
                                           qemu_user=_optional_text(qemu_user, "qemu_user"))
@@ -166,7 +159,7 @@ class AsyncSession:
         from hotluks.runner.keep import forget
 
         what = _target(disk_or_target)
-        result = await self.operator.detach(what, timeout=_seconds(timeout))
+        result = await self.operator.detach(what, timeout=check_seconds(timeout))
         if self.backend.name in LIBVIRT_BACKENDS:  # a guard added outside the plan by an older hotluks
             await remove_unrecorded_guard(self.backend, result.target)
         if await forget(self.backend, result.target, result.device, required=bool(persistent)):
@@ -177,7 +170,7 @@ class AsyncSession:
         return await self.operator.status()
 
     async def repair(self, timeout: float = 30.0) -> list[RepairAction]:
-        return await self.operator.repair(timeout=_seconds(timeout))
+        return await self.operator.repair(timeout=check_seconds(timeout))
 
     async def resize(self, disk_or_target: Disk | str, size: int | str, force: bool = False) -> ResizeResult:
         """Grow the attached disk to ``size`` (bytes, or qemu-img style ``"10G"``/``"+1G"``); shrink only
@@ -196,9 +189,8 @@ class AsyncSession:
         from hotluks.headers.rotate import rotate
 
         disk = _disk(disk)
-        return await rotate(self.backend, disk, new_passphrase, _secret_values(secrets),
-                            disk_fingerprint=await self.operator.disk_fingerprint(disk),
-                            state_dir=self.operator.state_dir)
+        return await rotate(self.operator, disk, new_passphrase, _secret_values(secrets),
+                            disk_fingerprint=await self.operator.disk_fingerprint(disk))
 
     async def close(self) -> None:
         await self.backend.close()
@@ -241,12 +233,10 @@ def aconnect(vm: str, *, uri: str | None = None, state_dir: str | Path | None = 
              master_key: bytes | MasterKey | None = None, master_key_id: str = "masterKey0",
              backend: str | None = None, timeout: float = 10.0) -> _AsyncConnect:
     """Open an :class:`AsyncSession` on ``vm`` (await it, or use ``async with``)."""
-    from hotluks.backends.select import check_vm_name
-
-    check_vm_name(vm)
+    check_vm(vm)
     return _AsyncConnect({"vm": vm, "uri": _optional_text(uri, "uri"), "state_dir": _state_dir(state_dir),
                           "master": _master(master_key, master_key_id),
-                          "backend": _optional_text(backend, "backend"), "timeout": _seconds(timeout)})
+                          "backend": _optional_text(backend, "backend"), "timeout": check_seconds(timeout)})
 
 
 class _LoopRunner:

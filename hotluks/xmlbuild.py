@@ -1,4 +1,4 @@
-"""Build :class:`hotluks.model.Disk` from a schema-valid ``<disk>`` tree, checking libvirt's semantics.
+"""Build a :class:`hotluks.model.Disk` (any :class:`~hotluks.disktypes.DiskData`) from a schema-valid ``<disk>`` tree, checking libvirt's semantics.
 
 Every refusal is an :class:`~hotluks.errors.XMLError` naming the line. What lies
 beyond the source (tuning, ignored state, refused features) is in :mod:`hotluks.xmlextras`.
@@ -6,17 +6,16 @@ beyond the source (tuning, ignored state, refused features) is in :mod:`hotluks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 from hotluks import xmlextras as extras
-from hotluks.errors import XMLError
-from hotluks.model import (
+from hotluks.disktypes import (
     CURL_PROTOCOLS,
     Address,
     Auth,
     Bus,
     DetachedHeader,
-    Disk,
+    DiskData,
     DriveAddress,
     Encryption,
     Engine,
@@ -29,6 +28,7 @@ from hotluks.model import (
     SourceKind,
     USBAddress,
 )
+from hotluks.errors import XMLError
 
 if TYPE_CHECKING:
     from lxml import etree
@@ -67,17 +67,21 @@ def _number(el: etree._Element, attr: str, source: str | None) -> int:
                        "a leading 0 means octal)", line=line_of(el), source=source) from None
 
 
-class DiskBuilder:
-    """Turns a schema-valid element tree into the model, checking libvirt's semantics."""
+D = TypeVar("D", bound=DiskData)
 
-    def __init__(self, source: str | None):
+
+class DiskBuilder(Generic[D]):
+    """Turns a schema-valid element tree into the model (a ``make``), checking libvirt's semantics."""
+
+    def __init__(self, make: type[D], source: str | None):
+        self.make = make
         self.where = source
         self.notes: list[str] = []
 
     def fail(self, message: str, element: etree._Element) -> XMLError:
         return XMLError(message, line=line_of(element), source=self.where)
 
-    def disk(self, root: etree._Element) -> Disk:
+    def disk(self, root: etree._Element) -> D:
         kind = cast(SourceKind, root.get("type"))
         source_el = child(root, "source")
         source = self.source(source_el, kind, "disk")
@@ -111,7 +115,7 @@ class DiskBuilder:
         alias = alias_el.get("name") if alias_el is not None else None
         serial_el = root.find("serial")
         boot_el = root.find("boot")
-        return Disk(
+        return self.make(
             source=source,
             target_dev=dev,
             bus=cast(Bus, bus),

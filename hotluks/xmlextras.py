@@ -13,8 +13,8 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from hotluks.disktypes import DriverOptions
 from hotluks.errors import XMLError
-from hotluks.model import DriverOptions
 
 if TYPE_CHECKING:
     from lxml import etree

@@ -1,4 +1,4 @@
-"""Parse a libvirt-style ``<disk>`` into :class:`hotluks.model.Disk`.
+"""Parse a libvirt-style ``<disk>`` into a :class:`hotluks.model.Disk` (the class is passed in).
 
 Hardened against hostile input: size limit, no DTD, no entity expansion, no
 network. Every input is validated against ``xml/disk.rng``; semantic rules the
@@ -14,9 +14,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from hotluks.errors import InvalidDisk, XMLError
-from hotluks.model import Disk
 from hotluks.xmlbuild import SUPPORTED_BUSES as SUPPORTED_BUSES
-from hotluks.xmlbuild import DiskBuilder, line_of, same_volume
+from hotluks.xmlbuild import D, DiskBuilder, line_of, same_volume
 
 if TYPE_CHECKING:
     from lxml import etree
@@ -42,8 +41,8 @@ def _parser() -> etree.XMLParser:
     )
 
 
-def read_disk_file(path: str | os.PathLike[str]) -> Disk:
-    """Read and parse a ``<disk>`` XML file (``-`` is not special here).
+def read_disk_file(path: str | os.PathLike[str], make: type[D]) -> D:
+    """Read and parse a ``<disk>`` XML file (``-`` is not special here) into a ``make``.
 
     Only regular files are read: a FIFO, a device or a socket is refused before
     any read could block (the file is opened non-blocking and checked with fstat).
@@ -71,7 +70,7 @@ def read_disk_file(path: str | os.PathLike[str]) -> Disk:
         raise InvalidDisk(f"{_shown(path)}: {_os_reason(exc)}") from None
     finally:
         os.close(fd)
-    return parse_disk(data, source=_shown(path))
+    return parse_disk(data, make, source=_shown(path))
 
 
 def _shown(path: str | os.PathLike[str]) -> str:
@@ -91,8 +90,9 @@ def _os_reason(exc: OSError) -> str:
     return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 
-def parse_disk(data: str | bytes, *, source: str | None = None) -> Disk:
-    """Parse ``<disk>`` XML text into a validated :class:`Disk`."""
+def parse_disk(data: str | bytes, make: type[D], *, source: str | None = None) -> D:
+    """Parse ``<disk>`` XML text into a validated ``make`` (:class:`hotluks.model.Disk`; the model
+    module is not imported here: ``Disk.from_xml`` calls this)."""
     from lxml import etree
 
     if isinstance(data, str):
@@ -124,7 +124,7 @@ def parse_disk(data: str | bytes, *, source: str | None = None) -> Disk:
     if not schema.validate(root):
         line, message = _locate_schema_error(root, schema.error_log)
         raise XMLError(f"does not match the <disk> schema: {message}", line=line, source=source)
-    return DiskBuilder(source).disk(root)
+    return DiskBuilder(make, source).disk(root)
 
 
 def _locate_schema_error(root: etree._Element, log: etree._ListErrorLog) -> tuple[int | None, str]:

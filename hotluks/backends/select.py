@@ -5,29 +5,13 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from hotluks.arguments import check_vm
 from hotluks.backends.base import MasterKey, MonitorBackend
 from hotluks.errors import DomainNotFound, InputError
 from hotluks.log import get_logger
 
 BACKENDS = ("qmp", "libvirt", "virsh")
 log = get_logger(__name__)
-#: longer than any socket path (108) or libvirt domain name QEMU accepts
-MAX_VM_NAME = 4096
-
-
-def check_vm_name(vm: object) -> None:
-    """Refuse what names no VM: not a string, empty, too long, control characters."""
-    if not isinstance(vm, str):
-        raise InputError(f"a VM is named by a string (libvirt domain or QMP socket), not {type(vm).__name__}")
-    if not vm or len(vm) > MAX_VM_NAME:
-        raise InputError(f"a VM name must be 1 to {MAX_VM_NAME} characters")
-    if any(ord(c) < 0x20 or c == "\x7f" for c in vm) or not vm.isprintable():
-        raise InputError("a VM name cannot contain control or unprintable characters")
-    try:
-        vm.encode()
-    except UnicodeEncodeError:
-        raise InputError("a VM name must be valid Unicode text") from None
-
 
 def libvirt_python_available() -> bool:
     """True when ``import libvirt`` would work (checked without importing it)."""
@@ -38,7 +22,7 @@ def choose_backend(vm: str, backend: str | None, *, have_libvirt: bool) -> str:
     """The backend name for ``vm``: explicit choice, QMP socket, else libvirt or virsh."""
     from hotluks.backends.qmp import socket_path
 
-    check_vm_name(vm)
+    check_vm(vm)
     if backend is not None:
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

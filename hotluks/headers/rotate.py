@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hotluks.errors import (
     HotluksError,
@@ -42,6 +42,9 @@ from hotluks.errors import (
 )
 from hotluks.model import Disk
 from hotluks.secrets import SecretValue
+
+if TYPE_CHECKING:
+    from hotluks.runner.operator import Operator
 
 STEPS = ("backup", "add-key", "verify-new", "remove-old", "commit", "verify-committed", "update-secret")
 Fault = Callable[[str], None]
@@ -174,10 +177,10 @@ def _verify_committed(path: Path, old: bytes, new: bytes, value: str) -> None:
         raise HotluksError(f"{path} changed identity during the rotation (replaced meanwhile?)")
 
 
-async def rotate(backend: Any, disk: Disk, new_passphrase: bytes, secrets: Mapping[str, SecretValue], *,
-                 state_dir: Path, lock_timeout: float = 120.0, fault: Fault | None = None,
-                 disk_fingerprint: str | None = None) -> RotateResult:
-    """Rotate the passphrase of ``disk`` (attached by hotluks to the VM behind ``backend``).
+async def rotate(operator: Operator, disk: Disk, new_passphrase: bytes, secrets: Mapping[str, SecretValue], *,
+                 fault: Fault | None = None, disk_fingerprint: str | None = None) -> RotateResult:
+    """Rotate the passphrase of ``disk`` (attached by hotluks to the operator's VM), under the VM's
+    lock as the operator takes it (:meth:`Operator.attached`).
 
     The old passphrase is taken from ``secrets`` (by the secret's uuid or usage), else from
     the backend's secret store (libvirt), which then gets the new one. ``fault`` (for tests)
@@ -185,20 +188,12 @@ async def rotate(backend: Any, disk: Disk, new_passphrase: bytes, secrets: Mappi
     (:meth:`Operator.disk_fingerprint`) identifies the disk when its header node reads a passed
     descriptor (``/dev/fdset/N``) rather than the path.
     """
-    from hotluks.runner.journal import Journal
-    from hotluks.runner.lock import vm_lock
-
     started = time.perf_counter()
     path = header_file(disk)
     assert disk.encryption is not None
     ref = disk.encryption.secrets[0]
-    journal = Journal(state_dir, backend.vm_key)
-    journal.ensure()
-    async with vm_lock(journal.dir, lock_timeout):
-        record = journal.load(disk.target_dev)
-        if record is None or record.status != "attached":
-            raise RefusedError(f"target {disk.target_dev} is not attached by hotluks in {backend.vm} "
-                               "(see `hotluks status`)")
+    backend, state_dir = operator.backend, operator.state_dir
+    async with operator.attached(disk.target_dev) as (journal, record):
         same_file = any(s.role == "header-protocol" and s.arguments.get("filename") == str(path)
                         for s in record.steps)
         if not same_file and (disk_fingerprint is None or record.fingerprint != disk_fingerprint):

@@ -92,7 +92,8 @@ def check_qemu_access(sources: Iterable[FdSource], instance: str) -> None:
 
     Nothing is checked when the QEMU process is not on this host (its credentials unknown).
     """
-    pid = pid_of_instance(instance)
+    sources = list(sources)
+    pid = pid_of_instance(instance) if sources else None  # nothing to open for QEMU: no need to ask who it is
     who = process_credentials(pid) if pid is not None else None
     if who is None:
         return

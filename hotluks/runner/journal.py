@@ -120,14 +120,19 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready view (shares the argument dicts: serialise it, do not mutate it)."""
-        doc = {f.name: getattr(self, f.name) for f in fields(self)}
-        doc["steps"] = [{f.name: getattr(step, f.name) for f in fields(step)} for step in self.steps]
+        doc = {name: getattr(self, name) for name in RECORD_FIELDS}
+        doc["steps"] = [{name: getattr(step, name) for name in STEP_FIELDS} for step in self.steps]
         return doc
 
     @classmethod
     def from_json(cls, doc: Any) -> Record:
         """The record in ``doc``, validated (:func:`validate`)."""
         return validate(doc)
+
+
+#: field names, in order (``dataclasses.fields`` is slow, and every journal save needs them)
+RECORD_FIELDS = tuple(f.name for f in fields(Record))
+STEP_FIELDS = tuple(f.name for f in fields(JournalStep))
 
 
 def fdset_id(name: str) -> int | None:
@@ -180,8 +185,8 @@ def validate(doc: Any, vm_key: str | None = None) -> Record:
             _check(step.arguments.get("opaque", "")[len(FD_TAG):] in nodes, f"{step.name} is for no node of it")
     names = [s.name for s in steps]
     _check(len(set(names)) == len(names), "a name appears twice")
-    known = {f.name for f in fields(Record)}
-    _check(set(doc) <= known | {"steps"}, f"unknown fields {sorted(set(doc) - known)}")
+    unknown = set(doc) - set(RECORD_FIELDS)
+    _check(not unknown, f"unknown fields {sorted(unknown)}")
     pid, updated = doc.get("pid", 0), doc.get("updated", 0.0)
     _check(type(pid) is int and 0 <= pid < 1 << 32, "'pid' is not a process id")
     _check(type(updated) in (int, float) and 0 <= updated < 1e11, "'updated' is not a time")
@@ -215,7 +220,7 @@ def _validate_step(raw: Any, target: str) -> JournalStep:
                    f"step {name!r}: not libvirt's disk {target}")
         _check(ours and valid_name(name), f"{name!r} is not a name hotluks gives target {target}")
         _check(args.get("node-name" if kind == "node" else "id") == name, f"step {name!r}: arguments name another")
-    unknown = set(raw) - {f.name for f in fields(JournalStep)} - {"undo"}  # v1 records stored an undo: ignored
+    unknown = set(raw) - set(STEP_FIELDS) - {"undo"}  # v1 records stored an undo: ignored
     _check(not unknown, f"step {name!r}: unknown fields {sorted(unknown)}")
     return JournalStep(kind, raw["role"], name, execute, args, raw.get("state", "pending"))
 
@@ -239,6 +244,9 @@ class Journal:
     def ensure(self, *, recheck: bool = False) -> None:
         """Create the VM's directory and refuse unless it and its parents are trusted (checked once
         per instance, or again with ``recheck``: every operation does, under its lock)."""
+        if self._trusted and recheck and self.dir.parent == self.state_dir \
+                and untrusted_reason(self.dir, strict=2) is None:
+            return  # both exist and pass the same checks (one walk up instead of two, nothing to create)
         if recheck or not self._trusted:
             ensure_trusted_dir(self.state_dir)
             ensure_trusted_dir(self.dir)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from hotluks.backends.base import MonitorBackend, VMIdentity
+from hotluks.errors import NotAttached, RefusedError
 from hotluks.lifecycle.coverage import uncovered
 from hotluks.log import get_logger
 from hotluks.runner import transaction as tx
@@ -15,6 +18,22 @@ from hotluks.runner.results import RepairAction, StatusEntry, StatusItem
 from hotluks.runner.vmstate import snapshot
 
 log = get_logger(__name__)
+
+
+def load_to_change(journal: Journal, target: str) -> Record | None:
+    """The record of ``target`` for an operation that will change it (``None``: no record); a corrupt
+    one is refused (exit 2) until ``repair`` quarantines it."""
+    try:
+        return journal.load(target)
+    except CorruptRecordError as exc:
+        raise RefusedError(f"{exc}; run `hotluks repair` to quarantine it") from None
+
+
+def refuse_interrupted(record: Record, allowed: tuple[str, ...] = ("attached",)) -> None:
+    """Exit 2 unless ``record`` is in one of the ``allowed`` states (else ``repair`` must run first)."""
+    if record.status not in allowed:
+        raise RefusedError(f"target {record.target} has an interrupted {record.status} operation; "
+                           "run `hotluks repair` first")
 
 
 class Maintenance:
@@ -30,6 +49,20 @@ class Maintenance:
 
     async def _lock(self) -> Any:
         raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def attached(self, target: str) -> AsyncIterator[tuple[Journal, Record]]:
+        """Work on the disk hotluks attached on ``target`` (``resize``, ``rotate``): under the VM's lock,
+        taken as attach and detach take it (the state directory's trust rechecked), with its journal and
+        its record, fully attached in this QEMU instance; else exit 2 before anything is done."""
+        ident = await self.identity()
+        journal = await self.journal()
+        async with await self._lock():
+            record = load_to_change(journal, target)
+            if record is None or tx.is_lost(record, ident.instance):
+                raise NotAttached(f"hotluks has no disk attached on {target} of {self.backend.vm}")
+            refuse_interrupted(record)
+            yield journal, record
 
     async def status(self) -> list[StatusEntry]:
         """hotluks-managed disks of this VM with the live presence of each item. Read-only: no lock."""

@@ -38,11 +38,11 @@ from hotluks.runner.guardplan import GUARD_ROLE, with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
 from hotluks.runner.keep import Keep, keep_for
 from hotluks.runner.lock import vm_lock
-from hotluks.runner.maintenance import Maintenance
+from hotluks.runner.maintenance import Maintenance, load_to_change, refuse_interrupted
 from hotluks.runner.native_path import PathChoice, attach_through_libvirt, choose_path, native_disk, native_record
 from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight, verify_pin
 from hotluks.runner.results import AttachResult, DetachResult, RepairAction, StatusEntry, StepReport
-from hotluks.runner.vmstate import VMSnapshot, machine_type, plan_context, probe_capabilities, snapshot
+from hotluks.runner.vmstate import PortMemory, VMSnapshot, machine_type, probe_capabilities, snapshot, survey
 from hotluks.secrets import SecretValue, resolve
 
 log = get_logger(__name__)
@@ -70,6 +70,7 @@ class Operator(Maintenance):
         self._drafts: dict[Disk, tuple[Plan, str]] = {}  # pure, so planned once per disk and connection
         self._identity: VMIdentity | None = None
         self._journal: Journal | None = None
+        self._ports = PortMemory()  # what surveys learnt of the root ports: saves round trips
 
     # -- helpers ---------------------------------------------------------------
     async def identity(self) -> VMIdentity:
@@ -118,8 +119,9 @@ class Operator(Maintenance):
         return plan_fingerprint(build_plan(disk, await self.capabilities()))
 
     async def _plan(self, disk: Disk, caps: Capabilities) -> tuple[Plan, VMSnapshot]:
-        before = await snapshot(self.backend)
-        plan = build_plan(disk, caps, await plan_context(self.backend, disk, before, machine=await self.machine()))
+        seen = await survey(self.backend, disk, machine=await self.machine(), memory=self._ports)
+        before = seen.before
+        plan = build_plan(disk, caps, seen.context)
         if self.backend.passes_fds:
             plan = with_fd_passing(plan, before.fdsets)
         if self.backend.passes_fds and self.backend.name in LIBVIRT_BACKENDS:  # libvirt's lifecycle: refused
@@ -343,19 +345,14 @@ class Operator(Maintenance):
         ident = await self.identity()
         journal = await self.journal()
         async with await self._lock():
-            try:
-                record = journal.load(target_dev)
-            except CorruptRecordError as exc:
-                raise RefusedError(f"{exc}; run `hotluks repair` to quarantine it") from None
+            record = load_to_change(journal, target_dev)
             if record is None or (tx.is_lost(record, ident.instance)
                                   and not tx.carried(record, await snapshot(self.backend))):
                 if record is not None:  # its QEMU is gone: nothing of it is in this one
                     journal.remove(target_dev)
                 return DetachResult(self.backend.vm, target_dev, record.device if record else "", (),
                                     time.perf_counter() - started, already_absent=True)
-            if record.status not in ("attached", "detaching"):
-                raise RefusedError(f"target {target_dev} has an interrupted {record.status} operation; "
-                                   "run `hotluks repair` first")
+            refuse_interrupted(record, ("attached", "detaching"))
             live = await snapshot_first(self.backend, timeout)  # a monitor that cannot answer refuses here
             record.status = "detaching"
             try:
@@ -370,6 +367,7 @@ class Operator(Maintenance):
                 raise tx.incomplete(f"detach of {target_dev} incomplete: {record.error}; "
                                     f"run `hotluks repair {self.backend.vm}`", outcome)
             journal_quietly(lambda: journal.remove(target_dev), [])
+            self._ports.freed(next((s.arguments.get("bus") for s in record.steps if s.kind == "device"), None))
             return DetachResult(self.backend.vm, target_dev, record.device, outcome.undone,
                                 time.perf_counter() - started)
 

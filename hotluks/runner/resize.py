@@ -29,14 +29,12 @@ from hotluks.errors import (
     Incomplete,
     InputError,
     MalformedReply,
-    NotAttached,
     RefusedError,
     RolledBack,
     UnsupportedError,
 )
 from hotluks.log import get_logger
-from hotluks.runner import transaction as tx
-from hotluks.runner.journal import CorruptRecordError, Record
+from hotluks.runner.journal import Record
 from hotluks.runner.results import JSONResult
 
 if TYPE_CHECKING:
@@ -144,19 +142,8 @@ async def resize(operator: Operator, target: str, size: SizeSpec | str | int, *,
     """Resize the disk attached on ``target`` of the operator's VM (under the VM's lock)."""
     spec = size if isinstance(size, SizeSpec) else SizeSpec(size) if isinstance(size, int) else parse_size(size)
     started = time.perf_counter()
-    ident = await operator.identity()
-    journal = await operator.journal()
     backend = operator.backend
-    async with await operator._lock():
-        try:
-            record = journal.load(target)
-        except CorruptRecordError as exc:
-            raise RefusedError(f"{exc}; run `hotluks repair` to quarantine it") from None
-        if record is None or tx.is_lost(record, ident.instance):
-            raise NotAttached(f"hotluks has no disk attached on {target} of {backend.vm}")
-        if record.status != "attached":
-            raise RefusedError(f"target {target} has an interrupted {record.status} operation; "
-                               "run `hotluks repair` first")
+    async with operator.attached(target) as (_, record):
         if record.shape.startswith("librbd"):
             raise UnsupportedError(LIBRBD_REFUSAL)
         node = top_node(record)

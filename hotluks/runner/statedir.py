@@ -30,11 +30,14 @@ def _owner_ok(st: os.stat_result, uid: int) -> bool:
     return st.st_uid in (0, uid)
 
 
-def untrusted_reason(path: Path, uid: int | None = None) -> str | None:
-    """Why ``path`` (an existing directory) is not trusted, or ``None`` when it is."""
+def untrusted_reason(path: Path, uid: int | None = None, *, strict: int = 1) -> str | None:
+    """Why ``path`` (an existing directory) is not trusted, or ``None`` when it is.
+
+    ``strict``: how many levels, ``path`` first, get no sticky-bit relaxation (2: ``path`` and
+    its parent, e.g. a VM's journal directory and the state directory, both hotluks' own).
+    """
     uid = os.geteuid() if uid is None else uid
-    current = Path(os.path.abspath(path))
-    first = True
+    current = os.path.abspath(path)  # plain strings: this runs under the lock of every operation
     while True:
         try:
             st = os.lstat(current)
@@ -48,12 +51,13 @@ def untrusted_reason(path: Path, uid: int | None = None) -> str | None:
             return f"{current} is owned by uid {st.st_uid} (must be root or uid {uid})"
         writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         sticky_root = bool(st.st_mode & stat.S_ISVTX) and st.st_uid == 0
-        if writable and (first or not sticky_root):
+        if writable and (strict > 0 or not sticky_root):
             return f"{current} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-        if current.parent == current:
+        parent = os.path.dirname(current)
+        if parent == current:
             return None
-        current = current.parent
-        first = False
+        current = parent
+        strict -= 1
 
 
 def ensure_trusted_dir(path: Path) -> None:

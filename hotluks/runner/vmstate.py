@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,17 +67,19 @@ def _children(listing: list[dict[str, Any]]) -> dict[str, str]:
     return {str(e["name"]): str(e["type"])[6:-1] for e in listing if str(e.get("type", "")).startswith("child<")}
 
 
-async def snapshot(backend: MonitorBackend) -> VMSnapshot:
-    """Block nodes, secret/other objects, peripheral devices and (when the backend passes
-    descriptors) fdsets: three or four queries, pipelined."""
-    queries = [
+def _snapshot_queries(backend: MonitorBackend) -> list[Awaitable[Any]]:
+    queries: list[Awaitable[Any]] = [
         backend.execute("query-named-block-nodes", {"flat": True}),
         backend.execute("qom-list", {"path": "/objects"}),
         backend.execute("qom-list", {"path": "/machine/peripheral"}),
     ]
     if backend.passes_fds:
         queries.append(backend.execute("query-fdsets"))
-    nodes, objects, devices, *fdsets = await asyncio.gather(*queries)
+    return queries
+
+
+def _snapshot_from(replies: Sequence[Any]) -> VMSnapshot:
+    nodes, objects, devices, *fdsets = replies
     types = _children(devices)
     return VMSnapshot(
         nodes=frozenset(str(n["node-name"]) for n in nodes),
@@ -87,6 +89,12 @@ async def snapshot(backend: MonitorBackend) -> VMSnapshot:
         fdsets={int(s["fdset-id"]): frozenset(str(f.get("opaque", "")) for f in s.get("fds", []))
                 for s in (fdsets[0] if fdsets else [])},
     )
+
+
+async def snapshot(backend: MonitorBackend) -> VMSnapshot:
+    """Block nodes, secret/other objects, peripheral devices and (when the backend passes
+    descriptors) fdsets: three or four queries, pipelined."""
+    return _snapshot_from(await asyncio.gather(*_snapshot_queries(backend)))
 
 
 _CAPABILITIES: dict[str, Capabilities] = {}
@@ -163,26 +171,134 @@ async def machine_type(backend: MonitorBackend) -> str:
                       "the machine type"))
 
 
+def _places_on_pci(disk: Disk) -> bool:
+    return disk.address is None and disk.bus == "virtio"
+
+
 async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, *,
                        machine: str | None = None) -> PlanContext:
     """Conflict names plus where to plug ``disk`` when its XML has no ``<address>``.
 
     PCI disks go to the top of the free range (see :mod:`hotluks.plan.placement`).
     ``machine`` (from :func:`machine_type`, constant for a VM's life) saves a query.
+    :func:`survey` gets the same answer with the snapshot in one pipelined round.
     """
     machine = machine if machine is not None else await machine_type(backend)
+    peripherals = dict(snap.device_types)
+    if disk.address is None and not peripherals and (disk.bus == "scsi" or (disk.bus == "virtio" and "q35" in machine)):
+        peripherals = _children(await backend.execute("qom-list", {"path": "/machine/peripheral"}))
+    pci = (await pci_reservations(backend), await backend.execute("query-pci")) if _places_on_pci(disk) else None
+    context, _ = await _context(backend, disk, snap, peripherals, machine, pci, {})
+    return context
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What an attach needs to know of the VM before its first step, from one moment."""
+
+    before: VMSnapshot
+    context: PlanContext
+
+
+@dataclass
+class PortMemory:
+    """What one connection's surveys learnt of a q35 VM's root ports: guesses that save round
+    trips, never facts an attach relies on (each survey confirms, in QOM, the port it takes)."""
+
+    #: root ports whose buses the next survey lists ahead (the likely next port first)
+    hint: tuple[str, ...] = ()
+    #: the hot-pluggable bridges ``query-pci`` showed, in bus order (empty or not), last time ...
+    topology: tuple[str, ...] | None = None
+    #: ... when the VM had these bridges: reused while it has exactly these (root ports cannot come
+    #: or go on pcie.0 while QEMU runs)
+    bridges: frozenset[str] = frozenset()
+
+    def freed(self, bus: object) -> None:
+        """A detach unplugged a device from ``bus``: the likely port of the next attach."""
+        self.hint = (bus,) if isinstance(bus, str) else ()
+
+
+class _AskQueryPci(Exception):
+    """The remembered topology does not fit (bridges changed, a bus under another name)."""
+
+
+async def survey(backend: MonitorBackend, disk: Disk, *, machine: str, memory: PortMemory | None = None) -> Survey:
+    """:func:`snapshot` and :func:`plan_context` in one pipelined round, usually.
+
+    The snapshot's queries, the domain's reserved addresses and, for a PCI disk without an
+    ``<address>``, ``query-pci`` go out together; on q35 with ``memory``, so does the QOM bus
+    listing of the port it expects, and ``query-pci`` is replaced by the remembered order of the
+    bridges as long as the fresh snapshot shows the same ones. Every candidate port is still
+    confirmed empty by its QOM bus listing, the last free one taken, exactly as :func:`plan_context`
+    does; where the memory does not fit, the survey asks ``query-pci`` after all. ``memory`` is
+    updated: the port taken is presumed busy from now on (the attach goes on), the next is expected.
+    """
+    memory = memory if memory is not None else PortMemory()
+    q35 = "q35" in machine
+    pci = _places_on_pci(disk)
+    queries = _snapshot_queries(backend)
+    count = len(queries)
+    hint = [port for port in memory.hint[:2] if not memory.bridges or port in memory.bridges] if pci and q35 else []
+    known = memory.topology if pci and q35 else None
+    if pci:
+        queries.append(pci_reservations(backend))
+        if known is None:
+            queries.append(backend.execute("query-pci"))
+        queries += [_bus_listing(backend, port) for port in hint]
+    replies = await asyncio.gather(*queries)
+    before = _snapshot_from(replies[:count])
+    peripherals = dict(before.device_types)
+    facts: tuple[Reservations, list[dict[str, Any]]] | None = None
+    listed: dict[str, list[dict[str, Any]] | None] = {}
+    if pci:
+        reserved, *rest = replies[count:]
+        listed = dict(zip(hint, rest[len(rest) - len(hint):]))
+        if known is not None:
+            try:
+                if _bridges(peripherals) != memory.bridges:
+                    raise _AskQueryPci()
+                return _remember(memory, before, await _context(backend, disk, before, peripherals, machine,
+                                                                None, listed, known=(reserved, known)))
+            except _AskQueryPci:
+                listed = {port: got for port, got in listed.items() if got is not None}
+                facts = (reserved, await backend.execute("query-pci"))
+        else:
+            facts = (reserved, rest[0])
+        if q35:
+            memory.topology, memory.bridges = tuple(_bridges_in_order(peripherals, facts[1])), _bridges(peripherals)
+    return _remember(memory, before, await _context(backend, disk, before, peripherals, machine, facts, listed))
+
+
+def _remember(memory: PortMemory, before: VMSnapshot, found: tuple[PlanContext, list[str]]) -> Survey:
+    context, order = found
+    taken = order[order.index(context.pci_bus):] if context.pci_bus in order else []
+    memory.hint = tuple(taken[1:2])
+    return Survey(before, context)
+
+
+async def _context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, peripherals: Mapping[str, str],
+                   machine: str, pci: tuple[Reservations, list[dict[str, Any]]] | None,
+                   listed: Mapping[str, list[dict[str, Any]] | None], *,
+                   known: tuple[Reservations, tuple[str, ...]] | None = None) -> tuple[PlanContext, list[str]]:
+    """The plan context from the facts gathered; also the root ports in order of preference.
+
+    ``known``: the reservations and the remembered bridge order, instead of ``query-pci`` (q35 only;
+    :class:`_AskQueryPci` when a port's bus cannot be found in QOM).
+    """
     q35 = "q35" in machine
     root = "pcie.0" if q35 else "pci.0"
     pci_bus = scsi_bus = None
     pci_slot: int | None = None
-    peripherals = dict(snap.device_types)
-    if disk.address is None and not peripherals and (disk.bus == "scsi" or (disk.bus == "virtio" and q35)):
-        peripherals = _children(await backend.execute("qom-list", {"path": "/machine/peripheral"}))
-    if disk.address is None and disk.bus == "virtio":
-        reserved = await pci_reservations(backend)
-        pci_devices = await backend.execute("query-pci")
+    order: list[str] = []
+    if known is not None:
+        reserved, topology = known
+        order = ports_by_preference(topology, reserved.port_ids)
+        pci_bus = await _free_pcie_port(backend, order, listed, strict=True)
+    elif pci is not None:
+        reserved, pci_devices = pci
         if q35:
-            pci_bus = await _free_pcie_port(backend, peripherals, pci_devices, reserved)
+            order = _port_candidates(peripherals, pci_devices, reserved)
+            pci_bus = await _free_pcie_port(backend, order, listed)
         else:
             pci_bus, pci_slot = root, choose_root_slot(root_slots_in_use(pci_devices), reserved.root_slots)
     if disk.address is None and disk.bus == "scsi":
@@ -195,20 +311,24 @@ async def plan_context(backend: MonitorBackend, disk: Disk, snap: VMSnapshot, *,
     from hotluks.headers.tls import nbd_tls_dir
 
     return PlanContext(existing_names=snap.names, pci_bus=pci_bus, pci_slot=pci_slot, pci_root_bus=root,
-                       scsi_bus=scsi_bus, nbd_tls_dir=nbd_tls_dir())
+                       scsi_bus=scsi_bus, nbd_tls_dir=nbd_tls_dir()), order
 
 
-async def _free_pcie_port(backend: MonitorBackend, peripherals: Mapping[str, str],
-                          pci_devices: list[dict[str, Any]], reserved: Reservations) -> str:
-    """The id of the last empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0).
+def _bridges(peripherals: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(name for name, typ in peripherals.items() if typ in HOTPLUG_BRIDGES)
 
-    ``query-pci`` lists the devices behind a bridge only once firmware has numbered
-    its secondary bus; a paused or still-booting VM shows every bridge empty. So
-    ports that ``query-pci`` shows empty are confirmed, last first and one at a
-    time until the first empty one, by their QOM bus (``/machine/peripheral/ID/ID``)
-    having no ``child[N]`` device links. Typically: one more query.
-    """
-    ports = {name for name, typ in peripherals.items() if typ in HOTPLUG_BRIDGES}
+
+def _bridges_in_order(peripherals: Mapping[str, str], pci_devices: list[dict[str, Any]]) -> list[str]:
+    """Every hot-pluggable bridge with an id, in ``query-pci`` (bus) order, empty or not."""
+    ports = _bridges(peripherals)
+    return [str(dev["qdev_id"]) for bus in pci_devices for dev in _walk_pci(bus.get("devices", []))
+            if dev.get("pci_bridge") and dev.get("qdev_id") in ports]
+
+
+def _port_candidates(peripherals: Mapping[str, str], pci_devices: list[dict[str, Any]],
+                     reserved: Reservations) -> list[str]:
+    """Hot-pluggable root ports that ``query-pci`` shows empty, in order of preference."""
+    ports = _bridges(peripherals)
     candidates: list[str] = []
     for bus in pci_devices:
         for dev in _walk_pci(bus.get("devices", [])):
@@ -216,21 +336,44 @@ async def _free_pcie_port(backend: MonitorBackend, peripherals: Mapping[str, str
             qdev_id = str(dev.get("qdev_id") or "")
             if bridge and qdev_id in ports and not bridge.get("devices"):
                 candidates.append(qdev_id)
-    for port in ports_by_preference(candidates, reserved.port_ids):
-        if await _bus_is_empty(backend, port):
+    return ports_by_preference(candidates, reserved.port_ids)
+
+
+async def _free_pcie_port(backend: MonitorBackend, order: list[str],
+                          listed: Mapping[str, list[dict[str, Any]] | None], *, strict: bool = False) -> str:
+    """The id of the last empty hot-pluggable PCIe root port (q35 cannot hot-plug on pcie.0).
+
+    ``query-pci`` lists the devices behind a bridge only once firmware has numbered
+    its secondary bus; a paused or still-booting VM shows every bridge empty. So
+    ports that ``query-pci`` shows empty (``order``) are confirmed, last first and one at a
+    time until the first empty one, by their QOM bus (``/machine/peripheral/ID/ID``)
+    having no ``child[N]`` device links (``listed``: listings already fetched with the
+    ``query-pci`` they go with). Typically: one more query, or none. ``strict``: the order
+    is remembered, not fresh, so a bus QOM cannot find is not judged by ``query-pci``.
+    """
+    for port in order:
+        listing = listed[port] if port in listed else await _bus_listing(backend, port)
+        if listing is None and strict:  # no bus of that name, and no fresh query-pci to trust
+            raise _AskQueryPci()
+        if _bus_empty(listing):
             return port
     raise RefusedError("no free hot-pluggable PCIe root port in this q35 VM: add spare ports "
                        "(libvirt: <controller type='pci' model='pcie-root-port'/>; QEMU: "
                        "-device pcie-root-port,id=rpN,chassis=N) or give the disk an <address>")
 
 
-async def _bus_is_empty(backend: MonitorBackend, bridge: str) -> bool:
-    """True when the secondary bus of ``bridge`` has no devices plugged (per QOM)."""
+async def _bus_listing(backend: MonitorBackend, bridge: str) -> list[dict[str, Any]] | None:
+    """The QOM listing of the secondary bus of ``bridge``; ``None`` when it has no bus of that name."""
     try:
-        listing = await backend.execute("qom-list", {"path": f"/machine/peripheral/{bridge}/{bridge}"})
+        listing: list[dict[str, Any]] = await backend.execute("qom-list", {"path": f"/machine/peripheral/{bridge}/{bridge}"})
     except QMPCommandError:
-        return True  # bus not found under its usual name: trust query-pci
-    return not any(str(e.get("name", "")).startswith("child[") for e in listing)
+        return None
+    return listing
+
+
+def _bus_empty(listing: list[dict[str, Any]] | None) -> bool:
+    """True when a bus listing shows no device plugged (a bus not found under its usual name: trust query-pci)."""
+    return listing is None or not any(str(e.get("name", "")).startswith("child[") for e in listing)
 
 
 def _walk_pci(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -77,9 +77,10 @@ def test_a_fault_at_any_step_leaves_the_old_passphrase(vm: QemuProcess, monitor:
     async def run() -> str:
         backend = await QMPBackend(vm.qmp_path).connect()
         try:
-            result = await Operator(backend, state_dir=state_dir).attach(disk.disk(), secrets)
+            op = Operator(backend, state_dir=state_dir)
+            result = await op.attach(disk.disk(), secrets)
             with pytest.raises(RolledBackError, match=f"injected fault at {step}") as info:
-                await rotate(backend, disk.disk(), NEW, secrets, state_dir=state_dir, fault=fault)
+                await rotate(op, disk.disk(), NEW, secrets, fault=fault)
             assert ("was restored" in str(info.value)) == (step == "verify-committed")
             return result.top_node
         finally:

@@ -72,13 +72,11 @@ def test_rotate_with_a_libvirt_secret(libvirt_uri: str, tmp_path: Path, case: st
                     result = await op.attach(disk.disk(), {})
                     same = await op.disk_fingerprint(disk.disk())  # the header node reads /dev/fdset/N
                     if fault_at is None:
-                        done = await rotate(backend, disk.disk(), NEW, {}, state_dir=tmp_path / "state",
-                                            disk_fingerprint=same)
+                        done = await rotate(op, disk.disk(), NEW, {}, disk_fingerprint=same)
                         assert done.libvirt_secret_updated
                     else:
                         with pytest.raises(RolledBackError, match=f"injected fault at {fault_at}"):
-                            await rotate(backend, disk.disk(), NEW, {}, state_dir=tmp_path / "state", fault=fault,
-                                         disk_fingerprint=same)
+                            await rotate(op, disk.disk(), NEW, {}, fault=fault, disk_fingerprint=same)
                     log = QEMU_LOG_DIR / f"{domain.name}.log"
                     assert await read_pattern_via_log(backend, log, result.top_node, PATTERN) == "ok"
                     await op.detach("vdb", timeout=20)

@@ -84,3 +84,15 @@ def test_check_refuses_with_exit_2(open_dir: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_no_files_to_pass_means_no_process_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan without descriptor steps (plain QMP) has nothing to judge: /proc is not read."""
+    import hotluks.runner.access as access
+
+    def unexpected(pid: int) -> Credentials | None:
+        raise AssertionError("process credentials read for a plan that passes no files")
+
+    monkeypatch.setattr(access, "process_credentials", unexpected)
+    check_qemu_access([], f"{os.getpid()}-1")
+    check_qemu_access(iter(()), f"{os.getpid()}-1")

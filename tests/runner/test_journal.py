@@ -168,3 +168,28 @@ def test_status_changes_are_appended_and_replayed(tmp_path: Path, example_xml: P
     journal.set_status(record, "attached")
     loaded = journal.load("vdb")
     assert loaded is not None and loaded.status == "attached" and loaded.steps[6].state == "started"
+
+
+def test_every_recheck_refuses_what_the_first_check_refuses(tmp_path: Path) -> None:
+    """``ensure(recheck=True)`` on a journal already trusted (one walk up) still refuses a loosened state
+    directory, a loosened or symlinked VM directory, and recreates a removed one."""
+    from hotluks.runner.statedir import UntrustedStateDirError
+
+    state = tmp_path / "state"
+    journal = Journal(state, "vm")
+    journal.ensure()
+    for target, mode in ((state, 0o770), (journal.dir, 0o777)):
+        os.chmod(target, mode)
+        with pytest.raises(UntrustedStateDirError, match="writable by group or others"):
+            journal.ensure(recheck=True)
+        os.chmod(target, 0o700)
+        journal.ensure(recheck=True)
+    journal.dir.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    journal.dir.symlink_to(elsewhere)
+    with pytest.raises(HotluksError):
+        journal.ensure(recheck=True)
+    journal.dir.unlink()
+    journal.ensure(recheck=True)
+    assert journal.dir.is_dir() and stat.S_IMODE(journal.dir.stat().st_mode) == 0o700

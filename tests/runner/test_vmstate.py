@@ -13,7 +13,7 @@ import pytest
 from hotluks.errors import RefusedError
 from hotluks.model import Disk
 from hotluks.plan.capabilities import Capabilities
-from hotluks.runner.vmstate import VMSnapshot, plan_context, probe_capabilities
+from hotluks.runner.vmstate import PortMemory, VMSnapshot, plan_context, probe_capabilities, survey
 
 ReplayFactory = Callable[[str], Any]
 
@@ -154,6 +154,90 @@ def test_scsi_placement_and_missing_controller(recorded: ReplayFactory) -> None:
         e for e in backend.replies["qom-list /machine/peripheral"] if e["name"] != "scsi0"]
     with pytest.raises(RefusedError, match="no SCSI controller"):
         asyncio.run(plan_context(backend, _scsi(), VMSnapshot(frozenset(), frozenset(), frozenset())))
+
+
+def _surveyable(backend: Any) -> Any:
+    backend.replies.update({"query-named-block-nodes": [{"node-name": "hl-vdb-luks"}], "qom-list /objects": []})
+    return backend
+
+
+Q35 = "pc-q35-10.0-machine"
+
+
+def _listings(backend: Any) -> list[str]:
+    return [k for k in backend.sent if k.startswith("qom-list /machine/peripheral/")]
+
+
+@pytest.mark.parametrize("recording", ["q35-paused-rp1-used", "q35-booted-rp1-used"])
+@pytest.mark.parametrize("hint", [(), ("rp3",), ("rp2",), ("rp1",), ("rp9",), ("rp3", "rp2")])
+@pytest.mark.parametrize("remembered", [False, True])
+def test_survey_places_as_plan_context_whatever_it_remembers(recorded: ReplayFactory, recording: str,
+                                                              hint: tuple[str, ...], remembered: bool) -> None:
+    """The pipelined survey (snapshot + placement) decides exactly what snapshot + plan_context would;
+    a port hint only lists buses ahead, a remembered bridge order only replaces query-pci: a wrong or
+    occupied guess costs a query, never the answer."""
+    backend = _surveyable(recorded(recording))
+    memory = PortMemory()
+    if remembered:  # a first survey on this connection learns the bridge order
+        asyncio.run(survey(backend, _virtio(), machine=Q35, memory=memory))
+        assert memory.topology == ("rp1", "rp2", "rp3") and memory.hint == ("rp2",)
+        backend.sent.clear()
+    memory.hint = hint
+    seen = asyncio.run(survey(backend, _virtio(), machine=Q35, memory=memory))
+    assert seen.context.pci_bus == "rp3" and memory.hint == ("rp2",)
+    assert seen.before.nodes == {"hl-vdb-luks"} and "rp1" in seen.before.devices
+    assert "hl-vdb-luks" in seen.context.existing_names
+    assert backend.sent.count("query-pci") == (0 if remembered else 1)
+    listed = _listings(backend)
+    assert "qom-list /machine/peripheral/rp3/rp3" in listed and len(listed) == len(set(listed))
+    if hint[:1] == ("rp3",):  # the right guess: one pipelined round, nothing after it
+        assert listed == [f"qom-list /machine/peripheral/{port}/{port}" for port in hint] == backend.sent[-len(hint):]
+
+
+def test_survey_does_not_trust_an_occupied_guess(recorded: ReplayFactory) -> None:
+    backend = _surveyable(recorded("q35-paused-rp1-used"))
+    backend.replies["qom-list /machine/peripheral/rp3/rp3"].append({"name": "child[0]", "type": "link<virtio-blk-pci>"})
+    seen = asyncio.run(survey(backend, _virtio(), machine=Q35, memory=PortMemory(hint=("rp3",))))
+    assert seen.context.pci_bus == "rp2" and backend.sent[-1] == "qom-list /machine/peripheral/rp2/rp2"
+
+
+def test_survey_asks_query_pci_when_the_memory_does_not_fit(recorded: ReplayFactory) -> None:
+    """Other bridges than remembered, or a bus QOM cannot find: query-pci again (and trust it, as before)."""
+    backend = _surveyable(recorded("q35-booted-rp1-used"))
+    memory = PortMemory()
+    asyncio.run(survey(backend, _virtio(), machine=Q35, memory=memory))
+    memory.bridges = frozenset({"rp1", "rp2"})  # as if rp3 had come since
+    backend.sent.clear()
+    assert asyncio.run(survey(backend, _virtio(), machine=Q35, memory=memory)).context.pci_bus == "rp3"
+    assert backend.sent.count("query-pci") == 1 and memory.bridges == {"rp1", "rp2", "rp3"}
+    for port in ("rp1", "rp2", "rp3"):  # QOM lookups fail: only a fresh query-pci may decide
+        del backend.replies[f"qom-list /machine/peripheral/{port}/{port}"]
+    backend.sent.clear()
+    memory.hint = ("rp3",)
+    assert asyncio.run(survey(backend, _virtio(), machine=Q35, memory=memory)).context.pci_bus == "rp3"
+    assert backend.sent.count("query-pci") == 1
+
+
+def test_survey_of_a_scsi_disk_sends_no_pci_queries(recorded: ReplayFactory) -> None:
+    backend = _surveyable(recorded("q35-booted-rp1-used"))
+    memory = PortMemory(hint=("rp3",), topology=("rp1", "rp2", "rp3"), bridges=frozenset({"rp1", "rp2", "rp3"}))
+    seen = asyncio.run(survey(backend, _scsi(), machine=Q35, memory=memory))
+    assert seen.context.scsi_bus == "scsi0.0" and seen.context.pci_bus is None and memory.hint == ()
+    assert backend.sent == ["query-named-block-nodes", "qom-list /objects", "qom-list /machine/peripheral"]
+
+
+def test_a_detach_points_the_next_survey_at_the_freed_port(recorded: ReplayFactory) -> None:
+    memory = PortMemory(hint=("rp2",))
+    memory.freed("rp4")
+    assert memory.hint == ("rp4",)
+    memory.freed(None)
+    assert memory.hint == ()
+    backend = _surveyable(recorded("q35-paused-rp1-used"))
+    asyncio.run(survey(backend, _virtio(), machine=Q35, memory=memory))
+    memory.freed("pcie.0")  # a disk with an <address> on the root bus: no root port to list ahead
+    backend.sent.clear()
+    asyncio.run(survey(backend, _virtio(), machine=Q35, memory=memory))
+    assert _listings(backend) == ["qom-list /machine/peripheral/rp3/rp3"]
 
 
 def test_snapshot_difference() -> None:
