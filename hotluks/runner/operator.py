@@ -189,6 +189,9 @@ class Operator(Maintenance):
                 if missing:
                     raise RefusedError(f"target {disk.target_dev} is recorded as attached but the VM lacks "
                                        f"{', '.join(missing)}; `hotluks detach` it, then attach again")
+                if persistent and existing.path == "libvirt-native" and not tx.native_persistent(existing):
+                    raise RefusedError(f"target {disk.target_dev} is attached through libvirt for this run only; "
+                                       "nothing changed: `hotluks detach` it, then attach again with --persistent")
                 top = next((s.arguments.get("drive") for s in existing.steps if s.kind == "device"), "") \
                     or existing.device
                 kept = (await keep.write(self.backend, disk, secrets or {})

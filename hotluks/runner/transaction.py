@@ -108,6 +108,11 @@ def carried(record: Record, live: VMSnapshot) -> bool:
     return record.status == "attached" and bool(core) and all(present(s, live) for s in core)
 
 
+def native_persistent(record: Record) -> bool:
+    """A libvirt-native record whose disk libvirt also keeps in the domain's definition."""
+    return any(s.kind == "libvirt-disk" and s.arguments.get("persistent") is True for s in record.steps)
+
+
 def missing(record: Record, live: VMSnapshot, instance: str) -> list[str]:
     """What an attached record lacks in ``live`` (for a carried record: only its disk's own parts)."""
     parts = record.steps

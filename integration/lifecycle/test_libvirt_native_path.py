@@ -195,6 +195,11 @@ def test_default_attach_on_a_domain_is_libvirts_own(libvirt_uri: str, defined_do
                     "holds its secrets)") in attached.stderr
             assert "vdb" in virsh("domblklist", name).stdout
             assert _status(name, common) == (0, [("vdb", "attached", True)])
+            again = run_cli("attach", name, disk.xml_path, *common, "--persistent", "--json")
+            assert again.returncode == 2, again.stderr  # asked for more than this run: refused, not a silent no
+            assert "for this run only; nothing changed" in again.stderr
+            validate("attach", json.loads(again.stdout))
+            assert "vdb" not in virsh("dumpxml", "--inactive", name).stdout
             detached = run_cli("detach", name, "--target", "vdb", *common, "--timeout", "20", "--json")
             assert detached.returncode == 0, detached.stdout
             validate("detach", json.loads(detached.stdout))

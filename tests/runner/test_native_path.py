@@ -29,7 +29,10 @@ def test_native_record_round_trips_and_is_undone_by_target() -> None:
                            header_fingerprint="")
     doc = json.loads(json.dumps(record.to_json()))
     again = validate(doc)
-    assert again.path == "libvirt-native" and again.device == "ua-hl-vdb"
+    assert again.path == "libvirt-native" and again.device == "ua-hl-vdb" and tx.native_persistent(again)
+    live_only = native_record("dom", disk, "<disk/>", persistent=False, vm_key="k", instance="i1", fingerprint="f",
+                              header_fingerprint="")
+    assert not tx.native_persistent(live_only)
     assert tx.undo_command(again.steps[0]) == ("detach-device", {"id": "ua-hl-vdb", "target": "vdb",
                                                                  "persistent": True})
     here = VMSnapshot(frozenset(), frozenset(), frozenset({"ua-hl-vdb"}))
