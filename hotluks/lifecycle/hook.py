@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hotluks.permissions import Credentials, permits
+
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 #: operations whose failure stops QEMU from starting (and, for migrate, keeps the source running)
 CHECKED_OPERATIONS = ("prepare", "migrate", "restore")
@@ -65,16 +67,7 @@ def needed_files(domain_xml: str | bytes) -> list[NeededFile]:
 
 
 def _allowed(st: os.stat_result, uid: int, gids: Iterable[int], want: int) -> bool:
-    """Whether ``uid`` (in ``gids``) gets ``want`` (4 r, 2 w, 1 x) on a file with ``st``."""
-    if uid == 0:
-        return True
-    if st.st_uid == uid:
-        bits = (st.st_mode >> 6) & 7
-    elif st.st_gid in set(gids):
-        bits = (st.st_mode >> 3) & 7
-    else:
-        bits = st.st_mode & 7
-    return bits & want == want
+    return permits(st, Credentials(uid, frozenset(gids)), want)
 
 
 def enter_problem(path: str | os.PathLike[str], uid: int, gids: Sequence[int]) -> str | None:

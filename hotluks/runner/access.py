@@ -16,18 +16,10 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from hotluks.errors import RefusedError
+from hotluks.permissions import Credentials, permits
 from hotluks.plan.steps import FdSource
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Who a process is for file access: uid, primary gid and supplementary groups."""
-
-    uid: int
-    gids: frozenset[int]
 
 
 def process_credentials(pid: int) -> Credentials | None:
@@ -48,19 +40,6 @@ def pid_of_instance(instance: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def _allowed(info: os.stat_result, who: Credentials, want: int) -> bool:
-    """May ``who`` have the access bits ``want`` (4 read, 2 write, 1 search) on ``info``?"""
-    if who.uid == 0:
-        return True
-    if info.st_uid == who.uid:
-        bits = (info.st_mode >> 6) & 7
-    elif info.st_gid in who.gids:
-        bits = (info.st_mode >> 3) & 7
-    else:
-        bits = info.st_mode & 7
-    return bits & want == want
-
-
 def refusal(source: FdSource, who: Credentials) -> str | None:
     """Why QEMU's user could not open ``source`` itself, or None when it could."""
     path = os.path.abspath(source.path)
@@ -71,7 +50,7 @@ def refusal(source: FdSource, who: Credentials) -> str | None:
             info = os.stat(directory)
         except OSError as exc:
             return f"{directory}: {exc.strerror}"
-        if not _allowed(info, who, 1):
+        if not permits(info, who, 1):
             return f"directory {directory} is not searchable by uid {who.uid}"
     try:
         info = os.stat(path)
@@ -80,7 +59,7 @@ def refusal(source: FdSource, who: Credentials) -> str | None:
     want = 4 if source.read_only else 6
     if not (stat.S_ISREG(info.st_mode) or stat.S_ISBLK(info.st_mode)):
         return f"{path} is neither a regular file nor a block device"
-    if not _allowed(info, who, want):
+    if not permits(info, who, want):
         mode = "read" if source.read_only else "read and write"
         return (f"{path} (owner {info.st_uid}:{info.st_gid}, mode {stat.S_IMODE(info.st_mode):04o}) cannot be "
                 f"opened to {mode} by QEMU's user (uid {who.uid})")
