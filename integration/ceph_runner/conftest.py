@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from hotluks.demo.qemu.launcher import QemuProcess
 from testsupport.ceph import CephCluster, CephPortsBusyError
 from testsupport.vms import (
     PATTERN,
@@ -29,7 +28,6 @@ from testsupport.vms import (
     journal_files,
     leaks,
     make_disk,
-    start_vm,
 )
 
 pytestmark = pytest.mark.ceph
@@ -236,16 +234,6 @@ def workdir() -> Iterator[Path]:
 @pytest.fixture
 def state_dir(workdir: Path) -> Path:
     return workdir / "state"
-
-
-@pytest.fixture
-def vm() -> Iterator[QemuProcess]:
-    """A paused q35 VM: socket 0 for hotluks, extra socket 0 for the test's :class:`Monitor`."""
-    proc = start_vm()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

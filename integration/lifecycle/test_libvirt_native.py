@@ -16,18 +16,10 @@ from typing import Any
 import pytest
 
 from hotluks.demo.guest.agent import SyncGuestAgent
-from testsupport.libvirtd import define_secret
+from testsupport.libvirtd import define_secret, guest_sha
 from testsupport.vms import PASSPHRASE, leaks, make_disk, run_cli
 
 pytestmark = [pytest.mark.guest, pytest.mark.qemu, pytest.mark.libvirt, pytest.mark.slow]
-
-
-def guest_sha(files: Path, serial: str) -> str:
-    with SyncGuestAgent(files / "agent.sock", timeout=30) as agent:
-        agent.wait_ready(180)
-        dev = agent.wait_for_device(serial, timeout=30)
-        agent.command("drop-caches")
-        return agent.sha256(dev.name)
 
 
 @pytest.mark.parametrize("shape", ["attached-luks", "qcow2-native"])
