@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from typing import Any
 from hotluks.backends.base import EventQueue, QMPCommandError
 from testsupport.fakeqemu import FakeQemu
 from testsupport.qmpproxy import split_messages
+from testsupport.unixserver import ThreadedUnixServer
 
 #: a step that closes the connection
 CLOSE = None
@@ -119,8 +118,10 @@ class _Backend(FakeQemu):
         return {}
 
 
-class HostileQMP:
+class HostileQMP(ThreadedUnixServer):
     """See the module docstring."""
+
+    thread_name = "hostile-qmp"
 
     def __init__(self, rules: dict[str, Rule] | None = None, *, greeting: Sequence[Step] | None = None,
                  capabilities: Rule | None = None, vm: FakeQemu | None = None):
@@ -130,65 +131,8 @@ class HostileQMP:
         self.vm = vm or _Backend()
         self.counts: dict[str, int] = {}
         self.received: list[dict[str, Any]] = []
-        self._tmpdir = Path(tempfile.mkdtemp(prefix="hotluks-hostileqmp-"))
-        self.path = self._tmpdir / "qmp.sock"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> HostileQMP:
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                self._server = loop.run_until_complete(asyncio.start_unix_server(self._serve, path=str(self.path)))
-            except BaseException as exc:  # pragma: no cover - reported to start()
-                errors.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._shutdown())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="hostile-qmp", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if errors:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            raise errors[0]
-        return self
-
-    async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def stop(self) -> None:
-        """Close the listener and every connection, join the thread, remove the temp directory."""
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
-
-    def __enter__(self) -> HostileQMP:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        tmpdir = Path(tempfile.mkdtemp(prefix="hotluks-hostileqmp-"))
+        super().__init__(tmpdir / "qmp.sock", tmpdir)
 
     # -- serving ------------------------------------------------------------------------------
     def executed(self) -> list[str]:

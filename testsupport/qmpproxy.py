@@ -17,7 +17,6 @@ thread, so synchronous tests can use it; ``stop()`` closes every connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import tempfile
@@ -27,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from testsupport.unixserver import ThreadedUnixServer
 
 Direction = Literal["c2s", "s2c"]
 #: ``fail(command_number, message)`` → error text to answer with, or None to forward
@@ -66,86 +67,26 @@ def split_messages(buffer: bytearray) -> list[dict[str, Any]]:
     return out
 
 
-class QMPProxy:
+class QMPProxy(ThreadedUnixServer):
     """UNIX-socket QMP proxy in a background thread (see the module docstring)."""
+
+    thread_name = "qmp-proxy"
 
     def __init__(self, upstream: str | Path, *, path: str | Path | None = None, delay_ms: float = 0.0,
                  fail: FailHook | None = None, on_command: CommandHook | None = None):
         self.upstream = Path(upstream)
-        self._tmpdir: str | None = None
+        tmpdir = None
         if path is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="hotluks-qmpproxy-")
-            path = Path(self._tmpdir) / "proxy.sock"
-        self.path = Path(path)
+            tmpdir = Path(tempfile.mkdtemp(prefix="hotluks-qmpproxy-"))
+            path = tmpdir / "proxy.sock"
+        super().__init__(Path(path), tmpdir)
         self.delay_ms = delay_ms
         self.fail = fail
         self.on_command = on_command
         self.chunks: list[Chunk] = []
         self.commands: list[dict[str, Any]] = []  # every client command, forwarded or failed
         self._cond = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._connections = 0
-
-    # -- lifecycle ---------------------------------------------------------------
-    def start(self) -> QMPProxy:
-        ready = threading.Event()
-        error: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                self._server = loop.run_until_complete(asyncio.start_unix_server(self._serve, path=str(self.path)))
-            except BaseException as exc:  # pragma: no cover - reported to start()
-                error.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._shutdown())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="qmp-proxy", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if error:
-            raise error[0]
-        return self
-
-    async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-
-    def stop(self) -> None:
-        """Close the listener and every connection; join the thread; remove the socket."""
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self.path.unlink(missing_ok=True)
-        if self._tmpdir is not None:
-            with contextlib.suppress(OSError):
-                Path(self._tmpdir).rmdir()
-
-    def __enter__(self) -> QMPProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- observations ----------------------------------------------------------------
     def transcript(self, direction: Direction | None = None) -> bytes:
