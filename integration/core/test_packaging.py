@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tarfile
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,16 +16,32 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*argv: str | Path, cwd: Path | None = None, input: bytes | None = None) -> bytes:
+    return completed(*argv, cwd=cwd, input=input).stdout
+
+
+def completed(*argv: str | Path, cwd: Path | None = None, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     proc = subprocess.run([str(a) for a in argv], cwd=cwd, input=input, capture_output=True, timeout=900)
     assert proc.returncode == 0, proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
-    return proc.stdout
+    return proc
 
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built as pip builds it (isolated, with the newest setuptools)."""
     out = tmp_path_factory.mktemp("dist")
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, REPO)
+    build = completed(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, REPO)
+    # setuptools announces removals (e.g. pyproject's licence table after 2027-02-18) this way
+    assert b"deprecat" not in build.stderr.lower(), build.stderr.decode(errors="replace")
     return out
+
+
+def test_wheel_declares_the_licence(dist: Path) -> None:
+    wheel = next(dist.glob("hotluks-*.whl"))
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        metadata = whl.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: MIT" in metadata.splitlines() or "License: MIT" in metadata.splitlines()
+    assert any(n.endswith("/LICENSE") and ".dist-info/" in n for n in names)
 
 
 def test_wheel_in_a_fresh_venv(dist: Path, tmp_path: Path) -> None:
