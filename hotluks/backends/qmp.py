@@ -14,7 +14,7 @@ from typing import Any
 from hotluks.backends.base import MasterKey, MonitorBackend, QMPArgs, QMPCommandError, VMIdentity
 from hotluks.backends.identity import peer_pid, process_instance, qemu_pid_from_vcpus, vm_uuid
 from hotluks.backends.replies import checked
-from hotluks.errors import BackendError, NotRunning
+from hotluks.errors import BackendError, MalformedReply, NotRunning
 
 #: the longest QMP message hotluks reads. QEMU's largest reply it asks for is the schema
 #: (~240 KB for QEMU 10); parsed JSON of small objects takes ~30-80 times its size in memory,
@@ -209,9 +209,9 @@ class QMPBackend(MonitorBackend):
         except (StateError, ExecInterruptedError, EOFError, ConnectionError, OSError) as exc:
             raise BackendError(f"{command}: connection to QEMU lost ({type(exc).__name__}: QEMU exited or "
                                "closed the monitor, or sent a message that is not QMP or over 2 MiB)") from None
-        except Exception as exc:  # qemu.qmp raises its own protocol errors on disconnect
+        except Exception as exc:  # qemu.qmp's own protocol errors
             if exc.__class__.__module__.startswith("qemu.qmp"):
-                raise BackendError(f"{command}: QMP connection failed ({type(exc).__name__})") from None
+                raise protocol_error(command, exc) from None
             raise
         return checked(command, reply)
 
@@ -225,3 +225,24 @@ class QMPBackend(MonitorBackend):
             with contextlib.suppress(Exception):
                 await self._client.disconnect()
             self._client = None
+
+
+#: what qemu.qmp's protocol errors mean, in the operator's words (its messages name its internals)
+PROTOCOL_FAULTS = {
+    "BadReplyError": "the reply has neither a 'return' member nor a well-formed 'error'",
+    "ServerParseError": ("the monitor sent an error that answers no command: QEMU could not parse a message "
+                         "it was sent, or the socket is not QEMU's monitor"),
+}
+
+
+def protocol_error(command: str, exc: Exception) -> BackendError:
+    """The BackendError for one of qemu.qmp's protocol errors raised while ``command`` waited.
+
+    A reply of the wrong shape is a :class:`MalformedReply`, as for the replies hotluks checks
+    itself (:mod:`hotluks.backends.replies`).
+    """
+    name = type(exc).__name__
+    if name == "BadReplyError":
+        return MalformedReply(f"{command}: malformed reply from the monitor: {PROTOCOL_FAULTS[name]}")
+    why = PROTOCOL_FAULTS.get(name, "the monitor broke the QMP protocol")
+    return BackendError(f"{command}: QMP protocol error ({name}): {why}")

@@ -445,3 +445,13 @@ def test_the_server_is_gone_after_a_case() -> None:
         assert server.path.is_socket()
     assert not server.path.parent.exists()
     assert isinstance(server.vm, FakeQemu)
+
+
+def test_a_reply_without_return_or_error_is_named(world: World) -> None:
+    """qemu.qmp's own protocol errors read as what the monitor did, not as a library class name."""
+    by_name = {s.name: s for s in SCRIPTS}
+    outcome = run_case(world, by_name["neither-return-nor-error"], "status")
+    error = json.loads(outcome.stdout)["error"]["message"]
+    assert outcome.code == 2 and not problems(outcome, "status"), outcome
+    assert error == ("query-uuid: malformed reply from the monitor: the reply has neither a 'return' member "
+                     "nor a well-formed 'error'"), error
