@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hotluks.backends.base import MasterKey, MonitorBackend, QMPCommandError, VMIdentity
+from hotluks.backends.base import MasterKey, MonitorBackend, VMIdentity
 from hotluks.errors import HotluksError, InputError, RefusedError, RolledBackError
 from hotluks.headers.pins import PinStore, check_pin
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_image
@@ -320,7 +320,7 @@ class Operator(Maintenance):
         when = "after" if step.state == "done" else "at"  # e.g. the journal failed once the last step was done
         what = (f"{'step' if when == 'at' else 'after step'} {failed + 1}/{len(record.steps)} "
                 f"({step.execute} {step.name}) {'failed' if when == 'at' else 'the attach failed'}: "
-                f"{tx.describe_failure(cause)}{_requirement_hint(cause)}")
+                f"{tx.describe_failure(cause)}{tx.requirement_hint(cause)}")
         notes: list[str] = []
         record.status, record.error = "rolling-back", what
         journal_quietly(lambda: journal.save(record), notes)
@@ -379,21 +379,3 @@ def _cause(exc: BaseException) -> BaseException | None:
     """The exception to chain (a HotluksError or QEMU error, not an interruption)."""
     return exc if isinstance(exc, (HotluksError, OSError)) else None
 
-
-#: QEMU texts that mean "the librbd QEMU is linked against is too old", and what is needed: QEMU
-#: only builds 'luks-any' and 'parent' with librbd's rbd_encryption_load2 (Ceph Reef; not in Quincy)
-LIBRBD_REQUIREMENTS = (
-    ("unknown image encryption format: 2", "encryption format 'luks-any' needs QEMU built against librbd "
-                                           "≥ 18 (Ceph Reef, rbd_encryption_load2)"),
-    ("does not support layered encryption", "layered encryption (a 'parent' per clone layer) needs QEMU "
-                                            "built against librbd ≥ 18 (Ceph Reef, rbd_encryption_load2)"),
-)
-
-
-def _requirement_hint(exc: BaseException) -> str:
-    """`` (…needs librbd ≥ 18…)`` when QEMU's error means an old librbd, else ``""``."""
-    if isinstance(exc, QMPCommandError):
-        for text, need in LIBRBD_REQUIREMENTS:
-            if text in exc.desc:
-                return f" ({need})"
-    return ""

@@ -211,6 +211,27 @@ def describe_failure(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+#: QEMU texts that mean "the librbd QEMU is linked against is too old", and what is needed: QEMU
+#: only builds 'luks-any' and 'parent' with librbd's rbd_encryption_load2 (Ceph Reef; not in Quincy)
+LIBRBD_REQUIREMENTS = (
+    ("unknown image encryption format: 2", "encryption format 'luks-any' needs QEMU built against librbd "
+                                           "≥ 18 (Ceph Reef, rbd_encryption_load2)"),
+    ("does not support layered encryption", "layered encryption (a 'parent' per clone layer) needs QEMU "
+                                            "built against librbd ≥ 18 (Ceph Reef, rbd_encryption_load2)"),
+)
+
+
+def requirement_hint(exc: BaseException) -> str:
+    """`` (…needs librbd ≥ 18…)`` when QEMU's error means an old librbd, else ``""``."""
+    from hotluks.backends.base import QMPCommandError
+
+    if isinstance(exc, QMPCommandError):
+        for text, need in LIBRBD_REQUIREMENTS:
+            if text in exc.desc:
+                return f" ({need})"
+    return ""
+
+
 __all__ = ["FD_TAG", "CorruptRecordError", "UNDO", "UnplugPendingError", "undo_command", "present", "undo_order", "leftovers", "remaining_problems", "verify",
            "entry_status", "needs_repair", "attach_start", "repair_step", "UndoOutcome", "incomplete",
-           "describe_failure", "is_lost", "carried", "missing"]
+           "describe_failure", "requirement_hint", "is_lost", "carried", "missing"]
