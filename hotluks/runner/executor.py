@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from hotluks.backends.base import MonitorBackend, QMPCommandError
-from hotluks.errors import BackendError
+from hotluks.errors import BackendError, RefusedError
 from hotluks.log import get_logger
 from hotluks.plan.steps import FdSource, Step
 from hotluks.runner import transaction as tx
@@ -80,6 +80,20 @@ async def unplug(backend: MonitorBackend, device: str, timeout: float) -> None:
         f"the guest did not release device {device} within {timeout:g}s (no DEVICE_DELETED); nothing was "
         "deleted under it and QEMU keeps the unplug request: `hotluks repair` finishes it once the guest "
         "lets go")
+
+
+def unsent(journal: Journal, exc: OSError) -> RefusedError:
+    """The refusal when the journal cannot be written before the first command (exit 2)."""
+    return RefusedError(f"cannot write the journal in {journal.dir}: {exc.strerror or exc}; "
+                        "nothing was sent to the VM")
+
+
+def save_before_sending(journal: Journal, record: Record) -> None:
+    """Journal ``record`` before anything is sent for it; an unwritable journal refuses (exit 2)."""
+    try:
+        journal.save(record)
+    except OSError as exc:
+        raise unsent(journal, exc) from None
 
 
 def journal_quietly(action: Callable[[], None], problems: list[str]) -> None:

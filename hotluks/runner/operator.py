@@ -20,7 +20,7 @@ from typing import Any
 
 from hotluks.backends.base import MasterKey, MonitorBackend, VMIdentity
 from hotluks.errors import HotluksError, InputError, RefusedError, RolledBackError
-from hotluks.headers.pins import PinStore, check_pin
+from hotluks.headers.pins import PinStore
 from hotluks.lifecycle.guard import LIBVIRT_BACKENDS, guard_image
 from hotluks.lifecycle.persist import Persisted
 from hotluks.log import get_logger
@@ -32,7 +32,16 @@ from hotluks.plan.steps import Plan
 from hotluks.render.qmp import bound_command, redacted_command
 from hotluks.runner import transaction as tx
 from hotluks.runner.access import check_qemu_access
-from hotluks.runner.executor import journal_quietly, send_step, shielded, snapshot_first, undo_shielded
+from hotluks.runner.admission import admit
+from hotluks.runner.executor import (
+    journal_quietly,
+    save_before_sending,
+    send_step,
+    shielded,
+    snapshot_first,
+    undo_shielded,
+    unsent,
+)
 from hotluks.runner.fdplan import with_fd_passing
 from hotluks.runner.guardplan import GUARD_ROLE, with_migration_guard
 from hotluks.runner.journal import CorruptRecordError, Journal, Record, default_state_dir
@@ -40,7 +49,6 @@ from hotluks.runner.keep import Keep, keep_for
 from hotluks.runner.lock import vm_lock
 from hotluks.runner.maintenance import Maintenance, load_to_change, refuse_interrupted
 from hotluks.runner.native_path import PathChoice, attach_through_libvirt, choose_path, native_disk, native_record
-from hotluks.runner.preflight import check_passphrase_encoding, pick_passphrase, run_preflight, verify_pin
 from hotluks.runner.results import AttachResult, DetachResult, RepairAction, StatusEntry, StepReport
 from hotluks.runner.vmstate import PortMemory, VMSnapshot, machine_type, probe_capabilities, snapshot, survey
 from hotluks.secrets import SecretValue, resolve
@@ -161,17 +169,10 @@ class Operator(Maintenance):
         if draft.secrets:
             log.info("secrets: %s", f"sealed (AES-256-CBC under master key '{sealing[0]}')" if sealing
                      else "not sealed (no master key: values travel in clear on the monitor socket)")
-        note = "skipped (--no-preflight)"
         pins = PinStore(self.state_dir / "pins")
-        pinned = await check_pin(disk, pins, values, timeout) if pin else None
-        passphrase = pick_passphrase(disk, values)
-        if passphrase is not None:
-            check_passphrase_encoding(disk, passphrase)
-        if preflight and passphrase is not None:
-            note = await run_preflight(disk, passphrase, values, timeout, allow_weak_header=allow_weak_header)
-        else:  # a pinned header is checked even without the passphrase preflight
-            note = await verify_pin(disk, values, timeout) or note
-        header_fp = pinned.fingerprint if pinned else None
+        admitted = await admit(disk, values, pins, pin=pin, preflight=preflight,
+                               allow_weak_header=allow_weak_header, timeout=timeout)
+        note, pinned, header_fp = admitted.note, admitted.pinned, admitted.header_fingerprint
         if keep is not None:  # a refusal here changes nothing
             await keep.check(self.backend, disk, secrets or {})
         journal = await self.journal()
@@ -185,22 +186,8 @@ class Operator(Maintenance):
             start = tx.attach_start(existing, fingerprint, ident.instance, disk.target_dev, is_carried)
             if start == "already-attached":
                 assert isinstance(existing, Record) and live is not None
-                missing = tx.missing(existing, live, ident.instance)
-                if missing:
-                    raise RefusedError(f"target {disk.target_dev} is recorded as attached but the VM lacks "
-                                       f"{', '.join(missing)}; `hotluks detach` it, then attach again")
-                if persistent and existing.path == "libvirt-native" and not tx.native_persistent(existing):
-                    raise RefusedError(f"target {disk.target_dev} is attached through libvirt for this run only; "
-                                       "nothing changed: `hotluks detach` it, then attach again with --persistent")
-                top = next((s.arguments.get("drive") for s in existing.steps if s.kind == "device"), "") \
-                    or existing.device
-                kept = (await keep.write(self.backend, disk, secrets or {})
-                        if keep and not dry_run and existing.path == "qmp" else None)
-                return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=existing.device,
-                                    top_node=str(top), shape=existing.shape, preflight=note, dry_run=dry_run,
-                                    already_attached=True, header_fingerprint=existing.header_fingerprint or None,
-                                    path=existing.path, persistent=kept is not None,
-                                    key_file=kept.key_file if kept else None)
+                return await self._already_attached(existing, live, disk, secrets or {}, note, ident, keep,
+                                                    persistent=persistent, dry_run=dry_run)
             if native:
                 return await self._attach_native(journal, native_disk(disk), ident, fingerprint, note,
                                                  header_fp, dry_run=dry_run, timeout=timeout, persistent=persistent)
@@ -216,11 +203,7 @@ class Operator(Maintenance):
                                     header_fingerprint=header_fp)
             record = Record.for_plan(self.backend.vm, plan, vm_key=ident.key, instance=ident.instance,
                                      fingerprint=fingerprint, header_fingerprint=header_fp or "")
-            try:
-                journal.save(record)  # replaces a lost record of this target
-            except OSError as exc:
-                raise RefusedError(f"cannot write the journal in {journal.dir}: {exc.strerror or exc}; "
-                                   "nothing was sent to the VM") from None
+            save_before_sending(journal, record)  # replaces a lost record of this target
             log.info("attaching %s to %s as %s (%s, %d steps); preflight: %s", disk.target_dev, self.backend.vm,
                      plan.device_id, disk.shape, len(plan.steps), note)
             reports = await self._run_steps(journal, record, plan, commands, before, timeout)
@@ -231,6 +214,30 @@ class Operator(Maintenance):
                                 top_node=plan.top_node, shape=disk.shape, preflight=note, steps=tuple(reports),
                                 header_fingerprint=header_fp, persistent=keep is not None,
                                 key_file=kept.key_file if kept else None)
+
+    async def _already_attached(self, existing: Record, live: VMSnapshot, disk: Disk,
+                                secrets: Mapping[str, SecretValue], note: str, ident: VMIdentity, keep: Keep | None,
+                                *, persistent: bool, dry_run: bool) -> AttachResult:
+        """The same disk is attached already: report it (idempotent), or refuse when the VM lacks part of it.
+
+        With ``persistent`` a QMP-path disk is written into the definition now; a disk libvirt
+        holds for this run only cannot become persistent without a new attach (refused).
+        """
+        missing = tx.missing(existing, live, ident.instance)
+        if missing:
+            raise RefusedError(f"target {disk.target_dev} is recorded as attached but the VM lacks "
+                               f"{', '.join(missing)}; `hotluks detach` it, then attach again")
+        if persistent and existing.path == "libvirt-native" and not tx.native_persistent(existing):
+            raise RefusedError(f"target {disk.target_dev} is attached through libvirt for this run only; "
+                               "nothing changed: `hotluks detach` it, then attach again with --persistent")
+        top = next((s.arguments.get("drive") for s in existing.steps if s.kind == "device"), "") or existing.device
+        kept = (await keep.write(self.backend, disk, secrets)
+                if keep and not dry_run and existing.path == "qmp" else None)
+        return AttachResult(vm=self.backend.vm, target=disk.target_dev, device=existing.device,
+                            top_node=str(top), shape=existing.shape, preflight=note, dry_run=dry_run,
+                            already_attached=True, header_fingerprint=existing.header_fingerprint or None,
+                            path=existing.path, persistent=kept is not None,
+                            key_file=kept.key_file if kept else None)
 
     async def _keep(self, keep: Keep, journal: Journal, record: Record, disk: Disk,
                     secrets: Mapping[str, SecretValue], before: VMSnapshot, timeout: float) -> Persisted:
@@ -257,11 +264,7 @@ class Operator(Maintenance):
                                 dry_run=True, commands=({"execute": step.execute, "arguments": dict(step.arguments)},),
                                 header_fingerprint=header_fp, path="libvirt-native")
         before = await snapshot(self.backend)
-        try:
-            journal.save(record)
-        except OSError as exc:
-            raise RefusedError(f"cannot write the journal in {journal.dir}: {exc.strerror or exc}; "
-                               "nothing was sent to the VM") from None
+        save_before_sending(journal, record)
         log.info("attaching %s to %s through libvirt (%s, persistent: %s); preflight: %s", disk.target_dev,
                  self.backend.vm, disk.shape, persistent, note)
         started = time.perf_counter()
@@ -307,8 +310,7 @@ class Operator(Maintenance):
             if not sent:
                 journal_quietly(lambda: journal.remove(record.target), [])
                 if isinstance(exc, OSError):
-                    raise RefusedError(f"cannot write the journal in {journal.dir}: {exc.strerror or exc}; "
-                                       "nothing was sent to the VM") from None
+                    raise unsent(journal, exc) from None
                 raise
             await self._roll_back(journal, record, index, exc, before, timeout)
             raise AssertionError("unreachable") from None
@@ -358,11 +360,7 @@ class Operator(Maintenance):
             refuse_interrupted(record, ("attached", "detaching"))
             live = await snapshot_first(self.backend, timeout)  # a monitor that cannot answer refuses here
             record.status = "detaching"
-            try:
-                journal.save(record)
-            except OSError as exc:
-                raise RefusedError(f"cannot write the journal in {journal.dir}: {exc.strerror or exc}; "
-                                   "nothing was sent to the VM") from None
+            save_before_sending(journal, record)
             outcome = await undo_shielded(self.backend, journal, record, record.steps, timeout, live=live)
             if not outcome.clean:
                 record.error = outcome.summary()

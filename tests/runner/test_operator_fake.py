@@ -14,7 +14,7 @@ import pytest
 
 from hotluks.backends.base import VMIdentity
 from hotluks.errors import ConflictError, IncompleteError, RefusedError, RolledBackError
-from hotluks.runner import operator as operator_module
+from hotluks.runner import admission
 from hotluks.runner.journal import Journal, vm_dirname
 from hotluks.runner.lock import vm_lock
 from hotluks.runner.operator import Operator
@@ -278,7 +278,7 @@ def test_status_takes_no_lock_and_preflight_runs_before_the_lock(tmp_path: Path,
             free.append(True)  # nobody holds the VM lock while the header is checked
         return "checked (fake)"
 
-    monkeypatch.setattr(operator_module, "run_preflight", preflight)
+    monkeypatch.setattr(admission, "run_preflight", preflight)
 
     async def go() -> None:
         op = Operator(fake, state_dir=tmp_path / "s")
