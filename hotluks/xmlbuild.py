@@ -178,9 +178,50 @@ class DiskBuilder(Generic[D]):
             return Source(kind=kind, path=el.get(wanted), line=line_of(el), slice=slice_)
         if kind == "nvme":
             return self.nvme(el, slice_)
+        return self.network(el, hosts, slice_)
 
+    def network(self, el: etree._Element, hosts: tuple[Host, ...], slice_: tuple[int, int] | None) -> Source:
+        """A ``type='network'`` source: its name, transport (hosts, TLS), auth and extras, checked in that order."""
         protocol = str(el.get("protocol"))
         name = el.get("name")
+        unsupported = self.protocol_name(protocol, name, el)
+        self.transport(protocol, hosts, el)
+        config_el = el.find("config")
+        if protocol != "rbd" and config_el is not None:
+            raise self.fail("<config file=…> is only for rbd sources", config_el)
+        auth = self.network_auth(el.find("auth"), protocol, unsupported)
+        for host_el, host in zip(el.findall("host"), hosts):
+            if host.socket is not None:
+                if protocol != "nbd":
+                    raise self.fail("a UNIX-socket <host> is only supported for nbd", el)
+                extras.check_path(host.socket, host_el, self.fail)
+        curl = protocol in CURL_PROTOCOLS
+        for extra in (el.find("address"), None if curl else el.find("ssl"), None if curl else el.find("cookies")):
+            if extra is not None and unsupported is None:
+                raise self.fail(f"<{extra.tag}> does not belong in a {protocol} source", extra)
+        if el.get("query") is not None and not curl:
+            raise self.fail("query= is only for http(s)/ftp(s) sources", el)
+        ssl_el = el.find("ssl")
+        if ssl_el is not None and protocol not in ("https", "ftps"):
+            raise self.fail(f"<ssl> is for https and ftps sources, not {protocol}", ssl_el)
+        return Source(
+            kind="network",
+            protocol=cast(Any, protocol),
+            name=name,
+            hosts=hosts,
+            auth=auth,
+            config_file=config_el.get("file") if config_el is not None else None,
+            line=line_of(el),
+            tls=el.get("tls") == "yes",
+            tls_hostname=el.get("tlsHostname"),
+            slice=slice_,
+            query=el.get("query"),
+            ssl_verify=None if ssl_el is None else ssl_el.get("verify") == "yes",
+            unsupported=unsupported,
+        )
+
+    def protocol_name(self, protocol: str, name: str | None, el: etree._Element) -> str | None:
+        """Check ``name=`` for the protocol; return why the source is unsupported (or None)."""
         unsupported = None
         if protocol == "rbd":
             path, at, snapshot = (name or "").partition("@")
@@ -205,6 +246,10 @@ class DiskBuilder(Generic[D]):
         elif protocol != "nbd":
             unsupported = (f"protocol='{protocol}' is not supported (hotluks attaches rbd, nbd, iscsi and "
                            "http(s)/ftp(s) network sources)")
+        return unsupported
+
+    def transport(self, protocol: str, hosts: tuple[Host, ...], el: etree._Element) -> None:
+        """libvirt's host count per protocol, TLS (nbd only) and UNIX sockets (nbd only)."""
         if protocol in ("nbd", "iscsi", *CURL_PROTOCOLS) and not hosts:
             raise self.fail(f"{protocol} source needs a <host>", el)
         if protocol in ("nbd", "iscsi", *CURL_PROTOCOLS) and len(hosts) > 1:
@@ -218,46 +263,18 @@ class DiskBuilder(Generic[D]):
         if tls and hosts and hosts[0].socket is not None and el.get("tlsHostname") is None:
             raise self.fail("tls='yes' over a UNIX socket needs tlsHostname='…' (the name in the server's "
                             "certificate)", el)
-        if protocol != "rbd" and config_el is not None:
-            raise self.fail("<config file=…> is only for rbd sources", config_el)
-        auth = None
-        if auth_el is not None:
-            if protocol not in AUTH_SECRET_BY_PROTOCOL and unsupported is None:
-                raise self.fail(f"<auth> is not supported for protocol '{protocol}'", auth_el)
-            sec_el = child(auth_el, "secret")
-            expected = AUTH_SECRET_BY_PROTOCOL.get(protocol, "iscsi")
-            if sec_el.get("type") != expected:
-                raise self.fail(f"{protocol} <auth> needs <secret type='{expected}'>", sec_el)
-            auth = Auth(username=str(auth_el.get("username")), secret=self.secret_ref(sec_el, expected))
-        for host_el, host in zip(el.findall("host"), hosts):
-            if host.socket is not None:
-                if protocol != "nbd":
-                    raise self.fail("a UNIX-socket <host> is only supported for nbd", el)
-                extras.check_path(host.socket, host_el, self.fail)
-        curl = protocol in CURL_PROTOCOLS
-        for extra in (el.find("address"), None if curl else el.find("ssl"), None if curl else el.find("cookies")):
-            if extra is not None and unsupported is None:
-                raise self.fail(f"<{extra.tag}> does not belong in a {protocol} source", extra)
-        if el.get("query") is not None and not curl:
-            raise self.fail("query= is only for http(s)/ftp(s) sources", el)
-        ssl_el = el.find("ssl")
-        if ssl_el is not None and protocol not in ("https", "ftps"):
-            raise self.fail(f"<ssl> is for https and ftps sources, not {protocol}", ssl_el)
-        return Source(
-            kind=kind,
-            protocol=cast(Any, protocol),
-            name=name,
-            hosts=hosts,
-            auth=auth,
-            config_file=config_el.get("file") if config_el is not None else None,
-            line=line_of(el),
-            tls=tls,
-            tls_hostname=el.get("tlsHostname"),
-            slice=slice_,
-            query=el.get("query"),
-            ssl_verify=None if ssl_el is None else ssl_el.get("verify") == "yes",
-            unsupported=unsupported,
-        )
+
+    def network_auth(self, auth_el: etree._Element | None, protocol: str, unsupported: str | None) -> Auth | None:
+        """``<auth username=…><secret type=…/></auth>``, with the secret type the protocol takes."""
+        if auth_el is None:
+            return None
+        if protocol not in AUTH_SECRET_BY_PROTOCOL and unsupported is None:
+            raise self.fail(f"<auth> is not supported for protocol '{protocol}'", auth_el)
+        sec_el = child(auth_el, "secret")
+        expected = AUTH_SECRET_BY_PROTOCOL.get(protocol, "iscsi")
+        if sec_el.get("type") != expected:
+            raise self.fail(f"{protocol} <auth> needs <secret type='{expected}'>", sec_el)
+        return Auth(username=str(auth_el.get("username")), secret=self.secret_ref(sec_el, expected))
 
     def nvme(self, el: etree._Element, slice_: tuple[int, int] | None) -> Source:
         addr = el.find("address")
