@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from hotluks.errors import InputError
 
+#: a plain path, as for the RelaxNG grammar: importlib.resources would import zipfile and pathlib
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+
 
 def example_names() -> list[str]:
     """The shipped examples (``hotluks/examples/*.xml``) by name, sorted."""
-    from importlib import resources
-
-    files = resources.files("hotluks").joinpath("examples")
-    return sorted(f.name[:-4] for f in files.iterdir() if f.name.endswith(".xml"))
+    return sorted(name[:-4] for name in os.listdir(EXAMPLES) if name.endswith(".xml"))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,10 +39,9 @@ def cmd_example(args: argparse.Namespace) -> int:
         else:
             print("\n".join(names))
         return 0
-    from importlib import resources
-
     name = args.name.removesuffix(".xml")
     if name not in names:
         raise InputError(f"no example named {args.name!r}; choose one of: {', '.join(names)}")
-    sys.stdout.write(resources.files("hotluks").joinpath("examples").joinpath(f"{name}.xml").read_text())
+    with open(os.path.join(EXAMPLES, f"{name}.xml"), encoding="utf-8") as fh:
+        sys.stdout.write(fh.read())
     return 0
