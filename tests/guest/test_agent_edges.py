@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,21 @@ def run(coro: Awaitable[None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 30))  # type: ignore[arg-type]
 
 
+#: the socket directories made by this test (short paths under /tmp: a UNIX socket's is at most 107 bytes)
+_SOCKET_DIRS: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_socket_dirs() -> Iterator[None]:
+    yield
+    while _SOCKET_DIRS:
+        shutil.rmtree(_SOCKET_DIRS.pop(), ignore_errors=True)
+
+
 def sock_path() -> Path:
-    return Path(tempfile.mkdtemp(prefix="hl-agent-test-")) / "a.sock"
+    where = Path(tempfile.mkdtemp(prefix="hl-agent-test-"))
+    _SOCKET_DIRS.append(where)
+    return where / "a.sock"
 
 
 def test_devices_appear_and_disappear_by_polling() -> None:
