@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 #: vm / monitor / initial / state_dir for the integration tests (a directory's own conftest may override them);
-#: every --json document printed during the session is checked against its schema (HOTLUKS_JSON_CHECK)
-pytest_plugins = ["testsupport.vm_fixtures", "testsupport.json_check"]
+#: every --json document printed during the session is checked against its schema (HOTLUKS_JSON_CHECK);
+#: temporary files and directories left behind fail the session (testsupport.leftovers)
+pytest_plugins = ["testsupport.vm_fixtures", "testsupport.json_check", "testsupport.leftovers"]
 
 
 @pytest.fixture(autouse=True)
