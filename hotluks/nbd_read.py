@@ -4,17 +4,20 @@ Runs ``qemu-img dd`` with ``--image-opts`` built from the parsed ``<source>`` â€
 same ``nbd``/``iscsi`` driver options the plan gives the VM â€” into a private temporary
 directory, so the header is checked exactly as QEMU will see it. TLS (nbd ``tls='yes'``)
 uses the same x509 client directory as the VM's ``tls-creds-x509`` object. A CHAP
-password reaches ``qemu-img`` through a 0600 ``secret`` file, never argv.
+password reaches ``qemu-img`` through a ``secret`` object reading a memory-only file
+(:mod:`hotluks.memfile`), never argv or a file on a disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
 from typing import TYPE_CHECKING
 
 from hotluks.errors import PreflightError
+from hotluks.memfile import memory_file
 
 if TYPE_CHECKING:
     from hotluks.model import Source
@@ -66,8 +69,9 @@ def read_network_head(source: Source, length: int, *, tls_dir: str | None = None
     when the source has ``tls='yes'``); ``password`` is the iSCSI CHAP secret.
     Raises :class:`NetworkReadError`.
     """
-    with tempfile.TemporaryDirectory(prefix="hotluks-netread-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hotluks-netread-") as tmp, contextlib.ExitStack() as stack:
         args = [QEMU_IMG, "dd", "--image-opts"]
+        pass_fds: tuple[int, ...] = ()
         tls_id = secret_id = None
         if source.tls:
             if tls_dir is None:
@@ -76,17 +80,16 @@ def read_network_head(source: Source, length: int, *, tls_dir: str | None = None
             args += ["--object", "tls-creds-x509," + _opts([("id", tls_id), ("dir", tls_dir), ("endpoint", "client")])]
         if password is not None:
             secret_id = "hl-read-auth"
-            path = os.path.join(tmp, "auth")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(password)
+            path, fd = stack.enter_context(memory_file(password, "hotluks-iscsi-auth"))  # never on a disk
+            pass_fds = (fd,)
             args += ["--object", "secret," + _opts([("id", secret_id), ("file", path)])]
         out = os.path.join(tmp, "head")
         block = 1 << 20
         args += [f"if={image_opts(source, tls_id=tls_id, secret_id=secret_id)}", f"of={out}", f"bs={block}",
                  f"count={-(-length // block)}"]
         try:
-            proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+            proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                                  pass_fds=pass_fds)
         except FileNotFoundError:
             raise NetworkReadError(f"cannot read {source.describe()}: {QEMU_IMG} is not installed "
                                    "(Debian package qemu-utils)") from None

@@ -1,13 +1,16 @@
 """Read the first bytes of an RBD image (e.g. a LUKS header) without exporting it whole.
 
 Streams ``rbd export IMAGE -`` and ends that process (by its PID) once enough
-bytes arrived. A cephx key is handed to ``rbd`` through a 0600 ``--keyfile``
-that is removed afterwards, never through argv. The bytes are read raw, as
-stored: for a librbd-encrypted image that is librbd's own LUKS header.
+bytes arrived. A cephx key is handed to ``rbd`` as ``--keyfile /dev/fd/N``, a
+memory-only file (``memfd_create``) that never touches a disk and is gone with its
+last descriptor, also when this process is killed; never through argv. rbd's
+stderr goes to an anonymous temporary file. The bytes are read raw, as stored:
+for a librbd-encrypted image that is librbd's own LUKS header.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -15,9 +18,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from hotluks.errors import PreflightError
+from hotluks.memfile import memory_file
 
 if TYPE_CHECKING:
     from hotluks.model import Source
@@ -90,16 +94,12 @@ def read_image_head(loc: RbdLocation, length: int, *, key: bytes | None = None, 
     ``key`` is the cephx key as base64 text (as in a keyring; base64-encode a
     libvirt ceph secret's raw value first). Raises :class:`RbdReadError`.
     """
-    with tempfile.TemporaryDirectory(prefix="hotluks-rbdread-") as tmp:
-        keyfile = None
-        if key is not None:
-            keyfile = os.path.join(tmp, "key")
-            fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(key)
-        errfile = os.path.join(tmp, "stderr")
-        mount_timeout = max(1, min(15, int(timeout)))
-        return _stream_head(export_command(loc, keyfile, mount_timeout=mount_timeout), length, errfile, loc, timeout)
+    mount_timeout = max(1, min(15, int(timeout)))
+    with contextlib.ExitStack() as stack:
+        keyfile, key_fd = stack.enter_context(memory_file(key, "hotluks-cephx-key")) if key is not None else (None, None)
+        err = stack.enter_context(tempfile.TemporaryFile(prefix="hotluks-rbdread-"))
+        return _stream_head(export_command(loc, keyfile, mount_timeout=mount_timeout), length, err, loc, timeout,
+                            () if key_fd is None else (key_fd,))
 
 
 def read_rbd_head(source: Source, length: int, *, key: bytes | None = None, timeout: float = 60.0) -> bytes:
@@ -107,16 +107,17 @@ def read_rbd_head(source: Source, length: int, *, key: bytes | None = None, time
     return read_image_head(location_of(source), length, key=key, timeout=timeout)
 
 
-def _stream_head(args: Sequence[str], length: int, errfile: str, loc: RbdLocation, timeout: float) -> bytes:
+def _stream_head(args: Sequence[str], length: int, err: IO[bytes], loc: RbdLocation, timeout: float,
+                 pass_fds: tuple[int, ...]) -> bytes:
     chunks: list[bytes] = []
     got = 0
     deadline = time.monotonic() + timeout
-    with open(errfile, "wb") as err:
-        try:
-            proc = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        except FileNotFoundError:
-            raise RbdReadError(f"cannot read {loc.describe()}: the '{RBD_BINARY}' tool is not installed "
-                               "(Debian package ceph-common)") from None
+    try:
+        proc = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                pass_fds=pass_fds)
+    except FileNotFoundError:
+        raise RbdReadError(f"cannot read {loc.describe()}: the '{RBD_BINARY}' tool is not installed "
+                           "(Debian package ceph-common)") from None
     stdout = proc.stdout
     assert isinstance(stdout, io.BufferedReader)
     eof = False
@@ -141,8 +142,8 @@ def _stream_head(args: Sequence[str], length: int, errfile: str, loc: RbdLocatio
         stdout.close()
         status = proc.wait()
     if got < length and status != 0:
-        with open(errfile, "rb") as err_in:
-            detail = _last_error(err_in.read().decode(errors="replace"))
+        err.seek(0)
+        detail = _last_error(err.read().decode(errors="replace"))
         raise RbdReadError(f"cannot read {loc.describe()}: {detail or f'rbd exited with status {status}'}")
     return b"".join(chunks)[:length]
 

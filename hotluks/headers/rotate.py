@@ -279,14 +279,11 @@ def _set_with_libvirt(uri: str, ref: str, value: bytes) -> None:
 
 def _set_with_virsh(uri: str, ref: str, value: bytes) -> None:
     import subprocess
-    import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="hotluks-secret-") as tmp:
-        path = os.path.join(tmp, "value")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(value)
+    from hotluks.memfile import memory_file
+
+    with memory_file(value) as (path, fd):  # never on a disk, also if hotluks is killed meanwhile
         proc = subprocess.run(["virsh", "-q", "-c", uri, "secret-set-value", "--secret", ref, "--file", path,
-                               "--plain"], capture_output=True, text=True, timeout=60)
+                               "--plain"], capture_output=True, text=True, timeout=60, pass_fds=(fd,))
     if proc.returncode != 0:
         raise SecretError(f"cannot update libvirt secret {ref!r}: {proc.stderr.strip()[-300:]}")
