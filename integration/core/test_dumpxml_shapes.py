@@ -18,29 +18,17 @@ from lxml import etree
 
 from hotluks.model import Disk
 from hotluks.plan.planner import build_plan
-from testsupport.libvirtd import (
-    LibvirtDaemon,
-    TransientDomain,
-    define_secret,
-    qemu_accessible_dir,
-    start_domain,
-    start_libvirtd,
-)
+from testsupport.libvirtd import TransientDomain, define_secret, qemu_accessible_dir, start_domain
+from testsupport.libvirtd import libvirt_daemon as libvirt_daemon  # the shared fixtures
+from testsupport.libvirtd import libvirt_uri as libvirt_uri
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu]
 PASSPHRASE = b"dumpxml shapes"
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[LibvirtDaemon]:
-    d = start_libvirtd()
-    yield d
-    d.stop()
-
-
 @pytest.fixture
-def dom(daemon: LibvirtDaemon) -> Iterator[TransientDomain]:
-    with start_domain(daemon.uri, paused=True, root_ports=6) as d:
+def dom(libvirt_uri: str) -> Iterator[TransientDomain]:
+    with start_domain(libvirt_uri, paused=True, root_ports=6) as d:
         yield d
 
 
